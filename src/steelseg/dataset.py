@@ -1,0 +1,270 @@
+"""Dataset and LightningDataModule over a prepared split (see :mod:`steelseg.prepare`).
+
+Tensor contract, used by every module after this one:
+
+* image: ``uint8 (C, H, W)`` grey pixel values (C = 1); the model converts to float and
+  normalises on its device, so the DataLoader moves 4x fewer bytes.
+* mask: ``float32 (1, H, W)`` in {0, 1}, the 4 defect classes merged.
+* logits (model output): ``float (N, 1, H, W)``; probabilities only at the edges.
+
+A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, 1, H, W) float32, "image_id": list}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from steelseg import prepare as prep
+
+log = logging.getLogger(__name__)
+
+STRIDE = 32  # every smp encoder downsamples 5 times
+
+
+def check_size(height: int, width: int) -> None:
+    """Reject a training size the encoders cannot take, naming the nearest valid ones."""
+    for name, v in (("height", height), ("width", width)):
+        if v < STRIDE or v % STRIDE:
+            lo, hi = max(STRIDE, v // STRIDE * STRIDE), (v // STRIDE + 1) * STRIDE
+            raise ValueError(f"data.{name}={v} must be a positive multiple of {STRIDE} (the "
+                             f"encoder halves it 5 times); use {lo} or {hi}")
+
+
+def train_transform(p_flip: float = 0.5, brightness: float = 0.2, contrast: float = 0.2,
+                    shift: float = 0.05) -> A.Compose:
+    """Augmentations for training (image already at training size): flips, light, small shift."""
+    return A.Compose([
+        A.HorizontalFlip(p=p_flip),
+        A.VerticalFlip(p=p_flip),
+        A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
+        A.Affine(translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
+                 border_mode=0, p=0.3),  # cv2.BORDER_CONSTANT: black, like an out-of-strip edge
+    ])
+
+
+class SteelDataset(Dataset):
+    """Images and merged masks of one split, from the uint8 cache or decoded from JPEG.
+
+    Args:
+        rows: Rows of ``split.csv`` (ImageId, EncodedPixels).
+        data_dir: Kaggle-layout folder holding ``train_images/``.
+        size: (height, width) to resize to.
+        transform: Albumentations transform applied to (image, mask), or None.
+        cache: ``(images, masks, positions)``: (M, H, W) uint8 arrays (memory maps) of the
+            whole prepared split and the position in them of each of ``rows``; or None.
+    """
+
+    def __init__(self, rows: pd.DataFrame, data_dir: str | os.PathLike, size: tuple[int, int],
+                 transform: A.BasicTransform | None = None,
+                 cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        self.ids = rows["ImageId"].tolist()
+        self.rles = rows["EncodedPixels"].tolist()
+        self.data_dir = Path(data_dir)
+        self.size = tuple(size)
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.cache is not None:
+            images, masks, positions = self.cache
+            image, mask = np.array(images[positions[i]]), np.array(masks[positions[i]])  # copies
+        else:
+            image, mask = prep.load_sample(self.data_dir, self.ids[i], self.rles[i], self.size)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],  # (1, H, W) uint8
+            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float(),  # (1, H, W)
+            "image_id": self.ids[i],
+        }
+
+
+class SteelDataModule(pl.LightningDataModule):
+    """Severstal data: prepares the split on first use, then serves train/val/test loaders.
+
+    ``prepare_data()`` runs the same preparation as ``steelseg-prepare`` when no split exists
+    yet (and generates the synthetic set first when ``synthetic`` is given and ``root`` is
+    empty), so ``steelseg-train data.root=/path/to/severstal`` is all a user needs.
+
+    Args:
+        root: Kaggle-layout folder (``train.csv``, ``train_images/``).
+        prepared_dir: Where split.csv (and the cache) go; default
+            ``root/prepared/<hash of the selection parameters>``.
+        n_images: Images to select (None: all).
+        split: train,val,test counts or fractions.
+        seed: Seed of selection and split.
+        only_defective: The original task's protocol (see :func:`steelseg.prepare.select`).
+        split_file: CSV of ``ImageId,split`` to reproduce a published split.
+        val_fraction: Validation share carved from train when the protocol has none.
+        skip_bad: Drop unreadable images with a warning instead of failing.
+        height: Training height (multiple of 32).
+        width: Training width (multiple of 32).
+        cache: Decode images once into a uint8 cache at (height, width).
+        augment: Keyword arguments of :func:`train_transform`, or None for no augmentation.
+        batch_size: Batch size of every loader.
+        num_workers: DataLoader workers (None: up to 4, by CPU count).
+        pin_memory: Pin host memory (faster copies to a GPU).
+        synthetic: ``{"n_images": N, "seed": S, "n_test": T}`` to generate a synthetic set at
+            ``root`` when it has no train.csv, or None.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        prepared_dir: str | None = None,
+        n_images: int | None = 1000,
+        split: Sequence[float] | None = (0.8, 0.1, 0.1),
+        seed: int = 42,
+        only_defective: bool = False,
+        split_file: str | None = None,
+        val_fraction: float = 0.1,
+        skip_bad: bool = False,
+        height: int = 256,
+        width: int = 416,
+        cache: bool = True,
+        augment: dict[str, float] | None = None,
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        pin_memory: bool = False,
+        synthetic: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        check_size(height, width)
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size} must be >= 1")
+        self.root = Path(root)
+        split = None if split is None else tuple(split)
+        self.params = prep.prepare_params(n_images, split, seed, only_defective,
+                                          split_file, val_fraction, skip_bad)
+        self.prepared_dir = Path(prepared_dir) if prepared_dir else self._default_prepared_dir()
+        self.kw = dict(n_images=n_images, split=split, seed=seed,
+                       only_defective=only_defective, split_file=split_file,
+                       val_fraction=val_fraction, skip_bad=skip_bad)
+        self.size = (height, width)
+        self.use_cache = cache
+        self.augment = augment
+        self.batch_size = batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.synthetic = synthetic
+        self.datasets: dict[str, SteelDataset] = {}
+
+    def _default_prepared_dir(self) -> Path:
+        import hashlib
+
+        key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
+        return self.root / "prepared" / f"split-{key}"
+
+    # ------------------------------------------------------------------ prepare (rank 0 only)
+    def prepare_data(self) -> None:
+        if self.synthetic is not None and not (self.root / "train.csv").exists():
+            from steelseg import synth
+
+            log.info("generating synthetic Severstal-format data in %s", self.root)
+            synth.generate(self.root, **self.synthetic)
+        if not (self.root / "train.csv").exists():
+            raise FileNotFoundError(
+                f"data.root={self.root} has no train.csv. Download the Kaggle data "
+                "(kaggle competitions download -c severstal-steel-defect-detection), unzip it "
+                "there, or use data=synthetic")
+        split_csv = self.prepared_dir / "split.csv"
+        if split_csv.exists():
+            self._check_prepared()
+        else:
+            log.info("preparing split in %s", self.prepared_dir)
+            prep.prepare(self.root, self.prepared_dir, **self.kw)
+        if self.use_cache:
+            prep.build_cache(self.root, self.prepared_dir, self.size)
+
+    def _check_prepared(self) -> None:
+        """Fail if an existing split was made with other parameters or from other data."""
+        meta_path = self.prepared_dir / "prepare.json"
+        if not meta_path.exists():
+            raise ValueError(f"{self.prepared_dir} has split.csv but no prepare.json; delete the "
+                             "folder or re-run steelseg-prepare")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("params") != self.params:
+            raise ValueError(
+                f"the prepared split in {self.prepared_dir} was made with {meta.get('params')}, "
+                f"but the config asks for {self.params}; delete that folder or set "
+                "data.prepared_dir to another one")
+        digest = prep.file_digest(self.root / "train.csv")
+        if meta.get("train_csv_sha256") != digest:
+            raise ValueError(
+                f"the prepared split in {self.prepared_dir} was made from another train.csv "
+                f"(sha256 {meta.get('train_csv_sha256')}, now {digest}); delete that folder "
+                "to prepare it again")
+
+    # ------------------------------------------------------------------ setup (every rank)
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        split_csv = self.prepared_dir / "split.csv"
+        if not split_csv.exists():
+            raise FileNotFoundError(f"{split_csv} does not exist; run prepare_data() first "
+                                    "(Trainer.fit does) or steelseg-prepare")
+        rows = pd.read_csv(split_csv, dtype={"EncodedPixels": str, "classes": str},
+                           keep_default_na=False)
+        missing_cols = set(prep.SPLIT_COLUMNS[:3]) - set(rows.columns)
+        if missing_cols:
+            raise ValueError(f"{split_csv} lacks columns {sorted(missing_cols)}; re-run prepare")
+        counts = rows["split"].value_counts()
+        if counts.get("train", 0) == 0:
+            raise ValueError(f"{split_csv} has no training images (counts: {counts.to_dict()});"
+                             " prepare it again with more images or another split")
+        present = set(prep.list_images(self.root))
+        missing = [i for i in rows["ImageId"] if i not in present]
+        if missing:
+            raise ValueError(
+                f"{split_csv} does not match {self.root / 'train_images'}: {len(missing)} listed "
+                f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                "); delete the prepared folder or point data.root at the right data")
+        cache = None
+        cdir = prep.cache_dir(self.prepared_dir, self.size)
+        if self.use_cache and (cdir / "masks.npy").exists():
+            cache = (np.load(cdir / "images.npy", mmap_mode="r"),
+                     np.load(cdir / "masks.npy", mmap_mode="r"))
+            if len(cache[0]) != len(rows):
+                raise ValueError(f"cache {cdir} has {len(cache[0])} images, split.csv "
+                                 f"{len(rows)}; delete {cdir}")
+        aug = train_transform(**self.augment) if self.augment is not None else None
+        for name in prep.SPLITS:
+            idx = np.flatnonzero(rows["split"].to_numpy() == name)
+            part_cache = (*cache, idx) if cache is not None else None
+            self.datasets[name] = SteelDataset(
+                rows.iloc[idx], self.root, self.size, aug if name == "train" else None, part_cache)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[name]
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            # a last batch of 1 breaks batch-norm statistics in training
+            drop_last=shuffle and len(ds) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

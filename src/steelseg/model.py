@@ -1,0 +1,259 @@
+"""SteelSegModule: an smp segmentation network as a LightningModule built from plain values.
+
+The module takes strings, numbers and small dicts (architecture, encoder, weights, loss,
+optimizer and scheduler specs) and builds everything itself, so ``save_hyperparameters()``
+stores a complete recipe and ``SteelSegModule.load_from_checkpoint(path)`` needs no Hydra.
+
+Input: ``uint8`` (or float 0..255) grey images ``(N, 1, H, W)``; the module normalises them on
+its device as the encoder expects. Output: logits ``(N, 1, H, W)`` (no activation).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from steelseg.losses import WeightedLoss
+from steelseg.metric import SegMetrics
+
+#: config name -> smp architecture name
+ARCHS: dict[str, str] = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "linknet": "Linknet",
+    "pspnet": "PSPNet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+SCHEDULERS = ("none", "cosine", "cosine_warm_restarts", "onecycle", "plateau")
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HUB_HOST = "huggingface.co"  # where smp and timm fetch pretrained encoder weights
+
+
+def _choice(kind: str, name: str, valid) -> str:
+    key = str(name).lower()
+    if key not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; choose from {sorted(valid)}")
+    return key
+
+
+def check_encoder(name: str) -> None:
+    """Raise ``ValueError`` listing smp's encoders when ``name`` is not one of them."""
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    if name.startswith("tu-"):  # any timm model; timm says if it does not exist
+        return
+    names = get_encoder_names()
+    if name not in names:
+        raise ValueError(f"unknown encoder {name!r}; smp has {sorted(names)} and any timm "
+                         "model as 'tu-<name>'")
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_network(arch: str, encoder_name: str, encoder_weights: str | None, in_channels: int,
+                  arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Create the smp network with one output channel (logits).
+
+    Args:
+        arch: A key of :data:`ARCHS` (case-insensitive).
+        encoder_name: An smp encoder, or ``tu-<timm model>``.
+        encoder_weights: ``"imagenet"`` (or another smp weight name), None for random
+            initialisation, or the path of a local file holding the encoder's state dict.
+        in_channels: 1 (grey) or 3 (grey repeated, as ImageNet encoders expect).
+        arch_kwargs: Extra arguments of the smp architecture (e.g. decoder sizes).
+
+    Raises:
+        ValueError: unknown architecture or encoder.
+        RuntimeError: pretrained weights are requested but cannot be downloaded.
+    """
+    smp_arch = ARCHS[_choice("architecture", arch, ARCHS)]
+    check_encoder(encoder_name)
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    local = encoder_weights is not None and (
+        os.sep in str(encoder_weights) or Path(str(encoder_weights)).suffix != "")
+    if local and not Path(encoder_weights).is_file():
+        raise FileNotFoundError(f"encoder_weights file {encoder_weights} does not exist")
+    named = encoder_weights is not None and not local
+    if named and os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+        raise RuntimeError(
+            f"encoder_weights={encoder_weights!r} must be downloaded from {HUB_HOST}, which this "
+            "machine cannot reach. Use model.encoder_weights=null (random initialisation), or "
+            "model.encoder_weights=/path/to/encoder.pth (a saved encoder state dict), or set "
+            "HF_HUB_OFFLINE=1 if the weights are already in the Hugging Face cache.")
+    net = smp.create_model(smp_arch, encoder_name=encoder_name,
+                           encoder_weights=encoder_weights if named else None,
+                           in_channels=in_channels, classes=1, **dict(arch_kwargs or {}))
+    if local:
+        state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
+        if len(missing) == len(net.encoder.state_dict()):
+            raise ValueError(f"{encoder_weights} holds no weights of encoder {encoder_name} "
+                             f"(unexpected keys: {unexpected[:5]})")
+    return net
+
+
+def normalisation(encoder_name: str, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (shape (C, 1, 1), for pixel values scaled to 0..1) the encoder expects."""
+    try:
+        params = smp.encoders.get_preprocessing_params(encoder_name, pretrained="imagenet")
+        mean, std = params["mean"], params["std"]
+    except Exception:  # tu-* and some encoders have no table entry: ImageNet's is the norm
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std = torch.tensor(mean), torch.tensor(std)
+    if in_channels == 1:  # grey input to a 1-channel stem: the average of the channels
+        mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+    return mean.view(-1, 1, 1), std.view(-1, 1, 1)
+
+
+class SteelSegModule(pl.LightningModule):
+    """Binary defect segmentation with an smp network.
+
+    Args:
+        arch: Architecture, a key of :data:`ARCHS` (e.g. ``fpn``, ``unet``).
+        encoder_name: smp encoder (e.g. ``resnext50_32x4d``, ``efficientnet-b3``).
+        encoder_weights: ``imagenet``, None, or a local encoder state-dict file.
+        in_channels: 1 or 3; grey images are repeated to 3 channels for 3.
+        arch_kwargs: Extra smp architecture arguments.
+        loss: Loss spec, see :mod:`steelseg.losses`.
+        optimizer: ``{"name": "adamw", "lr": 1e-4, **kwargs}``; names from :data:`OPTIMIZERS`.
+        scheduler: ``{"name": ..., **kwargs}`` with a name from :data:`SCHEDULERS`, or None.
+        threshold: Probability threshold of the metrics.
+    """
+
+    def __init__(
+        self,
+        arch: str = "fpn",
+        encoder_name: str = "resnext50_32x4d",
+        encoder_weights: str | None = "imagenet",
+        in_channels: int = 3,
+        arch_kwargs: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        loss = loss or {"dice": 1.0}
+        optimizer = optimizer or {"name": "adamw", "lr": 1e-4}
+        _choice("optimizer", optimizer.get("name", ""), OPTIMIZERS)
+        if scheduler:
+            _choice("scheduler", scheduler.get("name", ""), SCHEDULERS)
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.save_hyperparameters()
+        self.net = build_network(arch, encoder_name, encoder_weights, in_channels, arch_kwargs)
+        mean, std = normalisation(encoder_name, in_channels)
+        self.register_buffer("mean", mean * 255.0, persistent=False)  # pixel units, (C, 1, 1)
+        self.register_buffer("std", std * 255.0, persistent=False)
+        self.loss_fn = WeightedLoss(loss)
+        self.lr = float(optimizer.get("lr", 1e-3))  # an attribute, so Lightning's Tuner can set it
+        self.val_metrics = SegMetrics(threshold)
+        self.test_metrics = SegMetrics(threshold)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """Load a trained module; pretrained encoder weights are not fetched again."""
+        kwargs.setdefault("encoder_weights", None)  # the checkpoint holds every weight
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of defect for grey images.
+
+        Shape:
+            image: (N, 1, H, W) uint8 or float in 0..255; H, W multiples of 32.
+            Returns (N, 1, H, W) float logits.
+        """
+        x = image.float()
+        if self.hparams.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)  # grey -> the 3 equal channels ImageNet encoders expect
+        return self.net((x - self.mean) / self.std)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["image"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegMetrics) -> None:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val",
+                 batch_size=len(batch["image"]), sync_dist=True)
+        metrics.update(logits, batch["mask"])
+
+    def _eval_epoch_end(self, stage: str, metrics: SegMetrics) -> None:
+        values = metrics.compute()  # synchronised across processes by torchmetrics
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
+        metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_metrics)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        spec = dict(self.hparams.optimizer)
+        opt_cls = OPTIMIZERS[_choice("optimizer", spec.pop("name"), OPTIMIZERS)]
+        spec.pop("lr", None)
+        optimizer = opt_cls(self.parameters(), lr=self.lr, **spec)
+        sched = dict(self.hparams.scheduler or {"name": "none"})
+        name = _choice("scheduler", sched.pop("name"), SCHEDULERS)
+        if name == "none":
+            return optimizer
+        if name == "cosine":
+            s = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=sched.pop("T_max", None) or self.trainer.max_epochs, **sched)
+            return {"optimizer": optimizer, "lr_scheduler": s}
+        if name == "cosine_warm_restarts":
+            s = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, **sched)
+            return {"optimizer": optimizer, "lr_scheduler": s}
+        if name == "onecycle":
+            s = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=sched.pop("max_lr", None) or self.lr,
+                total_steps=self.trainer.estimated_stepping_batches, **sched)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "interval": "step"}}
+        monitor = sched.pop("monitor", "val/iou")
+        s = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", **sched)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "monitor": monitor}}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())

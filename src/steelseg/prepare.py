@@ -1,0 +1,561 @@
+"""Preparation: a Kaggle-layout folder -> a stratified ``split.csv`` (+ an optional uint8 cache).
+
+This is the original test task's data-preparation notebook as a function and a command::
+
+    steelseg-prepare --data-dir DIR --out OUT [--n-images 1000] [--split 800,100,100] [--seed 42]
+
+``DIR`` holds ``train.csv`` (either layout, see :func:`steelseg.rle.read_annotations`) and
+``train_images/``; images in ``train_images/`` without rows are defect-free. ``OUT/split.csv``
+has one row per selected image: ``ImageId, split, EncodedPixels`` (the 4 classes merged into one
+binary mask, RLE at 256x1600), ``defect_pixels``, ``classes`` (e.g. ``"1 3"``), ``n_classes``.
+``OUT/prepare.json`` records the parameters and the source so a later run can tell whether the
+split still matches its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from steelseg import rle
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = ["ImageId", "split", "EncodedPixels", "defect_pixels", "classes", "n_classes"]
+PREPARE_VERSION = 1  # bump when split.csv's content for the same inputs changes
+
+
+# ----------------------------------------------------------------------------- writing helpers
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- labels
+def list_images(data_dir: Path) -> list[str]:
+    """Sorted image file names in ``data_dir/train_images``."""
+    folder = data_dir / "train_images"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
+            "train_images/ (download: kaggle competitions download -c severstal-steel-defect-"
+            "detection), or run `steelseg-synth --out DIR` for synthetic data"
+        )
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
+    """One row per image of ``train_images/`` with its merged binary mask.
+
+    Returns:
+        DataFrame with :data:`SPLIT_COLUMNS` except ``split``, sorted by ImageId.
+
+    Raises:
+        FileNotFoundError: train.csv or train_images/ is missing, or train.csv names images
+            that are not in train_images/ (unless ``skip_bad``).
+        ValueError: train.csv is malformed, or there are no images.
+    """
+    images = list_images(data_dir)
+    if not images:
+        raise ValueError(f"{data_dir / 'train_images'} holds no images (*.jpg, *.png)")
+    ann = rle.read_annotations(data_dir / "train.csv")
+    missing = sorted(set(ann.attrs["image_ids"]) - set(images))
+    if missing:
+        msg = (f"train.csv names {len(missing)} image(s) missing from {data_dir / 'train_images'}:"
+               f" {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if not skip_bad:
+            raise FileNotFoundError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
+        log.warning("%s; dropping them", msg)
+        ann = ann[~ann["ImageId"].isin(missing)]
+    merged: dict[str, list[str]] = {}
+    classes: dict[str, list[int]] = {}
+    for iid, cid, enc in ann[["ImageId", "ClassId", "EncodedPixels"]].itertuples(index=False):
+        merged.setdefault(iid, []).append(enc)
+        classes.setdefault(iid, []).append(int(cid))
+    df = pd.DataFrame({"ImageId": images})
+    df["EncodedPixels"] = [rle.merge(merged.get(i, ())) for i in images]
+    df["defect_pixels"] = [rle.area(s) for s in df["EncodedPixels"]]
+    df["classes"] = [" ".join(map(str, sorted(classes.get(i, ())))) for i in images]
+    df["n_classes"] = df["classes"].str.split().str.len().astype(int)
+    return df
+
+
+def check_images(data_dir: Path, image_ids: Sequence[str]) -> dict[str, str]:
+    """Images that are missing, unreadable, truncated or not 1600x256, with the reason.
+
+    Reads each file's header and, for JPEGs, checks the end-of-image marker (a truncated
+    JPEG still decodes, silently, with grey filler).
+    """
+    from PIL import Image
+
+    bad = {}
+    for iid in image_ids:
+        path = data_dir / "train_images" / iid
+        try:
+            with Image.open(path) as im:
+                size, fmt = im.size, im.format
+            if size != (rle.SHAPE[1], rle.SHAPE[0]):
+                bad[iid] = f"size {size[0]}x{size[1]}, expected {rle.SHAPE[1]}x{rle.SHAPE[0]}"
+            elif fmt == "JPEG" and not _has_jpeg_end(path):
+                bad[iid] = "truncated JPEG"
+        except FileNotFoundError:
+            bad[iid] = "missing"
+        except Exception as e:  # PIL raises many types for broken files
+            bad[iid] = f"unreadable: {type(e).__name__}"
+    return bad
+
+
+def _has_jpeg_end(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        return b"\xff\xd9" in f.read()
+
+
+# ----------------------------------------------------------------------------- selection
+def _systematic(order: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``k`` of ``order`` at evenly spaced positions (stratified when ``order`` is)."""
+    n = len(order)
+    if k >= n:
+        return order
+    pos = np.floor((np.arange(k) + rng.random()) * n / k).astype(int)
+    return order[pos]
+
+
+def _stratified_order(keys: pd.Series, rng: np.random.Generator) -> np.ndarray:
+    """Row positions sorted by stratum, shuffled within each stratum."""
+    tiebreak = rng.permutation(len(keys))
+    return np.lexsort((tiebreak, keys.astype(str).to_numpy()))
+
+
+def stratified_pick(keys: pd.Series, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of ``k`` rows chosen so each stratum of ``keys`` keeps its share (+-1)."""
+    return np.sort(_systematic(_stratified_order(keys, rng), k, rng))
+
+
+def assign_splits(keys: pd.Series, sizes: dict[str, int], rng: np.random.Generator) -> np.ndarray:
+    """Label rows ``train``/``val``/``test`` with the given counts, stratified by ``keys``.
+
+    The last split of ``sizes`` takes whatever the others leave.
+    """
+    labels = np.full(len(keys), list(sizes)[-1], dtype=object)
+    free = np.arange(len(keys))
+    for name, k in list(sizes.items())[:-1]:
+        chosen = free[stratified_pick(keys.iloc[free].reset_index(drop=True), k, rng)]
+        labels[chosen] = name
+        free = np.setdiff1d(free, chosen)
+    return labels
+
+
+def parse_split(text: str) -> tuple[float, ...]:
+    """``"800,100,100"`` or ``"0.8,0.1,0.1"`` -> numbers for train, val, test."""
+    try:
+        parts = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"split {text!r} must be three numbers: train,val,test") from None
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ValueError(f"split {text!r} must be three non-negative numbers: train,val,test")
+    return parts
+
+
+def split_counts(parts: Sequence[float], n: int) -> dict[str, int]:
+    """Turn fractions (summing to 1) or counts (summing to ``n``) into counts."""
+    total = sum(parts)
+    if abs(total - 1.0) < 1e-6:
+        counts = [int(round(p * n)) for p in parts]
+        counts[0] = n - counts[1] - counts[2]
+    elif all(float(p).is_integer() for p in parts) and int(total) == n:
+        counts = [int(p) for p in parts]
+    else:
+        raise ValueError(f"split {','.join(f'{p:g}' for p in parts)} must be fractions summing "
+                         f"to 1 or counts summing to the {n} selected images")
+    return dict(zip(SPLITS, counts))
+
+
+def select(
+    labels: pd.DataFrame,
+    n_images: int | None,
+    split: Sequence[float],
+    seed: int,
+    only_defective: bool = False,
+    val_fraction: float = 0.1,
+) -> pd.DataFrame:
+    """Choose images and give each a split, stratified by defect presence and class.
+
+    Args:
+        labels: Output of :func:`image_labels`.
+        n_images: How many images to use; None for all.
+        split: train/val/test as fractions or counts.
+        seed: Seed of every random choice here.
+        only_defective: The original task's protocol: only images with a defect (every
+            multi-class image, then single-class ones at random up to ``n_images``); test is
+            stratified by number of classes, and validation is ``val_fraction`` of train.
+        val_fraction: Used with ``only_defective``.
+
+    Returns:
+        The selected rows of ``labels`` with a ``split`` column, in ImageId order.
+    """
+    rng = np.random.default_rng(seed)
+    pool = labels[labels["n_classes"] > 0] if only_defective else labels
+    pool = pool.reset_index(drop=True)
+    n = len(pool) if n_images is None else int(n_images)
+    if n < 1:
+        raise ValueError(f"n_images must be >= 1 or 'all', got {n_images}")
+    if n > len(pool):
+        what = "defective images" if only_defective else "images"
+        raise ValueError(f"asked for {n} images but the data has {len(pool)} {what}; "
+                         "use --n-images all (data.n_images=null) or a smaller number")
+    if only_defective:
+        multi = np.flatnonzero(pool["n_classes"].to_numpy() > 1)
+        single = np.flatnonzero(pool["n_classes"].to_numpy() == 1)
+        if len(multi) >= n:
+            take = rng.choice(multi, n, replace=False)
+        else:
+            take = np.concatenate([multi, rng.choice(single, n - len(multi), replace=False)])
+        chosen = pool.iloc[np.sort(take)].reset_index(drop=True)
+        key = chosen["n_classes"]
+        sizes = split_counts(split, n)
+        test = sizes["test"]
+        val = int(round(val_fraction * (n - test))) if sizes["val"] == 0 else sizes["val"]
+        split_label = assign_splits(key, {"test": test, "val": val, "train": n - test - val}, rng)
+    else:
+        key = pool["classes"]  # "" (clean), "3", "1 3", ...: presence and class together
+        chosen = pool.iloc[stratified_pick(key, n, rng)].reset_index(drop=True)
+        sizes = split_counts(split, n)
+        split_label = assign_splits(
+            chosen["classes"], {"test": sizes["test"], "val": sizes["val"], "train": sizes["train"]},
+            rng)
+    chosen.insert(1, "split", split_label)
+    return chosen
+
+
+def apply_split_file(
+    labels: pd.DataFrame, split_file: Path, val_fraction: float, seed: int, skip_bad: bool = False
+) -> pd.DataFrame:
+    """Use a published ``ImageId,split`` list; carve ``val`` from ``train`` when it has none."""
+    spec = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    if not {"ImageId", "split"} <= set(spec.columns):
+        raise ValueError(f"{split_file} has columns {list(spec.columns)}; expected ImageId,split")
+    for i, (iid, s) in enumerate(zip(spec["ImageId"], spec["split"])):
+        rle.check_image_id(iid, f"{split_file.name} line {i + 2}")
+        if s not in SPLITS:
+            raise ValueError(f"{split_file.name} line {i + 2}: split {s!r} is not one of {SPLITS}")
+    if spec["ImageId"].duplicated().any():
+        dup = spec.loc[spec["ImageId"].duplicated(), "ImageId"].iloc[0]
+        raise ValueError(f"{split_file.name}: ImageId {dup!r} is listed twice")
+    missing = sorted(set(spec["ImageId"]) - set(labels["ImageId"]))
+    if missing:
+        msg = (f"{split_file.name} lists {len(missing)} image(s) not in the data folder: "
+               f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if not skip_bad:
+            raise FileNotFoundError(msg + " (pass --skip-bad to drop them)")
+        log.warning("%s; dropping them", msg)
+        spec = spec[~spec["ImageId"].isin(missing)]
+    chosen = labels.merge(spec[["ImageId", "split"]], on="ImageId", how="inner")
+    if not (chosen["split"] == "val").any():
+        train = np.flatnonzero(chosen["split"].to_numpy() == "train")
+        k = int(round(val_fraction * len(train)))
+        key = chosen["n_classes"].iloc[train].reset_index(drop=True)
+        pick = train[stratified_pick(key, k, np.random.default_rng(seed))]
+        chosen.loc[pick, "split"] = "val"
+    return chosen[SPLIT_COLUMNS]
+
+
+# ----------------------------------------------------------------------------- prepare
+#: Split files shipped with steelseg, usable by name (see steelseg/splits/README.md).
+PACKAGED_SPLITS = {"seed": Path(__file__).parent / "splits" / "seed_split.csv"}
+
+
+def resolve_split_file(split_file: str | os.PathLike) -> Path:
+    """A packaged split's name (``seed``) or a path -> an existing file."""
+    path = PACKAGED_SPLITS.get(str(split_file), Path(split_file))
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {split_file} not found (packaged ones: "
+                                f"{sorted(PACKAGED_SPLITS)})")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (identifies the train.csv a split was made from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def prepare(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    n_images: int | None = 1000,
+    split: Sequence[float] | str | None = None,
+    seed: int = 42,
+    only_defective: bool = False,
+    split_file: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    skip_bad: bool = False,
+    cache_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``out/split.csv`` (and ``out/prepare.json``); optionally a uint8 cache.
+
+    Args:
+        data_dir: Kaggle-layout folder (``train.csv``, ``train_images/``).
+        out: Output folder.
+        n_images: Images to select; None for all. Ignored with ``split_file``.
+        split: train,val,test as fractions or counts (string ``"800,100,100"`` accepted);
+            None: 0.8,0.1,0.1, or with ``only_defective`` the original task's 0.9,0,0.1 (a val
+            share of 0 means ``val_fraction`` of train).
+        seed: Seed of the selection and of the split.
+        only_defective: The original task's protocol (see :func:`select`).
+        split_file: CSV of ``ImageId,split`` to reproduce a published split.
+        val_fraction: Share of train carved out as validation when the protocol or split file
+            has no validation images.
+        skip_bad: Drop missing/unreadable/wrong-size images with a warning instead of failing.
+        cache_size: (height, width) to also store decoded, resized images and masks at.
+
+    Returns:
+        Path of ``split.csv``.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    split = default_split(split, only_defective)
+    if cache_size is not None and (len(cache_size) != 2 or min(cache_size) < 1):
+        raise ValueError(f"cache size must be (height, width) >= 1, got {cache_size}")
+    labels = image_labels(data_dir, skip_bad)
+    if split_file is not None:
+        chosen = apply_split_file(labels, resolve_split_file(split_file), val_fraction, seed,
+                                  skip_bad)
+    else:
+        chosen = select(labels, n_images, split, seed, only_defective, val_fraction)
+    bad = check_images(data_dir, chosen["ImageId"])
+    if bad:
+        listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:10])
+        msg = f"{len(bad)} selected image(s) cannot be used: {listed}"
+        if not skip_bad:
+            raise ValueError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
+        log.warning("%s; dropping them", msg)
+        chosen = chosen[~chosen["ImageId"].isin(bad)]
+    if not (chosen["split"] == "train").any():
+        raise ValueError("the split has no training images; use more images or another --split")
+    chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
+    atomic_write_text(out / "split.csv", chosen[SPLIT_COLUMNS].to_csv(index=False))
+    meta = {
+        "version": PREPARE_VERSION,
+        "data_dir": str(data_dir.resolve()),
+        "train_csv_sha256": file_digest(data_dir / "train.csv"),
+        "params": prepare_params(n_images, split, seed, only_defective, split_file, val_fraction,
+                                 skip_bad),
+        "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
+    }
+    atomic_write_text(out / "prepare.json", json.dumps(meta, indent=2))
+    if cache_size is not None:
+        try:
+            build_cache(data_dir, out, cache_size)
+        except BaseException:  # no split without the cache that was asked for
+            for name in ("split.csv", "prepare.json"):
+                (out / name).unlink(missing_ok=True)
+            raise
+    return out / "split.csv"
+
+
+def default_split(split: Sequence[float] | str | None, only_defective: bool) -> tuple[float, ...]:
+    """The split as numbers; None gives the default of the protocol."""
+    if split is None:
+        return (0.9, 0.0, 0.1) if only_defective else (0.8, 0.1, 0.1)
+    return parse_split(split) if isinstance(split, str) else tuple(float(x) for x in split)
+
+
+def _split_order(col: pd.Series) -> pd.Series:
+    return col.map({s: i for i, s in enumerate(SPLITS)}) if col.name == "split" else col
+
+
+def prepare_params(n_images, split, seed, only_defective, split_file, val_fraction, skip_bad):
+    """The parameters that decide split.csv's content, as stored in prepare.json."""
+    parts = default_split(split, only_defective)
+    return {
+        "n_images": None if split_file else n_images,
+        "split": None if split_file else list(parts),
+        "seed": int(seed),
+        "only_defective": bool(only_defective) and not split_file,
+        "split_file": file_digest(resolve_split_file(split_file)) if split_file else None,
+        "val_fraction": float(val_fraction),
+        "skip_bad": bool(skip_bad),
+    }
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_dir(out: Path, size: tuple[int, int]) -> Path:
+    """Folder of the uint8 cache of a prepared split at ``size`` (height, width)."""
+    return Path(out) / f"cache_{size[0]}x{size[1]}"
+
+
+def cache_matches(folder: Path, split_digest: str) -> bool:
+    """Whether ``folder`` holds a complete cache of the split.csv with this digest."""
+    stamp = folder / "split.sha256"
+    return stamp.exists() and stamp.read_text() == split_digest and (folder / "masks.npy").exists()
+
+
+def load_gray(path: Path) -> np.ndarray:
+    """Read an image as uint8 grey (H, W); raise ``ValueError`` naming an unreadable file."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise ValueError(f"cannot read image {path}: missing, truncated or not an image")
+    return img
+
+
+def load_sample(data_dir: Path, image_id: str, encoded: str, size: tuple[int, int] | None):
+    """Decode one image and its mask, resized to ``size`` (height, width) when given.
+
+    Returns:
+        (image uint8 (H, W), mask uint8 (H, W) in {0, 1}).
+    """
+    img = load_gray(Path(data_dir) / "train_images" / image_id)
+    if img.shape != rle.SHAPE:
+        raise ValueError(f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected "
+                         f"{rle.SHAPE[1]}x{rle.SHAPE[0]}")
+    mask = np.ascontiguousarray(rle.decode(encoded, rle.SHAPE))
+    if size is not None and tuple(size) != rle.SHAPE:
+        h, w = size
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    return img, mask
+
+
+def build_cache(data_dir: Path, out: Path, size: tuple[int, int], workers: int | None = None) -> Path:
+    """Decode every image of ``out/split.csv`` once into ``images.npy``/``masks.npy``.
+
+    Both are (N, H, W) uint8 in split.csv order, readable as memory maps. Written under a
+    temporary folder name and renamed, so an interrupted build leaves no cache behind.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"cache size must be (height, width) >= 1, got {size}")
+    final = cache_dir(out, size)
+    digest = file_digest(out / "split.csv")
+    if cache_matches(final, digest):
+        return final
+    if final.exists():  # made for an earlier split.csv
+        import shutil
+
+        shutil.rmtree(final)
+    split = pd.read_csv(out / "split.csv", dtype={"EncodedPixels": str}, keep_default_na=False)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{final.name}."))
+    try:
+        n, (h, w) = len(split), size
+        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w))
+        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, h, w))
+        ids, rles = split["ImageId"].tolist(), split["EncodedPixels"].tolist()
+
+        def work(i: int) -> None:
+            images[i], masks[i] = load_sample(data_dir, ids[i], rles[i], size)
+
+        # OpenCV releases the GIL while decoding, so threads scale over cores.
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+            list(tqdm(pool.map(work, range(n)), total=n, desc=f"cache {h}x{w}", unit="img",
+                      disable=n < 50))
+        images.flush()
+        masks.flush()
+        (tmp / "split.sha256").write_text(digest)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        os.replace(tmp, final)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ----------------------------------------------------------------------------- CLI
+def _n_images(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}")
+    return n
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 256x416, got {text!r}")
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``steelseg-prepare``: see the module docstring."""
+    p = argparse.ArgumentParser(
+        prog="steelseg-prepare",
+        description="Select and split a Kaggle-layout Severstal folder into OUT/split.csv.")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help="folder with train.csv and train_images/")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--n-images", type=_n_images, default=1000, help="images to use, or 'all'")
+    p.add_argument("--split", type=parse_split, default=None,
+                   help="train,val,test as counts (800,100,100) or fractions (default 0.8,0.1,0.1;"
+                        " with --only-defective 0.9,0,0.1: val is --val-fraction of train)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--only-defective", action="store_true",
+                   help="the original task's protocol: defective images only, test by class count")
+    p.add_argument("--split-file",
+                   help="CSV of ImageId,split reproducing a published split, or 'seed' for the "
+                        "original test task's 900/100 split shipped with steelseg")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train used as validation when the split has none")
+    p.add_argument("--cache", type=_size, metavar="HxW",
+                   help="also store decoded uint8 images and masks resized to HxW (e.g. 256x416)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop missing/unreadable images with a warning instead of failing")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        path = prepare(args.data_dir, args.out, args.n_images, args.split, args.seed,
+                       args.only_defective, args.split_file, args.val_fraction, args.skip_bad,
+                       args.cache)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"steelseg-prepare: error: {e}", file=sys.stderr)
+        return 2
+    counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
+    print(f"wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

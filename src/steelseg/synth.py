@@ -1,0 +1,535 @@
+"""Synthetic steel-surface images with defect masks, in the Kaggle Severstal folder layout.
+
+The Kaggle data cannot be downloaded everywhere, so ``steelseg-synth`` writes a stand-in that
+the whole pipeline can run on::
+
+    DIR/train_images/<id>.jpg     1600x256 grey JPEGs stored as 3 equal channels
+    DIR/train.csv                 ImageId,ClassId,EncodedPixels (defect rows only)
+    DIR/test_images/<id>.jpg      unlabelled images made the same way
+    DIR/sample_submission.csv     ImageId,EncodedPixels,ClassId ("1 1", class 0 per image)
+    DIR/synth.json                how the folder was made (marks it as ours)
+
+The images imitate rolled steel as seen by the Severstal line cameras: grey level and contrast,
+fine vertical streaks along the rolling direction, uneven lighting, sensor noise, JPEG at
+quality 95 with 4:2:0 chroma (what the Kaggle files use), and black margins where the strip
+ends. The four defect classes follow the real class frequencies and co-occurrences (measured on
+all 12,568 Kaggle train images) and the real component sizes (percentiles measured on 2,549
+annotated Kaggle masks). As in Kaggle, each mask is a coarse polygon slightly larger than the
+visible defect, and classes never overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from tqdm import tqdm
+
+from steelseg.rle import SHAPE, encode
+
+H, W = SHAPE
+JPEG_QUALITY = 95  # the quantisation tables of the Kaggle JPEGs are libjpeg's at quality 95
+MARKER = "synth.json"
+
+# Which classes an image has, with the number of Kaggle train images of each combination
+# (12,568 images, 5,902 defect-free); sampling from it reproduces the class frequencies and
+# which classes appear together.
+CLASS_COMBOS: tuple[tuple[tuple[int, ...], int], ...] = (
+    ((), 5902), ((3,), 4759), ((1,), 769), ((4,), 516), ((3, 4), 284), ((2,), 195),
+    ((1, 3), 91), ((1, 2), 35), ((2, 3), 14), ((1, 2, 3), 2), ((2, 4), 1),
+)
+
+# Per class, measured on the annotated Kaggle masks (8-connected components):
+#   n_comp:  how many masks have 1, 2, 3, ... components;
+#   height, width: component bounding-box percentiles at QUANTILES (extremes trimmed);
+#   hw_rank_corr: Spearman correlation of height and width;
+#   aspect:  height / width range, a little wider than its 10th-90th percentiles;
+#   edge:    share of components touching the top or bottom edge, full-height ones excluded.
+QUANTILES = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+CLASS_SHAPES: dict[int, dict] = {
+    1: dict(n_comp=(143, 45, 22, 19, 19, 15, 22, 13, 6, 11, 7, 5),
+            height=(16, 26, 32, 42, 60, 92, 180), width=(12, 18, 21, 25, 32, 43, 80),
+            hw_rank_corr=0.41, aspect=(0.7, 5.0), edge=0.12),
+    2: dict(n_comp=(75, 22, 4),
+            height=(60, 85, 116, 157, 212, 256, 256), width=(7, 12, 15, 19, 26, 32, 43),
+            hw_rank_corr=0.37, aspect=(3.0, 16.0), edge=0.60),
+    3: dict(n_comp=(539, 413, 278, 170, 112, 80, 29, 21, 19, 7, 7, 5),
+            height=(12, 34, 64, 146, 255, 256, 256), width=(8, 16, 21, 33, 65, 171, 400),
+            hw_rank_corr=0.0, aspect=(0.25, 20.0), edge=0.40),
+    4: dict(n_comp=(175, 130, 53, 30, 14, 9, 5, 1, 3, 1, 1, 1),
+            height=(20, 34, 60, 100, 157, 225, 256), width=(24, 37, 70, 126, 213, 348, 600),
+            hw_rank_corr=0.69, aspect=(0.25, 2.2), edge=0.38),
+}
+MARGIN_PROB = 0.12  # share of images showing a strip end (black margin) on one side
+
+
+def _field(rng: np.random.Generator, small: tuple[int, int], shape: tuple[int, int],
+           interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Smooth random field: white noise of shape ``small`` upsampled to ``shape`` (h, w).
+
+    The ratio ``shape / small`` along each axis is the correlation length, so (4, 1600) over
+    a 256x1600 image gives streaks about 64 px long and 1 px wide.
+    """
+    noise = rng.standard_normal(small, dtype=np.float32)
+    return cv2.resize(noise, (shape[1], shape[0]), interpolation=interp)
+
+
+def _white(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Zero-mean unit-variance white noise (float32).
+
+    Uniform over 256 levels rather than Gaussian: drawn as random bytes, several times faster,
+    and indistinguishable once blurred or JPEG-compressed.
+    """
+    noise = np.frombuffer(rng.bytes(shape[0] * shape[1]), np.uint8).reshape(shape)
+    return (noise.astype(np.float32) - np.float32(127.5)) * np.float32(math.sqrt(12) / 256)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """Defect-free rolled-steel texture (float32, grey levels around 90-140).
+
+    Amplitudes are set so that the statistics of the real Kaggle frames are met: std ~20
+    over the frame, ~10 in the residual after a 40 px blur, ~6 below 1 px, with the residual
+    correlated further along the rolling direction (vertical) than across it.
+    """
+    # Everything smoother than ~4 px is built at quarter resolution, then upsampled once.
+    qh, qw = H // 4, W // 4
+    level = rng.uniform(90, 135)
+    # Uneven lighting: a ramp from top to bottom (real frames are often darker at one edge),
+    # broad swells across the width, often slanted, and a weaker 2-D unevenness.
+    ramp = np.linspace(-1.0, 1.0, qh, dtype=np.float32)[:, None] * rng.uniform(-40, 40)
+    slant = rng.uniform(-0.6, 0.6)  # px across per px down
+    shift = int(abs(slant) * qh) + 1
+    swell = 12.0 * _field(rng, (1, 10), (1, qw + 2 * shift), cv2.INTER_CUBIC)[0]
+    starts = shift + np.rint(slant * (np.arange(qh) - qh / 2)).astype(int)
+    low = level + ramp + sliding_window_view(swell, qw)[starts]
+    low += 6.0 * _field(rng, (3, 12), (qh, qw), cv2.INTER_CUBIC)
+    # Full-height bands 10-50 px wide, a little brighter or darker (different roll passes).
+    low += 5.0 * _field(rng, (2, W // 25), (qh, qw), cv2.INTER_CUBIC)
+    # Mottling a few pixels across.
+    low += 2.5 * _field(rng, (H // 6, W // 6), (qh, qw), cv2.INTER_CUBIC)
+    img = cv2.resize(low, (W, H), interpolation=cv2.INTER_LINEAR)
+    # Fine detail, summed at full resolution and blurred once: the blur widens the streaks to
+    # the 1-4 px of the real ones and gives the grain its ~1 px correlation, a little longer
+    # across than along (as measured on the real frames).
+    # Rolling streaks: columns with their own offset that drifts along the height, over ~10
+    # and ~60 px.
+    streaks = 3.0 * rng.standard_normal((24, W), dtype=np.float32)
+    streaks += 4.0 * _field(rng, (4, W), (24, W))
+    fine = cv2.resize(streaks, (W, H))
+    # Where a streak is darkest it often shows as a crisp dark dash (scale pressed in).
+    fine += rng.uniform(1, 3) * np.minimum(fine + rng.uniform(10, 16), 0)
+    # Stains: crisp-edged darker smears elongated along the rolling direction, none to a few
+    # per cent of the frame. Unlabelled in Kaggle, so not every dark mark is a defect.
+    smear = cv2.resize(_field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC), (W, H))
+    fine += (smear > rng.uniform(1.2, 2.8)) * np.float32(-rng.uniform(8, 16))
+    # Specks of scale and dust (1-2 px), a few dozen to a thousand per frame, mostly bright.
+    n = int(rng.integers(30, 1000))
+    fine[rng.integers(0, H, n), rng.integers(0, W, n)] += rng.uniform(40, 150, n) * rng.choice(
+        [-0.6, 1.0], n, p=[0.3, 0.7])
+    # Grain: 7 grey levels of std after the blur, which divides white noise's std by 0.48.
+    fine += (7.0 / 0.48) * _white(rng, (H, W))
+    img += cv2.GaussianBlur(fine, (0, 0), sigmaX=0.8, sigmaY=0.5)
+    return img
+
+
+def _sample_quantiles(u: float, knots: tuple[int, ...]) -> int:
+    """Inverse CDF: the value at probability ``u`` of a distribution given by its quantiles."""
+    return int(round(float(np.interp(u, QUANTILES, knots))))
+
+
+def _fit_box(pts: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Scale polygon points (n, 2) to span exactly ``box`` = (x0, x1, y0, y1); int32."""
+    lo, span = pts.min(0), np.maximum(np.ptp(pts, 0), 1e-6)
+    size = np.array([box[1] - box[0], box[3] - box[2]])
+    return np.rint(np.array([box[0], box[2]]) + (pts - lo) / span * size).astype(np.int32)
+
+
+def _streak_polygon(rng: np.random.Generator, box: tuple[float, float, float, float],
+                    open_top: bool, open_bottom: bool) -> np.ndarray:
+    """Coarse polygon around a vertical streak: slanted, a little uneven, pointed inside.
+
+    Like the Kaggle annotations: a handful of vertices per side, tapering where the defect
+    ends inside the frame, cut straight where it runs off the top or bottom edge.
+    """
+    n = int(rng.integers(3, 7))
+    ys = np.linspace(0.0, 1.0, n)
+    xs = rng.normal(0, 0.3) * ys + rng.normal(0, 0.1, n)  # in units of the width
+    half = 0.5 * rng.uniform(0.65, 1.0, n)
+    if not open_top:
+        half[0] *= 0.3
+    if not open_bottom:
+        half[-1] *= 0.3
+    pts = np.concatenate([np.stack([xs - half, ys], 1), np.stack([xs + half, ys], 1)[::-1]])
+    return _fit_box(pts, box)
+
+
+def _blob_polygon(rng: np.random.Generator, box: tuple[float, float, float, float],
+                  jitter: float) -> np.ndarray:
+    """Coarse star-shaped polygon filling ``box``; ``jitter`` makes it ragged."""
+    n = int(rng.integers(6, 12))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radius = 1.0 - jitter * rng.random(n)
+    return _fit_box(np.stack([radius * np.cos(angles), radius * np.sin(angles)], 1), box)
+
+
+def _glitter(rng: np.random.Generator, shape: tuple[int, int], per_px: float) -> np.ndarray:
+    """Sharp bright points of torn metal, ``per_px`` of them per pixel."""
+    out = np.zeros(shape, np.float32)
+    n = int(shape[0] * shape[1] * per_px)
+    out[rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)] = rng.uniform(60, 200, n)
+    return cv2.GaussianBlur(out, (0, 0), 0.7)
+
+
+def _scratches(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
+    """Class 3: parallel scratch lines along the defect, each a bright glint beside a dark
+    groove, broken in places, on ground a little to clearly darker than the steel around.
+
+    On real scratches the std inside the mask is about twice that of the steel around.
+    """
+    ch, cw = inner.shape
+    # The lines follow the polygon's lean (a straight fit through its row centres), within
+    # the few degrees off vertical of real scratches.
+    rows = np.flatnonzero(inner.max(1) > 0.5)
+    centres = (inner[rows] * np.arange(cw)).sum(1) / np.maximum(inner[rows].sum(1), 1e-6)
+    lean = float(np.clip(np.polyfit(rows, centres, 1)[0], -0.05, 0.05)) if len(rows) > 1 else 0.0
+    mid = float(centres.mean() - lean * rows.mean()) if len(rows) else cw / 2
+    lines = np.zeros((ch, cw), np.float32)
+    for dx in rng.uniform(-0.35, 0.35, int(rng.integers(1, 2 + cw // 4))) * cw:
+        for side, value in ((0, rng.uniform(60, 140)), (rng.choice([-2, 2]), -rng.uniform(20, 50))):
+            x_top, x_bottom = mid + dx + side, mid + dx + side + lean * ch
+            cv2.line(lines, (round(x_top), 0), (round(x_bottom), ch), float(value),
+                     int(rng.integers(1, 3)))
+    # Breaks: the lines fade in and out over 10-40 px.
+    on = _field(rng, (max(2, ch // 25), cw), (ch, cw))
+    on = np.clip(cv2.GaussianBlur(on, (0, 0), sigmaX=2, sigmaY=0.1) * 2 + 0.5, 0, 1)
+    lines = cv2.GaussianBlur(lines, (0, 0), 0.7) * on
+    return rng.uniform(-25, -5) + lines + _glitter(rng, (ch, cw), 0.01)
+
+
+def _pits(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
+    """Class 1: a few levels brighter, with bright spots and darker pits a few px across,
+    a little elongated along the rolling direction."""
+    ch, cw = inner.shape
+    spots = _field(rng, (max(2, ch // 4), max(2, cw // 3)), (ch, cw), cv2.INTER_CUBIC)
+    return (rng.uniform(2, 12) + rng.uniform(35, 70) * np.maximum(spots - 0.6, 0)
+            - rng.uniform(20, 40) * np.maximum(-spots - 1.0, 0) + _glitter(rng, (ch, cw), 0.01))
+
+
+def _groove(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
+    """Class 2: a groove about 20 levels darker than the steel around, deepest on its
+    centre line (where the soft region peaks), its depth varying along its length."""
+    along = 1.0 + 0.25 * _field(rng, (max(2, inner.shape[0] // 20), 1), (inner.shape[0], 1))
+    return -rng.uniform(20, 40) * along * np.ones_like(inner)
+
+
+def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
+    """Class 4: a scale patch, a little darker and mottled, with flakes: short bright and
+    dark dashes across the rolling direction."""
+    ch, cw = inner.shape
+    mottle = 5.0 * _field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
+    flakes = _field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
+    return (rng.uniform(-25, -10) + mottle
+            + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.5, 0))
+
+
+# Per class: how the visible defect is drawn, how ragged its outline is, how soft its edge
+# (as a share of the half-width; 0 = crisp), and how strong its relief (grey levels).
+DEFECT_STYLE = {
+    1: (_pits, 0.6, 0.0, (5, 20)),
+    2: (_groove, 0.2, 0.4, (10, 25)),
+    3: (_scratches, 0.3, 0.25, (5, 15)),
+    4: (_patch, 0.6, 0.0, (20, 40)),
+}
+
+
+def _place_class(rng: np.random.Generator, cls: int, img: np.ndarray, occupied: np.ndarray,
+                 x_range: tuple[int, int]) -> np.ndarray:
+    """Draw the components of one defect class into ``img``; return its mask.
+
+    Components are placed around a common centre with a random spread (real masks range from
+    a tight cluster to marks scattered over the width), never within 4 px of another defect
+    (``occupied``, updated here).
+    """
+    shape = CLASS_SHAPES[cls]
+    counts = np.asarray(shape["n_comp"], float)
+    n_comp = 1 + int(rng.choice(len(counts), p=counts / counts.sum()))
+    mask = np.zeros((H, W), np.uint8)
+    centre, spread = rng.uniform(*x_range), math.exp(rng.uniform(math.log(20), math.log(600)))
+    for _ in range(n_comp):
+        # Height and width share their quantile with probability hw_rank_corr, which gives
+        # that rank correlation while keeping both marginals exact.
+        u_h = rng.random()
+        u_w = u_h if rng.random() < shape["hw_rank_corr"] else rng.random()
+        h, w = _sample_quantiles(u_h, shape["height"]), _sample_quantiles(u_w, shape["width"])
+        w = int(np.clip(w, h / shape["aspect"][1], h / shape["aspect"][0]))
+        w = min(w, x_range[1] - x_range[0] - 2)
+        # Vertical extent; components at an edge run on past it and are cut there.
+        streak = cls == 2 or (cls != 4 and h > 1.5 * w)
+        top = bottom = h >= H
+        if not top and rng.random() < shape["edge"]:
+            top = rng.random() < 0.5
+            bottom = not top
+        beyond = 3 if streak else rng.uniform(0.1, 0.6) * h
+        if top or bottom:
+            y_top = -beyond if top else H - h
+            y_bottom = H + beyond if bottom else h
+        else:
+            y_top = float(rng.integers(1, max(2, H - h)))
+            y_bottom = y_top + h
+        for attempt in range(10):
+            # First near the class's centre, then anywhere on the strip.
+            cx = rng.normal(centre, spread) if attempt < 5 else rng.uniform(*x_range)
+            cx = float(np.clip(cx, x_range[0] + w / 2, x_range[1] - w / 2))
+            box = (cx - w / 2, cx + w / 2, y_top, y_bottom)
+            if streak:
+                pts = _streak_polygon(rng, box, top, bottom)
+            else:
+                pts = _blob_polygon(rng, box, 0.35 if cls == 4 else 0.2)
+            # Work in the polygon's bounding box, with room for the 9x9 dilation below.
+            x0, y0 = np.maximum(pts.min(0) - 5, 0)
+            x1, y1 = np.minimum(pts.max(0) + 6, (W, H))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            box_slice = np.s_[y0:y1, x0:x1]
+            comp = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            cv2.fillPoly(comp, [pts - (x0, y0)], 1)
+            if comp.any() and not (comp & occupied[box_slice]).any():
+                break
+        else:
+            continue  # no free spot: keep the image with fewer components
+        _render(rng, cls, img[box_slice], comp)
+        mask[box_slice] |= comp
+        occupied[box_slice] |= cv2.dilate(comp, np.ones((9, 9), np.uint8))
+    return mask
+
+
+def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndarray) -> None:
+    """Add the visible defect inside the polygon ``comp`` to ``patch`` (same-size views).
+
+    Annotators draw around the defect with some slack, so the visible part ends about 10% of
+    the short side inside the polygon, along a ragged line (the polygons are coarse). The
+    relief lights one side of the outline and shades the other.
+    """
+    draw, ragged, soft, relief = DEFECT_STYLE[cls]
+    ch, cw = comp.shape
+    dist = cv2.distanceTransform(comp, cv2.DIST_L2, 3)
+    _, _, bw, bh = cv2.boundingRect(comp)
+    slack = float(np.clip(0.1 * min(bw, bh), 1, 6))
+    edge = max(1.5, soft * min(bw, bh) / 2)
+    wobble = _field(rng, (max(2, ch // 12), max(2, cw // 12)), (ch, cw), cv2.INTER_CUBIC)
+    inner = np.clip((dist - slack * (1 + ragged * wobble)) / edge, 0, 1)
+    if cls == 4:
+        # Scale patches partly hide the rolling texture under them.
+        patch += 0.3 * inner * (cv2.GaussianBlur(patch, (0, 0), 1.5) - patch)
+    angle = rng.uniform(0, 2 * np.pi)  # light direction; 8 is the gain of the Sobel kernel
+    slope = (math.cos(angle) * cv2.Sobel(inner, cv2.CV_32F, 1, 0, ksize=3)
+             + math.sin(angle) * cv2.Sobel(inner, cv2.CV_32F, 0, 1, ksize=3)) / 8
+    patch += draw(rng, inner) * inner + rng.uniform(*relief) * slope
+
+
+def _strip_end(rng: np.random.Generator) -> tuple[tuple[int, int], np.ndarray | None]:
+    """Where the steel strip is in the frame.
+
+    Returns:
+        ``((x_lo, x_hi), dist)``: the columns where defects may go, and, in the images that
+        show a strip end, the signed distance in px to its edge (positive beyond it);
+        otherwise None.
+    """
+    if rng.random() >= MARGIN_PROB:
+        return (0, W), None
+    width = int(rng.integers(40, 500))
+    # The edge is nearly straight: a slight slant plus a small wobble along the height.
+    y = np.arange(H, dtype=np.float32)[:, None]
+    edge = width + rng.uniform(-4, 4) * y / H + 1.5 * _field(rng, (6, 1), (H, 1))
+    x = np.arange(W, dtype=np.float32)[None, :]
+    if rng.random() < 0.5:
+        return (width + 30, W), edge - x
+    return (0, W - width - 30), x - (W - 1 - edge)
+
+
+def _darken_margin(rng: np.random.Generator, img: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Blacken the frame beyond the strip end, as the real frames look there.
+
+    The camera sees near-black (grey 7-11) with a glow of scattered light fading over a few
+    tens of px; the strip's own rim, 10-30 px wide, is darker than the rest of the steel.
+    """
+    steel = np.clip(0.5 - dist / 2, 0, 1)  # a 2 px transition
+    rim = rng.uniform(15, 45) * np.exp(-np.maximum(-dist, 0) / rng.uniform(8, 30))
+    glow = 7.0 + rng.uniform(5, 20) * np.exp(-np.maximum(dist, 0) / 25)
+    return (img - rim) * steel + glow * (1 - steel)
+
+
+def make_image(rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Make one synthetic steel image and its defect masks (no JPEG, no files).
+
+    Args:
+        rng: Source of randomness; the result is a pure function of its state.
+
+    Returns:
+        ``(image, masks)``: ``image`` is uint8 (256, 1600); ``masks`` maps each class present
+        (1..4) to a uint8 0/1 mask of the same shape. Defect-free images give ``{}``.
+    """
+    img = _background(rng)
+    x_range, margin = _strip_end(rng)
+    weights = np.array([n for _, n in CLASS_COMBOS], float)
+    classes = CLASS_COMBOS[int(rng.choice(len(CLASS_COMBOS), p=weights / weights.sum()))][0]
+    occupied = np.zeros((H, W), np.uint8)
+    masks = {}
+    for cls in classes:
+        mask = _place_class(rng, cls, img, occupied, x_range)
+        if mask.any():
+            masks[cls] = mask
+    if margin is not None:
+        img = _darken_margin(rng, img, margin)
+    # Sensor noise grows with brightness (photon noise): std ~4 grey levels on the steel,
+    # ~1 in the black margins.
+    img += 0.35 * np.sqrt(np.maximum(img, 0)) * _white(rng, (H, W))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), masks
+
+
+def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` distinct Kaggle-style file names: 9 hex digits + ``.jpg``."""
+    ids: dict[str, None] = {}
+    while len(ids) < n:
+        ids[f"{int(rng.integers(16**9)):09x}.jpg"] = None
+    return list(ids)
+
+
+def _write_jpeg(path: Path, image: np.ndarray) -> None:
+    """Write a grey image as a 3-channel JPEG like Kaggle's, replacing any file atomically."""
+    ok, data = cv2.imencode(".jpg", cv2.merge([image] * 3), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"JPEG encoding failed for {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    """Write a CSV under a temporary name, then move it into place in one step."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | None = None,
+             progress: bool = True) -> Path:
+    """Write a synthetic data set in the Kaggle Severstal layout (see the module docstring).
+
+    The output depends only on ``n_images``, ``n_test`` and ``seed``: the same arguments give
+    byte-identical CSVs and identical pixels. Images are written first and the CSVs last, each
+    CSV under a temporary name moved into place, so an interrupted run never leaves a CSV
+    naming missing images. A folder made by an earlier run is updated in place (its images
+    that the new data set does not have are deleted, since defect-free images are found by
+    listing ``train_images/``); any other non-empty folder is refused, so real data is never
+    overwritten.
+
+    Args:
+        out: Output folder; created if missing.
+        n_images: Number of train images (>= 1).
+        seed: Random seed (>= 0).
+        n_test: Number of test images (>= 0); default ``max(1, n_images // 10)``.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ValueError: a count or the seed is out of range.
+        FileExistsError: ``out`` is a non-empty folder not made by this generator.
+    """
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if n_test is None:
+        n_test = max(1, n_images // 10)
+    if n_test < 0:
+        raise ValueError(f"n_test must be >= 0, got {n_test}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise FileExistsError(f"{out} is not empty and was not made by steelseg-synth "
+                              f"(no {MARKER}); choose a new or empty folder")
+    train_dir, test_dir = out / "train_images", out / "test_images"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    test_dir.mkdir(exist_ok=True)
+
+    # One stream for the names, then one independent stream per image, so that image i is
+    # the same whatever the number of images.
+    id_seq, image_seq = np.random.SeedSequence(seed).spawn(2)
+    ids = _image_ids(np.random.default_rng(id_seq), n_images + n_test)
+    train_ids, test_ids = ids[:n_images], ids[n_images:]
+    rngs = [np.random.default_rng(s) for s in image_seq.spawn(n_images + n_test)]
+
+    rows = []
+    for i, image_id in enumerate(tqdm(ids, desc="synthetic images", unit="img",
+                                      disable=not progress)):
+        image, masks = make_image(rngs[i])
+        if i < n_images:
+            _write_jpeg(train_dir / image_id, image)
+            rows += [(image_id, cls, encode(masks[cls])) for cls in sorted(masks)]
+        else:
+            _write_jpeg(test_dir / image_id, image)
+    _write_csv(out / "train.csv", ["ImageId", "ClassId", "EncodedPixels"], sorted(rows))
+    _write_csv(out / "sample_submission.csv", ["ImageId", "EncodedPixels", "ClassId"],
+               [(image_id, "1 1", 0) for image_id in sorted(test_ids)])
+    (out / MARKER).write_text(json.dumps(
+        {"generator": "steelseg-synth", "n_images": n_images, "n_test": n_test, "seed": seed},
+        indent=2) + "\n")
+    for folder, keep in ((train_dir, set(train_ids)), (test_dir, set(test_ids))):
+        for stale in folder.glob("*.jpg"):
+            if stale.name not in keep:
+                stale.unlink()
+    return out
+
+
+def _count(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``steelseg-synth --out DIR [--n-images N] [--seed S] [--n-test M]``."""
+    parser = argparse.ArgumentParser(
+        prog="steelseg-synth",
+        description="Write synthetic steel images with defect masks in the Kaggle Severstal "
+                    "layout (train_images/, train.csv, test_images/, sample_submission.csv).")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--n-images", type=_count(1), default=400,
+                        help="number of train images (default: 400)")
+    parser.add_argument("--seed", type=_count(0), default=0, help="random seed (default: 0)")
+    parser.add_argument("--n-test", type=_count(0), default=None,
+                        help="number of test images (default: n-images // 10, at least 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        out = generate(args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet)
+    except FileExistsError as err:
+        parser.error(str(err))
+    if not args.quiet:
+        print(f"wrote {args.n_images} train and {len(list((out / 'test_images').glob('*.jpg')))} "
+              f"test images to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Small shared test utilities: tiny Kaggle-layout folders written fast.
+
+A Kaggle-layout folder is ``train.csv`` (2019 layout ``ImageId_ClassId,EncodedPixels`` or the
+current layout ``ImageId,ClassId,EncodedPixels``) plus ``train_images/*.jpg`` (1600x256 grey).
+Images are constant grey JPEGs; the encoded bytes of each grey level are made once per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SHAPE = (256, 1600)  # (height, width) of a Severstal image
+
+# Labels of one image: {ClassId: RLE string} ({} = defect-free).
+Labels = Mapping[int, str]
+
+
+@functools.cache
+def jpeg_bytes(grey: int = 128, shape: tuple[int, int] = SHAPE) -> bytes:
+    """JPEG bytes of a constant grey image of ``shape`` (height, width); decodes exactly."""
+    ok, buf = cv2.imencode(".jpg", np.full(shape, grey, dtype=np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+def write_image(path: Path, grey: int = 128, shape: tuple[int, int] = SHAPE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jpeg_bytes(grey, shape))
+    return path
+
+
+def write_train_csv(path: Path, labels: Mapping[str, Labels], layout: str = "current") -> Path:
+    """Write ``labels`` ({ImageId: {ClassId: RLE}}) as a train.csv in ``layout``.
+
+    ``"2019"``: four rows per image (empty EncodedPixels for absent classes), every image listed.
+    ``"current"``: defect rows only (defect-free images do not appear).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        if layout == "2019":
+            w.writerow(["ImageId_ClassId", "EncodedPixels"])
+            for iid, by_class in labels.items():
+                for c in range(1, 5):
+                    w.writerow([f"{iid}_{c}", by_class.get(c, "")])
+        elif layout == "current":
+            w.writerow(["ImageId", "ClassId", "EncodedPixels"])
+            for iid, by_class in labels.items():
+                for c, s in sorted(by_class.items()):
+                    w.writerow([iid, c, s])
+        else:
+            raise ValueError(layout)
+    return path
+
+
+def write_kaggle(
+    root: Path,
+    labels: Mapping[str, Labels],
+    layout: str = "current",
+    greys: Mapping[str, int] | None = None,
+) -> Path:
+    """A Kaggle-layout folder at ``root`` with one constant-grey JPEG per ImageId of ``labels``."""
+    for iid in labels:
+        write_image(root / "train_images" / iid, (greys or {}).get(iid, 128))
+    write_train_csv(root / "train.csv", labels, layout)
+    return root
+
+
+# The class combinations of the standard tiny data set and how many images have each.
+COMBOS: dict[str, int] = {"": 24, "3": 12, "1": 6, "4": 6, "2": 3, "1 3": 6, "3 4": 3}
+
+
+def class_rle(c: int, i: int) -> str:
+    """A small RLE for class ``c`` of image number ``i`` (classes never overlap)."""
+    return f"{(c - 1) * 100_000 + 1 + 7 * i} {30 + c}"
+
+
+def standard_labels() -> dict[str, dict[int, str]]:
+    """60 images: 24 clean, 27 single-class (3/1/4/2) and 9 multi-class ("1 3", "3 4")."""
+    labels: dict[str, dict[int, str]] = {}
+    i = 0
+    for combo, n in COMBOS.items():
+        for _ in range(n):
+            labels[f"{i:04d}abc.jpg"] = {int(c): class_rle(int(c), i) for c in combo.split()}
+            i += 1
+    return labels
+
+
+def combo(by_class: Labels) -> str:
+    return " ".join(str(c) for c in sorted(by_class))
+
+
+def grey_of(image_id: str) -> int:
+    """A distinct grey level per image of :func:`standard_labels` (tells images apart in a cache)."""
+    return 10 + 4 * int(image_id[:4])

@@ -175,3 +175,14 @@ def test_cli_refuses_foreign_folder(tmp_path, capsys):
         synth.main(["--out", str(tmp_path), "--n-images", "1", "--quiet"])
     assert exc.value.code == 2
     assert "not made by steelseg-synth" in capsys.readouterr().err
+
+
+def test_rerun_after_interruption(tmp_path):
+    out = tmp_path / "data"
+    synth.generate(out, n_images=2, seed=1, n_test=1, progress=False)
+    # As if a run died after the marker and some images: no CSV, a temporary file left.
+    (out / "train.csv").unlink()
+    (out / "train_images" / "0123456789.jpg.tmp").write_bytes(b"partial")
+    synth.generate(out, n_images=2, seed=1, n_test=1, progress=False)
+    assert (out / "train.csv").is_file()
+    assert not list(out.rglob("*.tmp"))

@@ -37,9 +37,10 @@ def check_size(height: int, width: int) -> None:
     """Reject a training size the encoders cannot take, naming the nearest valid ones."""
     for name, v in (("height", height), ("width", width)):
         if v < STRIDE or v % STRIDE:
-            lo, hi = max(STRIDE, v // STRIDE * STRIDE), (v // STRIDE + 1) * STRIDE
+            lo, hi = v // STRIDE * STRIDE, (v // STRIDE + 1) * STRIDE
+            use = f"{lo} or {hi}" if lo >= STRIDE else str(hi)
             raise ValueError(f"data.{name}={v} must be a positive multiple of {STRIDE} (the "
-                             f"encoder halves it 5 times); use {lo} or {hi}")
+                             f"encoder halves it 5 times); use {use}")
 
 
 def train_transform(p_flip: float = 0.5, brightness: float = 0.2, contrast: float = 0.2,

@@ -62,7 +62,11 @@ def check_encoder(name: str) -> None:
     """Raise ``ValueError`` listing smp's encoders when ``name`` is not one of them."""
     from segmentation_models_pytorch.encoders import get_encoder_names
 
-    if name.startswith("tu-"):  # any timm model; timm says if it does not exist
+    if name.startswith("tu-"):  # any timm model
+        import timm
+
+        if not timm.is_model(name[3:]):
+            raise ValueError(f"unknown timm encoder {name!r}; see timm.list_models() for names")
         return
     names = get_encoder_names()
     if name not in names:
@@ -115,21 +119,42 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, in_
     if local:
         state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
-        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
-        if len(missing) == len(net.encoder.state_dict()):
+        own = net.encoder.state_dict()
+        shared = [k for k in state if k in own]
+        if not shared:
             raise ValueError(f"{encoder_weights} holds no weights of encoder {encoder_name} "
-                             f"(unexpected keys: {unexpected[:5]})")
+                             f"(its keys: {list(state)[:5]}, the encoder's: {list(own)[:5]})")
+        net.encoder.load_state_dict({k: state[k] for k in shared}, strict=False)
     return net
 
 
+#: smp encoders whose pretrained weights expect other statistics than ImageNet's. Kept here
+#: because smp 0.6 reads them from the Hugging Face hub, which may be unreachable.
+OTHER_STATS = {
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "xception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "dpn": ((124 / 255, 117 / 255, 104 / 255), (1 / (0.0167 * 255),) * 3),
+}
+
+
 def normalisation(encoder_name: str, in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (shape (C, 1, 1), for pixel values scaled to 0..1) the encoder expects."""
-    try:
-        params = smp.encoders.get_preprocessing_params(encoder_name, pretrained="imagenet")
-        mean, std = params["mean"], params["std"]
-    except Exception:  # tu-* and some encoders have no table entry: ImageNet's is the norm
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    mean, std = torch.tensor(mean), torch.tensor(std)
+    """Mean and std (shape (C, 1, 1), for pixel values scaled to 0..1) the encoder expects.
+
+    Looked up offline: timm's pretrained config for ``tu-`` encoders, else ImageNet's
+    statistics (what nearly every smp encoder was trained with) or :data:`OTHER_STATS`.
+    """
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if encoder_name.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(encoder_name[3:])
+        if cfg is not None:
+            mean, std = cfg.mean, cfg.std
+    else:
+        for prefix, stats in OTHER_STATS.items():
+            if encoder_name.startswith(prefix):
+                mean, std = stats
+    mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
     if in_channels == 1:  # grey input to a 1-channel stem: the average of the channels
         mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
     return mean.view(-1, 1, 1), std.view(-1, 1, 1)
@@ -252,7 +277,8 @@ class SteelSegModule(pl.LightningModule):
                 total_steps=self.trainer.estimated_stepping_batches, **sched)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "interval": "step"}}
         monitor = sched.pop("monitor", "val/iou")
-        s = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", **sched)
+        sched.setdefault("mode", "max")  # val/iou: higher is better
+        s = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **sched)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "monitor": monitor}}
 
     def num_parameters(self) -> int:

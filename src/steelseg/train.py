@@ -114,9 +114,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "split_sizes": {k: len(v) for k, v in datamodule.datasets.items()},
     }
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
-    log.info("metrics: %s", json.dumps(metrics))
-    log.info("run folder: %s", out)
+    print_summary(metrics, out)
     return metrics
+
+
+def print_summary(metrics: dict[str, float], out: Path) -> None:
+    """The headline numbers and where the run's files are, as the last lines of a run."""
+    rows = [(k, metrics[k]) for k in ("val/iou", "val/dice", "val/dice_per_image", "test/iou",
+                                      "test/dice", "test/dice_per_image") if k in metrics]
+    lines = [f"  {k:20s} {v:.4f}" for k, v in rows]
+    lines.append(f"  {'epochs':20s} {metrics['epochs']:.0f} in {metrics['fit_seconds']:.0f} s")
+    log.info("results (best checkpoint):\n%s\nrun folder: %s", "\n".join(lines), out)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

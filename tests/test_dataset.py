@@ -253,3 +253,23 @@ def test_synthetic_data_is_generated_into_an_empty_root(
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 4, "val": 1, "test": 1}
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 1, 64, 320)
+
+
+def test_random_crop_trains_on_crops_and_validates_on_whole_images(tiny_cfg) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.data.augment = {"p_flip": 0.0, "crop": [64, 128]}
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.datasets["train"][0]
+    val = dm.datasets["val"][0]
+    assert train["image"].shape == train["mask"].shape == (1, 64, 128)
+    assert val["image"].shape == (1, 64, 320)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        from steelseg.dataset import train_transform
+
+        train_transform(crop=(64, 100))

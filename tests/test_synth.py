@@ -68,6 +68,22 @@ def test_class_frequencies(samples):
     assert counts[3] > 2 * max(counts[1], counts[2], counts[4])
 
 
+def test_defects_visible_inside_masks(samples):
+    # The masks must carry the signal: more fine contrast inside than in a ring around them,
+    # or a clear shift of the grey level (as on real defects).
+    ratios = []
+    for image, masks in samples:
+        grey = image.astype(np.float32)
+        fine = grey - cv2.GaussianBlur(grey, (0, 0), 2)
+        for mask in masks.values():
+            ring = cv2.dilate(mask, np.ones((21, 21), np.uint8)) > mask
+            inside = mask > 0
+            contrast = fine[inside].std() / fine[ring].std()
+            shift = abs(grey[inside].mean() - grey[ring].mean()) / grey[ring].std()
+            ratios.append(max(contrast - 1, shift))
+    assert np.median(ratios) > 0.5
+
+
 def test_grey_levels_like_kaggle(samples):
     # Real frames: mean grey 90-145, std 17-30 (margins included).
     means = [image.mean() for image, _ in samples[:40]]

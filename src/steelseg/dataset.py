@@ -44,9 +44,23 @@ def check_size(height: int, width: int) -> None:
 
 
 def train_transform(p_flip: float = 0.5, brightness: float = 0.2, contrast: float = 0.2,
-                    shift: float = 0.05) -> A.Compose:
-    """Augmentations for training (image already at training size): flips, light, small shift."""
+                    shift: float = 0.05, crop: Sequence[int] | None = None) -> A.Compose:
+    """Augmentations for training (image already at training size): flips, light, small shift.
+
+    Args:
+        p_flip: Probability of each of the horizontal and vertical flips.
+        brightness: Brightness change limit (fraction).
+        contrast: Contrast change limit (fraction).
+        shift: Largest translation, as a fraction of the size.
+        crop: (height, width) of a random crop (multiples of 32), or None: training on crops
+            of the full-size strip costs less per image; validation still sees whole images.
+    """
+    crops = []
+    if crop is not None:
+        check_size(*crop)
+        crops = [A.RandomCrop(height=int(crop[0]), width=int(crop[1]))]
     return A.Compose([
+        *crops,
         A.HorizontalFlip(p=p_flip),
         A.VerticalFlip(p=p_flip),
         A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),

@@ -90,11 +90,8 @@ def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
     ann = rle.read_annotations(data_dir / "train.csv")
     missing = sorted(set(ann.attrs["image_ids"]) - set(images))
     if missing:
-        msg = (f"train.csv names {len(missing)} image(s) missing from {data_dir / 'train_images'}:"
-               f" {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if not skip_bad:
-            raise FileNotFoundError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
-        log.warning("%s; dropping them", msg)
+        _missing(missing, f"train.csv names {{n}} image(s) missing from {data_dir / 'train_images'}",
+                 skip_bad)
         ann = ann[~ann["ImageId"].isin(missing)]
     merged: dict[str, list[str]] = {}
     classes: dict[str, list[int]] = {}
@@ -107,6 +104,18 @@ def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
     df["classes"] = [" ".join(map(str, sorted(classes.get(i, ())))) for i in images]
     df["n_classes"] = df["classes"].str.split().str.len().astype(int)
     return df
+
+
+def _missing(names: list[str], what: str, skip_bad: bool) -> None:
+    """Raise ``FileNotFoundError`` listing ``names``; with ``skip_bad``, warn they are dropped.
+
+    ``what`` says what is wrong with ``{n}`` standing for how many.
+    """
+    listed = f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+    msg = f"{what.format(n=len(names))}: {listed}"
+    if not skip_bad:
+        raise FileNotFoundError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
+    log.warning("%s; dropping them", msg)
 
 
 def check_images(data_dir: Path, image_ids: Sequence[str]) -> dict[str, str]:
@@ -274,11 +283,7 @@ def apply_split_file(
         raise ValueError(f"{split_file.name}: ImageId {dup!r} is listed twice")
     missing = sorted(set(spec["ImageId"]) - set(labels["ImageId"]))
     if missing:
-        msg = (f"{split_file.name} lists {len(missing)} image(s) not in the data folder: "
-               f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if not skip_bad:
-            raise FileNotFoundError(msg + " (pass --skip-bad to drop them)")
-        log.warning("%s; dropping them", msg)
+        _missing(missing, f"{split_file.name} lists {{n}} image(s) not in the data folder", skip_bad)
         spec = spec[~spec["ImageId"].isin(missing)]
     chosen = labels.merge(spec[["ImageId", "split"]], on="ImageId", how="inner")
     if not (chosen["split"] == "val").any():

@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -53,22 +54,24 @@ CLASS_COMBOS: tuple[tuple[tuple[int, ...], int], ...] = (
 #   height, width: component bounding-box percentiles at QUANTILES (extremes trimmed);
 #   hw_rank_corr: Spearman correlation of height and width;
 #   aspect:  height / width range, a little wider than its 10th-90th percentiles;
+#   lone_draws: a lone component is larger than those in groups (median area 2.6x, 1.3x,
+#            1.3x, 3.3x): its size quantile is the highest of this many draws;
 #   edge:    chance that a component runs off the top or bottom edge, set so that the shares
 #            measured on the output match the real ones (16%, 70%, 55%, 39% of components).
 QUANTILES = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
 CLASS_SHAPES: dict[int, dict] = {
     1: dict(n_comp=(143, 45, 22, 19, 19, 15, 22, 13, 6, 11, 7, 5),
             height=(16, 26, 32, 42, 60, 92, 180), width=(12, 18, 21, 25, 32, 43, 80),
-            hw_rank_corr=0.41, aspect=(0.7, 5.0), edge=0.12),
+            hw_rank_corr=0.41, aspect=(0.7, 5.0), lone_draws=3, edge=0.16),
     2: dict(n_comp=(75, 22, 4),
             height=(60, 85, 116, 157, 212, 256, 256), width=(7, 12, 15, 19, 26, 32, 43),
-            hw_rank_corr=0.37, aspect=(3.0, 16.0), edge=0.60),
+            hw_rank_corr=0.37, aspect=(3.0, 16.0), lone_draws=1, edge=0.70),
     3: dict(n_comp=(539, 413, 278, 170, 112, 80, 29, 21, 19, 7, 7, 5),
             height=(12, 34, 64, 146, 255, 256, 256), width=(8, 16, 21, 33, 65, 171, 400),
-            hw_rank_corr=0.0, aspect=(0.25, 20.0), edge=0.40),
+            hw_rank_corr=0.0, aspect=(0.25, 20.0), lone_draws=1, edge=0.40),
     4: dict(n_comp=(175, 130, 53, 30, 14, 9, 5, 1, 3, 1, 1, 1),
             height=(20, 34, 60, 100, 157, 225, 256), width=(24, 37, 70, 126, 213, 348, 600),
-            hw_rank_corr=0.69, aspect=(0.25, 2.2), edge=0.38),
+            hw_rank_corr=0.69, aspect=(0.25, 2.2), lone_draws=3, edge=0.38),
 }
 MARGIN_PROB = 0.12  # share of images showing a strip end (black margin) on one side
 
@@ -97,7 +100,7 @@ def _white(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 def _background(rng: np.random.Generator) -> np.ndarray:
     """Defect-free rolled-steel texture (float32, grey levels around 90-140).
 
-    Amplitudes are set so that the statistics of the real Kaggle frames are met: std ~20
+    Amplitudes are set so that the statistics of the real Kaggle frames are met: std ~23
     over the frame, ~10 in the residual after a 40 px blur, ~6 below 1 px, with the residual
     correlated further along the rolling direction (vertical) than across it.
     """
@@ -106,10 +109,10 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     level = rng.uniform(90, 135)
     # Uneven lighting: a ramp from top to bottom (real frames are often darker at one edge),
     # broad swells across the width, often slanted, and a weaker 2-D unevenness.
-    ramp = np.linspace(-1.0, 1.0, qh, dtype=np.float32)[:, None] * rng.uniform(-40, 40)
+    ramp = np.linspace(-1.0, 1.0, qh, dtype=np.float32)[:, None] * rng.uniform(-48, 48)
     slant = rng.uniform(-0.6, 0.6)  # px across per px down
     shift = int(abs(slant) * qh) + 1
-    swell = 12.0 * _field(rng, (1, 10), (1, qw + 2 * shift), cv2.INTER_CUBIC)[0]
+    swell = 13.0 * _field(rng, (1, 10), (1, qw + 2 * shift), cv2.INTER_CUBIC)[0]
     starts = shift + np.rint(slant * (np.arange(qh) - qh / 2)).astype(int)
     low = level + ramp + sliding_window_view(swell, qw)[starts]
     low += 6.0 * _field(rng, (3, 12), (qh, qw), cv2.INTER_CUBIC)
@@ -128,10 +131,14 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     fine = cv2.resize(streaks, (W, H))
     # Where a streak is darkest it often shows as a crisp dark dash (scale pressed in).
     fine += rng.uniform(1, 3) * np.minimum(fine + rng.uniform(10, 16), 0)
-    # Stains: crisp-edged darker smears elongated along the rolling direction, none to a few
-    # per cent of the frame. Unlabelled in Kaggle, so not every dark mark is a defect.
-    smear = cv2.resize(_field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC), (W, H))
-    fine += (smear > rng.uniform(1.2, 2.8)) * np.float32(-rng.uniform(8, 16))
+    # Stains: crisp-edged darker smears elongated along the rolling direction, with ragged
+    # outlines, gathered in some stretches of the strip; none to several per cent of the frame.
+    # Unlabelled in Kaggle, so not every dark mark is a defect.
+    smear = (_field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC)
+             + 0.4 * _field(rng, (16, W // 4), (qh, qw), cv2.INTER_CUBIC)
+             + 0.8 * _field(rng, (1, 6), (1, qw), cv2.INTER_CUBIC))
+    smear = cv2.resize(smear, (W, H))
+    fine += (smear > rng.uniform(1.4, 3.0)) * np.float32(-rng.uniform(8, 20))
     # Specks of scale and dust (1-2 px), a few dozen to a thousand per frame, mostly bright.
     n = int(rng.integers(30, 1000))
     fine[rng.integers(0, H, n), rng.integers(0, W, n)] += rng.uniform(40, 150, n) * rng.choice(
@@ -177,7 +184,9 @@ def _blob_polygon(rng: np.random.Generator, box: tuple[float, float, float, floa
                   jitter: float) -> np.ndarray:
     """Coarse star-shaped polygon filling ``box``; ``jitter`` makes it ragged."""
     n = int(rng.integers(6, 12))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    # Vertices spread evenly around, each nudged by up to a third of the spacing: random
+    # angles could bunch up and leave a sliver.
+    angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n) + rng.random()) * (2 * np.pi / n)
     radius = 1.0 - jitter * rng.random(n)
     return _fit_box(np.stack([radius * np.cos(angles), radius * np.sin(angles)], 1), box)
 
@@ -191,10 +200,11 @@ def _glitter(rng: np.random.Generator, shape: tuple[int, int], per_px: float) ->
 
 
 def _scratches(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
-    """Class 3: parallel scratch lines along the defect, each a bright glint beside a dark
-    groove, broken in places, on ground a little to clearly darker than the steel around.
+    """Class 3 (scratches): grey-level change over the region ``inner``.
 
-    On real scratches the std inside the mask is about twice that of the steel around.
+    Parallel scratch lines along the defect, each a bright glint beside a dark groove, broken
+    in places, on ground a little to clearly darker than the steel around, with glitter. On
+    real scratches the std inside the mask is about twice that of the steel around.
     """
     ch, cw = inner.shape
     # The lines follow the polygon's lean (a straight fit through its row centres), within
@@ -217,8 +227,11 @@ def _scratches(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
 
 
 def _pits(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
-    """Class 1: a few levels brighter, with bright spots and darker pits a few px across,
-    a little elongated along the rolling direction."""
+    """Class 1 (pits): grey-level change over the region ``inner``.
+
+    A few levels brighter, with bright spots and darker pits a few px across, a little
+    elongated along the rolling direction, and glitter.
+    """
     ch, cw = inner.shape
     spots = _field(rng, (max(2, ch // 4), max(2, cw // 3)), (ch, cw), cv2.INTER_CUBIC)
     return (rng.uniform(2, 12) + rng.uniform(35, 70) * np.maximum(spots - 0.6, 0)
@@ -226,15 +239,21 @@ def _pits(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
 
 
 def _groove(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
-    """Class 2: a groove about 20 levels darker than the steel around, deepest on its
-    centre line (where the soft region peaks), its depth varying along its length."""
+    """Class 2 (thin marks): grey-level change over the region ``inner``.
+
+    A groove about 20 levels darker than the steel around (its soft-edged region makes it
+    deepest on the centre line), its depth varying along its length.
+    """
     along = 1.0 + 0.25 * _field(rng, (max(2, inner.shape[0] // 20), 1), (inner.shape[0], 1))
     return -rng.uniform(20, 40) * along * np.ones_like(inner)
 
 
 def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
-    """Class 4: a scale patch, a little darker and mottled, with flakes: short bright and
-    dark dashes across the rolling direction."""
+    """Class 4 (patches): grey-level change over the region ``inner``.
+
+    A scale patch, a little darker and mottled, with flakes: short bright and dark dashes
+    across the rolling direction.
+    """
     ch, cw = inner.shape
     mottle = 5.0 * _field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
     flakes = _field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
@@ -242,13 +261,20 @@ def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
             + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.5, 0))
 
 
-# Per class: how the visible defect is drawn, how ragged its outline is, how soft its edge
-# (as a share of the half-width; 0 = crisp), and how strong its relief (grey levels).
+class _Style(NamedTuple):
+    """How the visible part of a defect class is drawn."""
+
+    draw: Callable[[np.random.Generator, np.ndarray], np.ndarray]  # grey-level change
+    ragged: float  # outline wobble, as a share of the slack inside the polygon
+    soft: float  # edge ramp as a share of the half-width (0: crisp, 1.5 px)
+    relief: tuple[float, float]  # range of the relief's strength, grey levels
+
+
 DEFECT_STYLE = {
-    1: (_pits, 0.6, 0.0, (5, 20)),
-    2: (_groove, 0.2, 0.4, (10, 25)),
-    3: (_scratches, 0.3, 0.25, (5, 15)),
-    4: (_patch, 0.6, 0.0, (20, 40)),
+    1: _Style(_pits, ragged=0.6, soft=0.0, relief=(5, 20)),
+    2: _Style(_groove, ragged=0.2, soft=0.4, relief=(10, 25)),
+    3: _Style(_scratches, ragged=0.3, soft=0.25, relief=(5, 15)),
+    4: _Style(_patch, ragged=0.6, soft=0.0, relief=(20, 40)),
 }
 
 
@@ -267,8 +293,9 @@ def _place_class(rng: np.random.Generator, cls: int, img: np.ndarray, occupied: 
     centre, spread = rng.uniform(*x_range), math.exp(rng.uniform(math.log(20), math.log(600)))
     for _ in range(n_comp):
         # Height and width share their quantile with probability hw_rank_corr, which gives
-        # that rank correlation while keeping both marginals exact.
-        u_h = rng.random()
+        # that rank correlation while keeping both marginals exact. The quantile of a lone
+        # component is the highest of lone_draws draws (u ** (1 / k) is the max of k).
+        u_h = rng.random() ** (1 / shape["lone_draws"] if n_comp == 1 else 1)
         u_w = u_h if rng.random() < shape["hw_rank_corr"] else rng.random()
         h, w = _sample_quantiles(u_h, shape["height"]), _sample_quantiles(u_w, shape["width"])
         w = int(np.clip(w, h / shape["aspect"][1], h / shape["aspect"][0]))
@@ -320,21 +347,21 @@ def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndar
     the short side inside the polygon, along a ragged line (the polygons are coarse). The
     relief lights one side of the outline and shades the other.
     """
-    draw, ragged, soft, relief = DEFECT_STYLE[cls]
+    style = DEFECT_STYLE[cls]
     ch, cw = comp.shape
     dist = cv2.distanceTransform(comp, cv2.DIST_L2, 3)
     _, _, bw, bh = cv2.boundingRect(comp)
     slack = float(np.clip(0.1 * min(bw, bh), 1, 6))
-    edge = max(1.5, soft * min(bw, bh) / 2)
+    edge = max(1.5, style.soft * min(bw, bh) / 2)
     wobble = _field(rng, (max(2, ch // 12), max(2, cw // 12)), (ch, cw), cv2.INTER_CUBIC)
-    inner = np.clip((dist - slack * (1 + ragged * wobble)) / edge, 0, 1)
+    inner = np.clip((dist - slack * (1 + style.ragged * wobble)) / edge, 0, 1)
     if cls == 4:
         # Scale patches partly hide the rolling texture under them.
         patch += 0.3 * inner * (cv2.GaussianBlur(patch, (0, 0), 1.5) - patch)
     angle = rng.uniform(0, 2 * np.pi)  # light direction; 8 is the gain of the Sobel kernel
     slope = (math.cos(angle) * cv2.Sobel(inner, cv2.CV_32F, 1, 0, ksize=3)
              + math.sin(angle) * cv2.Sobel(inner, cv2.CV_32F, 0, 1, ksize=3)) / 8
-    patch += draw(rng, inner) * inner + rng.uniform(*relief) * slope
+    patch += style.draw(rng, inner) * inner + rng.uniform(*style.relief) * slope
 
 
 def _strip_end(rng: np.random.Generator) -> tuple[tuple[int, int], np.ndarray | None]:

@@ -81,7 +81,9 @@ def main() -> None:
         "alloc (np.zeros)": best_of(lambda s: np.zeros(rle.SHAPE, np.uint8), rows, args.repeat),
         "decode: per-run loop": best_of(loop_decode, rows, args.repeat),
         "decode: steelseg": best_of(rle.decode, rows, args.repeat),
-        "decode: steelseg, out=buffer": best_of(lambda s: rle.decode(s, out=buf), rows, args.repeat),
+        "decode: steelseg, out=buffer": best_of(
+            lambda s: rle.decode(s, out=buf), rows, args.repeat
+        ),
         "encode: np.where": best_of(where_encode, masks, args.repeat),
         "encode: steelseg": best_of(rle.encode, masks, args.repeat),
     }
@@ -90,10 +92,14 @@ def main() -> None:
     for name, us in t.items():
         print(f"  {name:32s} {us:8.1f} us/mask")
     loop = t["decode: per-run loop"]
-    print(f"decode speed-up vs loop:          {loop / t['decode: steelseg']:.1f}x "
-          f"(into a buffer: {loop / t['decode: steelseg, out=buffer']:.1f}x; target >= 3x)")
-    print(f"encode speed-up vs np.where:      {t['encode: np.where'] / t['encode: steelseg']:.2f}x "
-          "(target >= 1x)")
+    print(
+        f"decode speed-up vs loop:          {loop / t['decode: steelseg']:.1f}x "
+        f"(into a buffer: {loop / t['decode: steelseg, out=buffer']:.1f}x; target >= 3x)"
+    )
+    print(
+        f"encode speed-up vs np.where:      {t['encode: np.where'] / t['encode: steelseg']:.2f}x "
+        "(target >= 1x)"
+    )
 
 
 if __name__ == "__main__":

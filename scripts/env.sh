@@ -16,7 +16,9 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "steelseg: installing into $VENV (first time: a few minutes, torch is large)" >&2
   start=$(date +%s)
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+  # (the grep drops pip's notes about local index folders some machines are configured with)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$WANT" > "$STAMP"
   echo "steelseg: installed in $(( $(date +%s) - start )) s" >&2
 fi

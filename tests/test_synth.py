@@ -24,8 +24,9 @@ def samples() -> list[tuple[np.ndarray, dict[int, np.ndarray]]]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth.generate(tmp_path_factory.mktemp("synth") / "data", n_images=8, seed=3,
-                          n_test=3, progress=False)
+    return synth.generate(
+        tmp_path_factory.mktemp("synth") / "data", n_images=8, seed=3, n_test=3, progress=False
+    )
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -131,8 +132,9 @@ def test_generate_deterministic(dataset, tmp_path):
     for name in ("train.csv", "sample_submission.csv"):
         assert (again / name).read_bytes() == (dataset / name).read_bytes()
     for path in (dataset / "train_images").iterdir():
-        np.testing.assert_array_equal(cv2.imread(str(path)),
-                                      cv2.imread(str(again / "train_images" / path.name)))
+        np.testing.assert_array_equal(
+            cv2.imread(str(path)), cv2.imread(str(again / "train_images" / path.name))
+        )
     other = synth.generate(tmp_path / "other", n_images=8, seed=4, n_test=3, progress=False)
     assert (other / "train.csv").read_bytes() != (dataset / "train.csv").read_bytes()
 
@@ -162,20 +164,27 @@ def test_generate_rejects_bad_args(tmp_path, kwargs):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert synth.main(["--out", str(out), "--n-images", "2", "--n-test", "1", "--seed", "5",
-                       "--quiet"]) == 0
+    assert (
+        synth.main(
+            ["--out", str(out), "--n-images", "2", "--n-test", "1", "--seed", "5", "--quiet"]
+        )
+        == 0
+    )
     assert len(list((out / "train_images").iterdir())) == 2
     assert len(list((out / "test_images").iterdir())) == 1
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["--n-images", "0"],
-    ["--n-images", "-3"],
-    ["--n-images", "many"],
-    ["--seed", "-1"],
-    ["--n-test", "-1"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--n-images", "0"],
+        ["--n-images", "-3"],
+        ["--n-images", "many"],
+        ["--seed", "-1"],
+        ["--n-test", "-1"],
+    ],
+)
 def test_cli_bad_args(tmp_path, capsys, args):
     argv = args if not args else ["--out", str(tmp_path / "x"), *args]
     with pytest.raises(SystemExit) as exc:

@@ -67,7 +67,9 @@ def test_lr_find_saves_plot_and_suggestion(tiny_cfg):
 
 def test_image_size_not_multiple_of_32_is_rejected(synth_root, tmp_path):
     cfg = config.compose(tiny_overrides(synth_root, "data.height=250"), output_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"data.height=250 must be a positive multiple of 32.*224 or 256"):
+    with pytest.raises(
+        ValueError, match=r"data.height=250 must be a positive multiple of 32.*224 or 256"
+    ):
         train(cfg)
 
 
@@ -98,13 +100,24 @@ def test_split_that_does_not_match_the_data_fails(tiny_cfg):
 
 def test_cli_runs_and_reports_unknown_choices(synth_root, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    args = [sys.executable, "-m", "steelseg.train", *tiny_overrides(synth_root),
-            f"data.prepared_dir={tmp_path / 'prepared'}", f"hydra.run.dir={tmp_path / 'run'}",
-            "test=false"]
+    args = [
+        sys.executable,
+        "-m",
+        "steelseg.train",
+        *tiny_overrides(synth_root),
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "test=false",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["val/iou"] >= 0
-    bad = subprocess.run([sys.executable, "-m", "steelseg.train", "model=fpnn"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "steelseg.train", "model=fpnn"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode != 0
     assert "Available options in 'model'" in bad.stderr and "unetplusplus" in bad.stderr

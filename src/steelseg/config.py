@@ -25,7 +25,8 @@ def conf_dir() -> Path:
             return candidate
     raise FileNotFoundError(
         f"steelseg's configs are missing (looked in {here / 'conf'} and {here.parents[1] / 'conf'});"
-        " reinstall steelseg")
+        " reinstall steelseg"
+    )
 
 
 def compose(

@@ -39,12 +39,19 @@ def check_size(height: int, width: int) -> None:
         if v < STRIDE or v % STRIDE:
             lo, hi = v // STRIDE * STRIDE, (v // STRIDE + 1) * STRIDE
             use = f"{lo} or {hi}" if lo >= STRIDE else str(hi)
-            raise ValueError(f"data.{name}={v} must be a positive multiple of {STRIDE} (the "
-                             f"encoder halves it 5 times); use {use}")
+            raise ValueError(
+                f"data.{name}={v} must be a positive multiple of {STRIDE} (the "
+                f"encoder halves it 5 times); use {use}"
+            )
 
 
-def train_transform(p_flip: float = 0.5, brightness: float = 0.2, contrast: float = 0.2,
-                    shift: float = 0.05, crop: Sequence[int] | None = None) -> A.Compose:
+def train_transform(
+    p_flip: float = 0.5,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    shift: float = 0.05,
+    crop: Sequence[int] | None = None,
+) -> A.Compose:
     """Augmentations for training (image already at training size): flips, light, small shift.
 
     Args:
@@ -59,14 +66,17 @@ def train_transform(p_flip: float = 0.5, brightness: float = 0.2, contrast: floa
     if crop is not None:
         check_size(*crop)
         crops = [A.RandomCrop(height=int(crop[0]), width=int(crop[1]))]
-    return A.Compose([
-        *crops,
-        A.HorizontalFlip(p=p_flip),
-        A.VerticalFlip(p=p_flip),
-        A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
-        A.Affine(translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
-                 border_mode=0, p=0.3),  # cv2.BORDER_CONSTANT: black, like an out-of-strip edge
-    ])
+    return A.Compose(
+        [
+            *crops,
+            A.HorizontalFlip(p=p_flip),
+            A.VerticalFlip(p=p_flip),
+            A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
+            A.Affine(
+                translate_percent={"x": (-shift, shift), "y": (-shift, shift)}, border_mode=0, p=0.3
+            ),  # cv2.BORDER_CONSTANT: black, like an out-of-strip edge
+        ]
+    )
 
 
 class SteelDataset(Dataset):
@@ -81,9 +91,14 @@ class SteelDataset(Dataset):
             whole prepared split and the position in them of each of ``rows``; or None.
     """
 
-    def __init__(self, rows: pd.DataFrame, data_dir: str | os.PathLike, size: tuple[int, int],
-                 transform: A.BasicTransform | None = None,
-                 cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        rows: pd.DataFrame,
+        data_dir: str | os.PathLike,
+        size: tuple[int, int],
+        transform: A.BasicTransform | None = None,
+        cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.ids = rows["ImageId"].tolist()
         self.rles = rows["EncodedPixels"].tolist()
         self.data_dir = Path(data_dir)
@@ -165,12 +180,19 @@ class SteelDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         self.root = Path(root)
         split = None if split is None else tuple(split)
-        self.params = prep.prepare_params(n_images, split, seed, only_defective,
-                                          split_file, val_fraction, skip_bad)
+        self.params = prep.prepare_params(
+            n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
+        )
         self.prepared_dir = Path(prepared_dir) if prepared_dir else self._default_prepared_dir()
-        self.kw = dict(n_images=n_images, split=split, seed=seed,
-                       only_defective=only_defective, split_file=split_file,
-                       val_fraction=val_fraction, skip_bad=skip_bad)
+        self.kw = dict(
+            n_images=n_images,
+            split=split,
+            seed=seed,
+            only_defective=only_defective,
+            split_file=split_file,
+            val_fraction=val_fraction,
+            skip_bad=skip_bad,
+        )
         self.size = (height, width)
         self.use_cache = cache
         self.augment = augment
@@ -197,7 +219,8 @@ class SteelDataModule(pl.LightningDataModule):
             raise FileNotFoundError(
                 f"data.root={self.root} has no train.csv. Download the Kaggle data "
                 "(kaggle competitions download -c severstal-steel-defect-detection), unzip it "
-                "there, or use data=synthetic")
+                "there, or use data=synthetic"
+            )
         split_csv = self.prepared_dir / "split.csv"
         if split_csv.exists():
             self._check_prepared()
@@ -211,20 +234,24 @@ class SteelDataModule(pl.LightningDataModule):
         """Fail if an existing split was made with other parameters or from other data."""
         meta_path = self.prepared_dir / "prepare.json"
         if not meta_path.exists():
-            raise ValueError(f"{self.prepared_dir} has split.csv but no prepare.json; delete the "
-                             "folder or re-run steelseg-prepare")
+            raise ValueError(
+                f"{self.prepared_dir} has split.csv but no prepare.json; delete the "
+                "folder or re-run steelseg-prepare"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("params") != self.params:
             raise ValueError(
                 f"the prepared split in {self.prepared_dir} was made with {meta.get('params')}, "
                 f"but the config asks for {self.params}; delete that folder or set "
-                "data.prepared_dir to another one")
+                "data.prepared_dir to another one"
+            )
         digest = prep.file_digest(self.root / "train.csv")
         if meta.get("train_csv_sha256") != digest:
             raise ValueError(
                 f"the prepared split in {self.prepared_dir} was made from another train.csv "
                 f"(sha256 {meta.get('train_csv_sha256')}, now {digest}); delete that folder "
-                "to prepare it again")
+                "to prepare it again"
+            )
 
     # ------------------------------------------------------------------ setup (every rank)
     def setup(self, stage: str | None = None) -> None:
@@ -232,45 +259,59 @@ class SteelDataModule(pl.LightningDataModule):
             return
         split_csv = self.prepared_dir / "split.csv"
         if not split_csv.exists():
-            raise FileNotFoundError(f"{split_csv} does not exist; run prepare_data() first "
-                                    "(Trainer.fit does) or steelseg-prepare")
-        rows = pd.read_csv(split_csv, dtype={"EncodedPixels": str, "classes": str},
-                           keep_default_na=False)
+            raise FileNotFoundError(
+                f"{split_csv} does not exist; run prepare_data() first "
+                "(Trainer.fit does) or steelseg-prepare"
+            )
+        rows = pd.read_csv(
+            split_csv, dtype={"EncodedPixels": str, "classes": str}, keep_default_na=False
+        )
         missing_cols = set(prep.SPLIT_COLUMNS[:3]) - set(rows.columns)
         if missing_cols:
             raise ValueError(f"{split_csv} lacks columns {sorted(missing_cols)}; re-run prepare")
         counts = rows["split"].value_counts()
         if counts.get("train", 0) == 0:
-            raise ValueError(f"{split_csv} has no training images (counts: {counts.to_dict()});"
-                             " prepare it again with more images or another split")
+            raise ValueError(
+                f"{split_csv} has no training images (counts: {counts.to_dict()});"
+                " prepare it again with more images or another split"
+            )
         present = set(prep.list_images(self.root))
         missing = [i for i in rows["ImageId"] if i not in present]
         if missing:
             raise ValueError(
                 f"{split_csv} does not match {self.root / 'train_images'}: {len(missing)} listed "
                 f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-                "); delete the prepared folder or point data.root at the right data")
+                "); delete the prepared folder or point data.root at the right data"
+            )
         cache = None
         cdir = prep.cache_dir(self.prepared_dir, self.size)
         if self.use_cache and (cdir / "masks.npy").exists():
-            cache = (np.load(cdir / "images.npy", mmap_mode="r"),
-                     np.load(cdir / "masks.npy", mmap_mode="r"))
+            cache = (
+                np.load(cdir / "images.npy", mmap_mode="r"),
+                np.load(cdir / "masks.npy", mmap_mode="r"),
+            )
             if len(cache[0]) != len(rows):
-                raise ValueError(f"cache {cdir} has {len(cache[0])} images, split.csv "
-                                 f"{len(rows)}; delete {cdir}")
+                raise ValueError(
+                    f"cache {cdir} has {len(cache[0])} images, split.csv {len(rows)}; delete {cdir}"
+                )
         aug = train_transform(**self.augment) if self.augment is not None else None
         for name in prep.SPLITS:
             idx = np.flatnonzero(rows["split"].to_numpy() == name)
             part_cache = (*cache, idx) if cache is not None else None
             self.datasets[name] = SteelDataset(
-                rows.iloc[idx], self.root, self.size, aug if name == "train" else None, part_cache)
+                rows.iloc[idx], self.root, self.size, aug if name == "train" else None, part_cache
+            )
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[name]
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             # a last batch of 1 breaks batch-norm statistics in training
             drop_last=shuffle and len(ds) > self.batch_size,
         )

@@ -72,8 +72,7 @@ class SegMetrics(Metric):
         super().__init__()
         self.threshold = threshold
         for name in ("tp", "fp", "fn", "dice_sum", "n_images"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64),
-                           dist_reduce_fx="sum")
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         tp, fp, fn = confusion(logits.detach(), target, self.threshold)
@@ -113,10 +112,12 @@ def threshold_sweep(
         tp = (pred & target).flatten(1).sum(1)
         fp = (pred & ~target).flatten(1).sum(1)
         fn = (~pred & target).flatten(1).sum(1)
-        rows.append({
-            "threshold": float(t),
-            "iou": float(iou(tp, fp, fn)),
-            "dice": float(dice(tp, fp, fn)),
-            "dice_per_image": float(dice_per_image(tp, fp, fn).mean()),
-        })
+        rows.append(
+            {
+                "threshold": float(t),
+                "iou": float(iou(tp, fp, fn)),
+                "dice": float(dice(tp, fp, fn)),
+                "dice_per_image": float(dice_per_image(tp, fp, fn).mean()),
+            }
+        )
     return rows

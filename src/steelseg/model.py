@@ -70,8 +70,9 @@ def check_encoder(name: str) -> None:
         return
     names = get_encoder_names()
     if name not in names:
-        raise ValueError(f"unknown encoder {name!r}; smp has {sorted(names)} and any timm "
-                         "model as 'tu-<name>'")
+        raise ValueError(
+            f"unknown encoder {name!r}; smp has {sorted(names)} and any timm model as 'tu-<name>'"
+        )
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -82,8 +83,13 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def build_network(arch: str, encoder_name: str, encoder_weights: str | None, in_channels: int,
-                  arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+def build_network(
+    arch: str,
+    encoder_name: str,
+    encoder_weights: str | None,
+    in_channels: int,
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Create the smp network with one output channel (logits).
 
     Args:
@@ -103,7 +109,8 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, in_
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     local = encoder_weights is not None and (
-        os.sep in str(encoder_weights) or Path(str(encoder_weights)).suffix != "")
+        os.sep in str(encoder_weights) or Path(str(encoder_weights)).suffix != ""
+    )
     if local and not Path(encoder_weights).is_file():
         raise FileNotFoundError(f"encoder_weights file {encoder_weights} does not exist")
     named = encoder_weights is not None and not local
@@ -112,18 +119,26 @@ def build_network(arch: str, encoder_name: str, encoder_weights: str | None, in_
             f"encoder_weights={encoder_weights!r} must be downloaded from {HUB_HOST}, which this "
             "machine cannot reach. Use model.encoder_weights=null (random initialisation), or "
             "model.encoder_weights=/path/to/encoder.pth (a saved encoder state dict), or set "
-            "HF_HUB_OFFLINE=1 if the weights are already in the Hugging Face cache.")
-    net = smp.create_model(smp_arch, encoder_name=encoder_name,
-                           encoder_weights=encoder_weights if named else None,
-                           in_channels=in_channels, classes=1, **dict(arch_kwargs or {}))
+            "HF_HUB_OFFLINE=1 if the weights are already in the Hugging Face cache."
+        )
+    net = smp.create_model(
+        smp_arch,
+        encoder_name=encoder_name,
+        encoder_weights=encoder_weights if named else None,
+        in_channels=in_channels,
+        classes=1,
+        **dict(arch_kwargs or {}),
+    )
     if local:
         state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
         own = net.encoder.state_dict()
         shared = [k for k in state if k in own]
         if not shared:
-            raise ValueError(f"{encoder_weights} holds no weights of encoder {encoder_name} "
-                             f"(its keys: {list(state)[:5]}, the encoder's: {list(own)[:5]})")
+            raise ValueError(
+                f"{encoder_weights} holds no weights of encoder {encoder_name} "
+                f"(its keys: {list(state)[:5]}, the encoder's: {list(own)[:5]})"
+            )
         net.encoder.load_state_dict({k: state[k] for k in shared}, strict=False)
     return net
 
@@ -226,15 +241,27 @@ class SteelSegModule(pl.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["image"]))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["image"]),
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegMetrics) -> None:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["mask"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val",
-                 batch_size=len(batch["image"]), sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=len(batch["image"]),
+            sync_dist=True,
+        )
         metrics.update(logits, batch["mask"])
 
     def _eval_epoch_end(self, stage: str, metrics: SegMetrics) -> None:
@@ -266,15 +293,19 @@ class SteelSegModule(pl.LightningModule):
             return optimizer
         if name == "cosine":
             s = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=sched.pop("T_max", None) or self.trainer.max_epochs, **sched)
+                optimizer, T_max=sched.pop("T_max", None) or self.trainer.max_epochs, **sched
+            )
             return {"optimizer": optimizer, "lr_scheduler": s}
         if name == "cosine_warm_restarts":
             s = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, **sched)
             return {"optimizer": optimizer, "lr_scheduler": s}
         if name == "onecycle":
             s = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=sched.pop("max_lr", None) or self.lr,
-                total_steps=self.trainer.estimated_stepping_batches, **sched)
+                optimizer,
+                max_lr=sched.pop("max_lr", None) or self.lr,
+                total_steps=self.trainer.estimated_stepping_batches,
+                **sched,
+            )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": s, "interval": "step"}}
         monitor = sched.pop("monitor", "val/iou")
         sched.setdefault("mode", "max")  # val/iou: higher is better

@@ -90,8 +90,11 @@ def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
     ann = rle.read_annotations(data_dir / "train.csv")
     missing = sorted(set(ann.attrs["image_ids"]) - set(images))
     if missing:
-        _missing(missing, f"train.csv names {{n}} image(s) missing from {data_dir / 'train_images'}",
-                 skip_bad)
+        _missing(
+            missing,
+            f"train.csv names {{n}} image(s) missing from {data_dir / 'train_images'}",
+            skip_bad,
+        )
         ann = ann[~ann["ImageId"].isin(missing)]
     merged: dict[str, list[str]] = {}
     classes: dict[str, list[int]] = {}
@@ -205,8 +208,10 @@ def split_counts(parts: Sequence[float], n: int) -> dict[str, int]:
     elif all(float(p).is_integer() for p in parts) and int(total) == n:
         counts = [int(p) for p in parts]
     else:
-        raise ValueError(f"split {','.join(f'{p:g}' for p in parts)} must be fractions summing "
-                         f"to 1 or counts summing to the {n} selected images")
+        raise ValueError(
+            f"split {','.join(f'{p:g}' for p in parts)} must be fractions summing "
+            f"to 1 or counts summing to the {n} selected images"
+        )
     return dict(zip(SPLITS, counts))
 
 
@@ -241,8 +246,10 @@ def select(
         raise ValueError(f"n_images must be >= 1 or 'all', got {n_images}")
     if n > len(pool):
         what = "defective images" if only_defective else "images"
-        raise ValueError(f"asked for {n} images but the data has {len(pool)} {what}; "
-                         "use --n-images all (data.n_images=null) or a smaller number")
+        raise ValueError(
+            f"asked for {n} images but the data has {len(pool)} {what}; "
+            "use --n-images all (data.n_images=null) or a smaller number"
+        )
     if only_defective:
         multi = np.flatnonzero(pool["n_classes"].to_numpy() > 1)
         single = np.flatnonzero(pool["n_classes"].to_numpy() == 1)
@@ -261,8 +268,10 @@ def select(
         chosen = pool.iloc[stratified_pick(key, n, rng)].reset_index(drop=True)
         sizes = split_counts(split, n)
         split_label = assign_splits(
-            chosen["classes"], {"test": sizes["test"], "val": sizes["val"], "train": sizes["train"]},
-            rng)
+            chosen["classes"],
+            {"test": sizes["test"], "val": sizes["val"], "train": sizes["train"]},
+            rng,
+        )
     chosen.insert(1, "split", split_label)
     return chosen
 
@@ -283,7 +292,9 @@ def apply_split_file(
         raise ValueError(f"{split_file.name}: ImageId {dup!r} is listed twice")
     missing = sorted(set(spec["ImageId"]) - set(labels["ImageId"]))
     if missing:
-        _missing(missing, f"{split_file.name} lists {{n}} image(s) not in the data folder", skip_bad)
+        _missing(
+            missing, f"{split_file.name} lists {{n}} image(s) not in the data folder", skip_bad
+        )
         spec = spec[~spec["ImageId"].isin(missing)]
     chosen = labels.merge(spec[["ImageId", "split"]], on="ImageId", how="inner")
     if not (chosen["split"] == "val").any():
@@ -304,8 +315,9 @@ def resolve_split_file(split_file: str | os.PathLike) -> Path:
     """A packaged split's name (``seed``) or a path -> an existing file."""
     path = PACKAGED_SPLITS.get(str(split_file), Path(split_file))
     if not path.is_file():
-        raise FileNotFoundError(f"split file {split_file} not found (packaged ones: "
-                                f"{sorted(PACKAGED_SPLITS)})")
+        raise FileNotFoundError(
+            f"split file {split_file} not found (packaged ones: {sorted(PACKAGED_SPLITS)})"
+        )
     return path
 
 
@@ -356,8 +368,9 @@ def prepare(
         raise ValueError(f"cache size must be (height, width) >= 1, got {cache_size}")
     labels = image_labels(data_dir, skip_bad)
     if split_file is not None:
-        chosen = apply_split_file(labels, resolve_split_file(split_file), val_fraction, seed,
-                                  skip_bad)
+        chosen = apply_split_file(
+            labels, resolve_split_file(split_file), val_fraction, seed, skip_bad
+        )
     else:
         chosen = select(labels, n_images, split, seed, only_defective, val_fraction)
     bad = check_images(data_dir, chosen["ImageId"])
@@ -376,8 +389,9 @@ def prepare(
         "version": PREPARE_VERSION,
         "data_dir": str(data_dir.resolve()),
         "train_csv_sha256": file_digest(data_dir / "train.csv"),
-        "params": prepare_params(n_images, split, seed, only_defective, split_file, val_fraction,
-                                 skip_bad),
+        "params": prepare_params(
+            n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
+        ),
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
     }
     atomic_write_text(out / "prepare.json", json.dumps(meta, indent=2))
@@ -444,8 +458,10 @@ def load_sample(data_dir: Path, image_id: str, encoded: str, size: tuple[int, in
     """
     img = load_gray(Path(data_dir) / "train_images" / image_id)
     if img.shape != rle.SHAPE:
-        raise ValueError(f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected "
-                         f"{rle.SHAPE[1]}x{rle.SHAPE[0]}")
+        raise ValueError(
+            f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected "
+            f"{rle.SHAPE[1]}x{rle.SHAPE[0]}"
+        )
     mask = np.ascontiguousarray(rle.decode(encoded, rle.SHAPE))
     if size is not None and tuple(size) != rle.SHAPE:
         h, w = size
@@ -454,7 +470,9 @@ def load_sample(data_dir: Path, image_id: str, encoded: str, size: tuple[int, in
     return img, mask
 
 
-def build_cache(data_dir: Path, out: Path, size: tuple[int, int], workers: int | None = None) -> Path:
+def build_cache(
+    data_dir: Path, out: Path, size: tuple[int, int], workers: int | None = None
+) -> Path:
     """Decode every image of ``out/split.csv`` once into ``images.npy``/``masks.npy``.
 
     Both are (N, H, W) uint8 in split.csv order, readable as memory maps. Written under a
@@ -486,8 +504,15 @@ def build_cache(data_dir: Path, out: Path, size: tuple[int, int], workers: int |
 
         # OpenCV releases the GIL while decoding, so threads scale over cores.
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-            list(tqdm(pool.map(work, range(n)), total=n, desc=f"cache {h}x{w}", unit="img",
-                      disable=n < 50))
+            list(
+                tqdm(
+                    pool.map(work, range(n)),
+                    total=n,
+                    desc=f"cache {h}x{w}",
+                    unit="img",
+                    disable=n < 50,
+                )
+            )
         images.flush()
         masks.flush()
         (tmp / "split.sha256").write_text(digest)
@@ -508,7 +533,9 @@ def _n_images(text: str) -> int | None:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer or 'all', got {text!r}"
+        ) from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}")
     return n
@@ -528,32 +555,63 @@ def main(argv: list[str] | None = None) -> int:
     """``steelseg-prepare``: see the module docstring."""
     p = argparse.ArgumentParser(
         prog="steelseg-prepare",
-        description="Select and split a Kaggle-layout Severstal folder into OUT/split.csv.")
-    p.add_argument("--data-dir", type=Path, required=True,
-                   help="folder with train.csv and train_images/")
+        description="Select and split a Kaggle-layout Severstal folder into OUT/split.csv.",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--n-images", type=_n_images, default=1000, help="images to use, or 'all'")
-    p.add_argument("--split", type=parse_split, default=None,
-                   help="train,val,test as counts (800,100,100) or fractions (default 0.8,0.1,0.1;"
-                        " with --only-defective 0.9,0,0.1: val is --val-fraction of train)")
+    p.add_argument(
+        "--split",
+        type=parse_split,
+        default=None,
+        help="train,val,test as counts (800,100,100) or fractions (default 0.8,0.1,0.1;"
+        " with --only-defective 0.9,0,0.1: val is --val-fraction of train)",
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--only-defective", action="store_true",
-                   help="the original task's protocol: defective images only, test by class count")
-    p.add_argument("--split-file",
-                   help="CSV of ImageId,split reproducing a published split, or 'seed' for the "
-                        "original test task's 900/100 split shipped with steelseg")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of train used as validation when the split has none")
-    p.add_argument("--cache", type=_size, metavar="HxW",
-                   help="also store decoded uint8 images and masks resized to HxW (e.g. 256x416)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="drop missing/unreadable images with a warning instead of failing")
+    p.add_argument(
+        "--only-defective",
+        action="store_true",
+        help="the original task's protocol: defective images only, test by class count",
+    )
+    p.add_argument(
+        "--split-file",
+        help="CSV of ImageId,split reproducing a published split, or 'seed' for the "
+        "original test task's 900/100 split shipped with steelseg",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train used as validation when the split has none",
+    )
+    p.add_argument(
+        "--cache",
+        type=_size,
+        metavar="HxW",
+        help="also store decoded uint8 images and masks resized to HxW (e.g. 256x416)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop missing/unreadable images with a warning instead of failing",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        path = prepare(args.data_dir, args.out, args.n_images, args.split, args.seed,
-                       args.only_defective, args.split_file, args.val_fraction, args.skip_bad,
-                       args.cache)
+        path = prepare(
+            args.data_dir,
+            args.out,
+            args.n_images,
+            args.split,
+            args.seed,
+            args.only_defective,
+            args.split_file,
+            args.val_fraction,
+            args.skip_bad,
+            args.cache,
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"steelseg-prepare: error: {e}", file=sys.stderr)
         return 2

@@ -51,8 +51,9 @@ def _boundaries(rle: str, shape: tuple[int, int], where: str) -> np.ndarray:
         bad = next((t for t in rle.split() if not t.isdigit()), rle.strip()[:20])
         raise ValueError(f"{ctx}RLE token {bad!r} is not a positive integer")
     if len(v) % 2:
-        raise ValueError(f"{ctx}RLE has an odd number of tokens ({len(v)}); "
-                         "it must be pairs of 'start length'")
+        raise ValueError(
+            f"{ctx}RLE has an odd number of tokens ({len(v)}); it must be pairs of 'start length'"
+        )
     n = shape[0] * shape[1]
     if len(v) and (v.min() < 1 or v.max() > n):  # also keeps the sums below from overflowing
         _explain(v[0::2], v[1::2], n, shape, ctx)
@@ -67,8 +68,9 @@ def _boundaries(rle: str, shape: tuple[int, int], where: str) -> np.ndarray:
     return b
 
 
-def _explain(starts: np.ndarray, lengths: np.ndarray, n: int, shape: tuple[int, int],
-             ctx: str) -> None:
+def _explain(
+    starts: np.ndarray, lengths: np.ndarray, n: int, shape: tuple[int, int], ctx: str
+) -> None:
     """Raise the ValueError that says which rule a run list breaks."""
     if max(starts.max(), lengths.max()) == np.iinfo(np.int64).max:  # np.fromstring saturates
         raise ValueError(f"{ctx}RLE holds a number too large for any image")
@@ -80,13 +82,17 @@ def _explain(starts: np.ndarray, lengths: np.ndarray, n: int, shape: tuple[int, 
     bad = np.flatnonzero(starts[1:] < ends[:-1])
     if len(bad):
         i = int(bad[0])
-        raise ValueError(f"{ctx}RLE runs are not increasing or overlap: run {i + 1} "
-                         f"(start {starts[i]}, length {lengths[i]}) is followed by start "
-                         f"{starts[i + 1]}")
+        raise ValueError(
+            f"{ctx}RLE runs are not increasing or overlap: run {i + 1} "
+            f"(start {starts[i]}, length {lengths[i]}) is followed by start "
+            f"{starts[i + 1]}"
+        )
     i = int(np.argmax(ends))
-    raise ValueError(f"{ctx}RLE run (start {starts[i]}, length {lengths[i]}) ends at pixel "
-                     f"{int(ends[i] - 1)}, past the end of a {shape[0]}x{shape[1]} image "
-                     f"({n} pixels)")
+    raise ValueError(
+        f"{ctx}RLE run (start {starts[i]}, length {lengths[i]}) ends at pixel "
+        f"{int(ends[i] - 1)}, past the end of a {shape[0]}x{shape[1]} image "
+        f"({n} pixels)"
+    )
 
 
 def parse(rle: str | None, shape: tuple[int, int] = SHAPE, where: str = "") -> np.ndarray:
@@ -132,10 +138,13 @@ def decode(
         ValueError: the string is malformed (see :func:`parse`).
     """
     h, w = shape
-    if out is not None and (out.shape != (w, h) or out.dtype != np.uint8
-                            or not out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous uint8 array of shape {(w, h)} "
-                         f"(the transposed mask), got {out.dtype} {out.shape}")
+    if out is not None and (
+        out.shape != (w, h) or out.dtype != np.uint8 or not out.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"out must be a C-contiguous uint8 array of shape {(w, h)} "
+            f"(the transposed mask), got {out.dtype} {out.shape}"
+        )
     if out is None:
         buf = np.zeros((w, h), dtype=np.uint8)  # calloc: pages outside the runs stay untouched
     else:
@@ -162,7 +171,7 @@ def _fill(b: np.ndarray, flat: np.ndarray) -> None:
     cuts = np.flatnonzero(steps[1::2] >= _PAGE) * 2 + 1  # indices (into steps) of long gaps
     lo = 0
     for hi in [*cuts.tolist(), len(steps)]:
-        flat[b[lo]:b[hi]] = np.repeat(values[lo:hi], steps[lo:hi])
+        flat[b[lo] : b[hi]] = np.repeat(values[lo:hi], steps[lo:hi])
         lo = hi + 1
 
 
@@ -237,8 +246,9 @@ def check_image_id(image_id: object, where: str = "") -> str:
     if not isinstance(image_id, str) or not image_id.strip():
         raise ValueError(f"{ctx}ImageId {image_id!r} is empty or not a string")
     if "/" in image_id or "\\" in image_id or "\x00" in image_id or image_id in (".", ".."):
-        raise ValueError(f"{ctx}ImageId {image_id!r} is not a plain file name (no folders, "
-                         "no '..'); fix the CSV")
+        raise ValueError(
+            f"{ctx}ImageId {image_id!r} is not a plain file name (no folders, no '..'); fix the CSV"
+        )
     return image_id
 
 
@@ -281,10 +291,12 @@ def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE
         bad = image_id == ""
         if bad.any():
             i = bad.idxmax()
-            raise ValueError(f"{name} line {i + 2}: ImageId_ClassId {key[i]!r} is not "
-                             "'<ImageId>_<ClassId>'")
-        df = pd.DataFrame({"ImageId": image_id, "ClassId": class_id,
-                           "EncodedPixels": raw["EncodedPixels"]})
+            raise ValueError(
+                f"{name} line {i + 2}: ImageId_ClassId {key[i]!r} is not '<ImageId>_<ClassId>'"
+            )
+        df = pd.DataFrame(
+            {"ImageId": image_id, "ClassId": class_id, "EncodedPixels": raw["EncodedPixels"]}
+        )
     elif {"ImageId", "ClassId", "EncodedPixels"} <= cols:
         df = raw[["ImageId", "ClassId", "EncodedPixels"]].copy()
     else:
@@ -304,9 +316,11 @@ def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE
     dup = df.duplicated(["ImageId", "ClassId"]).to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise ValueError(f"{name} line {lines[i]}: duplicate row for ImageId "
-                         f"{df['ImageId'].iloc[i]!r} ClassId {df['ClassId'].iloc[i]}; each "
-                         "(image, class) may appear once")
+        raise ValueError(
+            f"{name} line {lines[i]}: duplicate row for ImageId "
+            f"{df['ImageId'].iloc[i]!r} ClassId {df['ClassId'].iloc[i]}; each "
+            "(image, class) may appear once"
+        )
     image_ids = list(dict.fromkeys(df["ImageId"]))
     df["EncodedPixels"] = df["EncodedPixels"].str.strip()
     for line, iid, c, s in zip(lines, df["ImageId"], df["ClassId"], df["EncodedPixels"]):
@@ -317,7 +331,9 @@ def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE
     return df
 
 
-def image_mask(annotations: pd.DataFrame, image_id: str, shape: tuple[int, int] = SHAPE) -> np.ndarray:
+def image_mask(
+    annotations: pd.DataFrame, image_id: str, shape: tuple[int, int] = SHAPE
+) -> np.ndarray:
     """Merged binary mask (all defect classes) of one image from :func:`read_annotations`.
 
     Returns:

@@ -45,8 +45,17 @@ MARKER = "synth.json"
 # (12,568 images, 5,902 defect-free); sampling from it reproduces the class frequencies and
 # which classes appear together.
 CLASS_COMBOS: tuple[tuple[tuple[int, ...], int], ...] = (
-    ((), 5902), ((3,), 4759), ((1,), 769), ((4,), 516), ((3, 4), 284), ((2,), 195),
-    ((1, 3), 91), ((1, 2), 35), ((2, 3), 14), ((1, 2, 3), 2), ((2, 4), 1),
+    ((), 5902),
+    ((3,), 4759),
+    ((1,), 769),
+    ((4,), 516),
+    ((3, 4), 284),
+    ((2,), 195),
+    ((1, 3), 91),
+    ((1, 2), 35),
+    ((2, 3), 14),
+    ((1, 2, 3), 2),
+    ((2, 4), 1),
 )
 
 # Per class, measured on the annotated Kaggle masks (8-connected components):
@@ -60,24 +69,52 @@ CLASS_COMBOS: tuple[tuple[tuple[int, ...], int], ...] = (
 #            measured on the output match the real ones (16%, 70%, 55%, 39% of components).
 QUANTILES = np.array([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
 CLASS_SHAPES: dict[int, dict] = {
-    1: dict(n_comp=(143, 45, 22, 19, 19, 15, 22, 13, 6, 11, 7, 5),
-            height=(16, 26, 32, 42, 60, 92, 180), width=(12, 18, 21, 25, 32, 43, 80),
-            hw_rank_corr=0.41, aspect=(0.7, 5.0), lone_draws=3, edge=0.16),
-    2: dict(n_comp=(75, 22, 4),
-            height=(60, 85, 116, 157, 212, 256, 256), width=(7, 12, 15, 19, 26, 32, 43),
-            hw_rank_corr=0.37, aspect=(3.0, 16.0), lone_draws=1, edge=0.70),
-    3: dict(n_comp=(539, 413, 278, 170, 112, 80, 29, 21, 19, 7, 7, 5),
-            height=(12, 34, 64, 146, 255, 256, 256), width=(8, 16, 21, 33, 65, 171, 400),
-            hw_rank_corr=0.0, aspect=(0.25, 20.0), lone_draws=1, edge=0.40),
-    4: dict(n_comp=(175, 130, 53, 30, 14, 9, 5, 1, 3, 1, 1, 1),
-            height=(20, 34, 60, 100, 157, 225, 256), width=(24, 37, 70, 126, 213, 348, 600),
-            hw_rank_corr=0.69, aspect=(0.25, 2.2), lone_draws=3, edge=0.38),
+    1: dict(
+        n_comp=(143, 45, 22, 19, 19, 15, 22, 13, 6, 11, 7, 5),
+        height=(16, 26, 32, 42, 60, 92, 180),
+        width=(12, 18, 21, 25, 32, 43, 80),
+        hw_rank_corr=0.41,
+        aspect=(0.7, 5.0),
+        lone_draws=3,
+        edge=0.16,
+    ),
+    2: dict(
+        n_comp=(75, 22, 4),
+        height=(60, 85, 116, 157, 212, 256, 256),
+        width=(7, 12, 15, 19, 26, 32, 43),
+        hw_rank_corr=0.37,
+        aspect=(3.0, 16.0),
+        lone_draws=1,
+        edge=0.70,
+    ),
+    3: dict(
+        n_comp=(539, 413, 278, 170, 112, 80, 29, 21, 19, 7, 7, 5),
+        height=(12, 34, 64, 146, 255, 256, 256),
+        width=(8, 16, 21, 33, 65, 171, 400),
+        hw_rank_corr=0.0,
+        aspect=(0.25, 20.0),
+        lone_draws=1,
+        edge=0.40,
+    ),
+    4: dict(
+        n_comp=(175, 130, 53, 30, 14, 9, 5, 1, 3, 1, 1, 1),
+        height=(20, 34, 60, 100, 157, 225, 256),
+        width=(24, 37, 70, 126, 213, 348, 600),
+        hw_rank_corr=0.69,
+        aspect=(0.25, 2.2),
+        lone_draws=3,
+        edge=0.38,
+    ),
 }
 MARGIN_PROB = 0.12  # share of images showing a strip end (black margin) on one side
 
 
-def _field(rng: np.random.Generator, small: tuple[int, int], shape: tuple[int, int],
-           interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+def _field(
+    rng: np.random.Generator,
+    small: tuple[int, int],
+    shape: tuple[int, int],
+    interp: int = cv2.INTER_LINEAR,
+) -> np.ndarray:
     """Smooth random field: white noise of shape ``small`` upsampled to ``shape`` (h, w).
 
     The ratio ``shape / small`` along each axis is the correlation length, so (4, 1600) over
@@ -134,15 +171,18 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     # Stains: crisp-edged darker smears elongated along the rolling direction, with ragged
     # outlines, gathered in some stretches of the strip; none to several per cent of the frame.
     # Unlabelled in Kaggle, so not every dark mark is a defect.
-    smear = (_field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC)
-             + 0.4 * _field(rng, (16, W // 4), (qh, qw), cv2.INTER_CUBIC)
-             + 0.8 * _field(rng, (1, 6), (1, qw), cv2.INTER_CUBIC))
+    smear = (
+        _field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC)
+        + 0.4 * _field(rng, (16, W // 4), (qh, qw), cv2.INTER_CUBIC)
+        + 0.8 * _field(rng, (1, 6), (1, qw), cv2.INTER_CUBIC)
+    )
     smear = cv2.resize(smear, (W, H))
     fine += (smear > rng.uniform(1.4, 3.0)) * np.float32(-rng.uniform(8, 20))
     # Specks of scale and dust (1-2 px), a few dozen to a thousand per frame, mostly bright.
     n = int(rng.integers(30, 1000))
     fine[rng.integers(0, H, n), rng.integers(0, W, n)] += rng.uniform(40, 150, n) * rng.choice(
-        [-0.6, 1.0], n, p=[0.3, 0.7])
+        [-0.6, 1.0], n, p=[0.3, 0.7]
+    )
     # Grain: 7 grey levels of std after the blur, which divides white noise's std by 0.48.
     fine += (7.0 / 0.48) * _white(rng, (H, W))
     img += cv2.GaussianBlur(fine, (0, 0), sigmaX=0.8, sigmaY=0.5)
@@ -161,8 +201,12 @@ def _fit_box(pts: np.ndarray, box: tuple[float, float, float, float]) -> np.ndar
     return np.rint(np.array([box[0], box[2]]) + (pts - lo) / span * size).astype(np.int32)
 
 
-def _streak_polygon(rng: np.random.Generator, box: tuple[float, float, float, float],
-                    open_top: bool, open_bottom: bool) -> np.ndarray:
+def _streak_polygon(
+    rng: np.random.Generator,
+    box: tuple[float, float, float, float],
+    open_top: bool,
+    open_bottom: bool,
+) -> np.ndarray:
     """Coarse polygon around a vertical streak: slanted, a little uneven, pointed inside.
 
     Like the Kaggle annotations: a handful of vertices per side, tapering where the defect
@@ -180,8 +224,9 @@ def _streak_polygon(rng: np.random.Generator, box: tuple[float, float, float, fl
     return _fit_box(pts, box)
 
 
-def _blob_polygon(rng: np.random.Generator, box: tuple[float, float, float, float],
-                  jitter: float) -> np.ndarray:
+def _blob_polygon(
+    rng: np.random.Generator, box: tuple[float, float, float, float], jitter: float
+) -> np.ndarray:
     """Coarse star-shaped polygon filling ``box``; ``jitter`` makes it ragged."""
     n = int(rng.integers(6, 12))
     # Vertices spread evenly around, each nudged by up to a third of the spacing: random
@@ -217,8 +262,13 @@ def _scratches(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     for dx in rng.uniform(-0.35, 0.35, int(rng.integers(1, 2 + cw // 4))) * cw:
         for side, value in ((0, rng.uniform(60, 140)), (rng.choice([-2, 2]), -rng.uniform(20, 50))):
             x_top, x_bottom = mid + dx + side, mid + dx + side + lean * ch
-            cv2.line(lines, (round(x_top), 0), (round(x_bottom), ch), float(value),
-                     int(rng.integers(1, 3)))
+            cv2.line(
+                lines,
+                (round(x_top), 0),
+                (round(x_bottom), ch),
+                float(value),
+                int(rng.integers(1, 3)),
+            )
     # Breaks: the lines fade in and out over 10-40 px.
     on = _field(rng, (max(2, ch // 25), cw), (ch, cw))
     on = np.clip(cv2.GaussianBlur(on, (0, 0), sigmaX=2, sigmaY=0.1) * 2 + 0.5, 0, 1)
@@ -234,8 +284,12 @@ def _pits(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     """
     ch, cw = inner.shape
     spots = _field(rng, (max(2, ch // 4), max(2, cw // 3)), (ch, cw), cv2.INTER_CUBIC)
-    return (rng.uniform(2, 12) + rng.uniform(35, 70) * np.maximum(spots - 0.6, 0)
-            - rng.uniform(20, 40) * np.maximum(-spots - 1.0, 0) + _glitter(rng, (ch, cw), 0.01))
+    return (
+        rng.uniform(2, 12)
+        + rng.uniform(35, 70) * np.maximum(spots - 0.6, 0)
+        - rng.uniform(20, 40) * np.maximum(-spots - 1.0, 0)
+        + _glitter(rng, (ch, cw), 0.01)
+    )
 
 
 def _groove(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
@@ -257,8 +311,11 @@ def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     ch, cw = inner.shape
     mottle = 5.0 * _field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
     flakes = _field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
-    return (rng.uniform(-25, -10) + mottle
-            + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.5, 0))
+    return (
+        rng.uniform(-25, -10)
+        + mottle
+        + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.5, 0)
+    )
 
 
 class _Style(NamedTuple):
@@ -278,8 +335,13 @@ DEFECT_STYLE = {
 }
 
 
-def _place_class(rng: np.random.Generator, cls: int, img: np.ndarray, occupied: np.ndarray,
-                 x_range: tuple[int, int]) -> np.ndarray:
+def _place_class(
+    rng: np.random.Generator,
+    cls: int,
+    img: np.ndarray,
+    occupied: np.ndarray,
+    x_range: tuple[int, int],
+) -> np.ndarray:
     """Draw the components of one defect class into ``img``; return its mask.
 
     Components are placed around a common centre with a random spread (real masks range from
@@ -359,8 +421,10 @@ def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndar
         # Scale patches partly hide the rolling texture under them.
         patch += 0.3 * inner * (cv2.GaussianBlur(patch, (0, 0), 1.5) - patch)
     angle = rng.uniform(0, 2 * np.pi)  # light direction; 8 is the gain of the Sobel kernel
-    slope = (math.cos(angle) * cv2.Sobel(inner, cv2.CV_32F, 1, 0, ksize=3)
-             + math.sin(angle) * cv2.Sobel(inner, cv2.CV_32F, 0, 1, ksize=3)) / 8
+    slope = (
+        math.cos(angle) * cv2.Sobel(inner, cv2.CV_32F, 1, 0, ksize=3)
+        + math.sin(angle) * cv2.Sobel(inner, cv2.CV_32F, 0, 1, ksize=3)
+    ) / 8
     patch += style.draw(rng, inner) * inner + rng.uniform(*style.relief) * slope
 
 
@@ -434,7 +498,9 @@ def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 def _write_jpeg(path: Path, image: np.ndarray) -> None:
     """Write a grey image as a 3-channel JPEG like Kaggle's, replacing any file atomically."""
-    ok, data = cv2.imencode(".jpg", cv2.merge([image] * 3), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    ok, data = cv2.imencode(
+        ".jpg", cv2.merge([image] * 3), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
     if not ok:
         raise OSError(f"JPEG encoding failed for {path}")
     tmp = path.with_name(path.name + ".tmp")
@@ -452,8 +518,13 @@ def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
     os.replace(tmp, path)
 
 
-def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | None = None,
-             progress: bool = True) -> Path:
+def generate(
+    out: str | Path,
+    n_images: int = 400,
+    seed: int = 0,
+    n_test: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Write a synthetic data set in the Kaggle Severstal layout (see the module docstring).
 
     The output depends only on ``n_images``, ``n_test`` and ``seed``: the same arguments give
@@ -488,15 +559,21 @@ def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | 
         raise ValueError(f"seed must be >= 0, got {seed}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise FileExistsError(f"{out} is not empty and was not made by steelseg-synth "
-                              f"(no {MARKER}); choose a new or empty folder")
+        raise FileExistsError(
+            f"{out} is not empty and was not made by steelseg-synth "
+            f"(no {MARKER}); choose a new or empty folder"
+        )
     train_dir, test_dir = out / "train_images", out / "test_images"
     train_dir.mkdir(parents=True, exist_ok=True)
     test_dir.mkdir(exist_ok=True)
     # Claim the folder first, so that a run interrupted halfway can simply be run again.
-    (out / MARKER).write_text(json.dumps(
-        {"generator": "steelseg-synth", "n_images": n_images, "n_test": n_test, "seed": seed},
-        indent=2) + "\n")
+    (out / MARKER).write_text(
+        json.dumps(
+            {"generator": "steelseg-synth", "n_images": n_images, "n_test": n_test, "seed": seed},
+            indent=2,
+        )
+        + "\n"
+    )
 
     # One stream for the names, then one independent stream per image, so that image i is
     # the same whatever the number of images.
@@ -506,8 +583,9 @@ def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | 
     rngs = [np.random.default_rng(s) for s in image_seq.spawn(n_images + n_test)]
 
     rows = []
-    for i, image_id in enumerate(tqdm(ids, desc="synthetic images", unit="img",
-                                      disable=not progress)):
+    for i, image_id in enumerate(
+        tqdm(ids, desc="synthetic images", unit="img", disable=not progress)
+    ):
         image, masks = make_image(rngs[i])
         if i < n_images:
             _write_jpeg(train_dir / image_id, image)
@@ -515,8 +593,11 @@ def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | 
         else:
             _write_jpeg(test_dir / image_id, image)
     _write_csv(out / "train.csv", ["ImageId", "ClassId", "EncodedPixels"], sorted(rows))
-    _write_csv(out / "sample_submission.csv", ["ImageId", "EncodedPixels", "ClassId"],
-               [(image_id, "1 1", 0) for image_id in sorted(test_ids)])
+    _write_csv(
+        out / "sample_submission.csv",
+        ["ImageId", "EncodedPixels", "ClassId"],
+        [(image_id, "1 1", 0) for image_id in sorted(test_ids)],
+    )
     # Images of an earlier, larger run would pass for defect-free ones: remove them, and any
     # temporary file an interrupted run left.
     for folder, keep in ((train_dir, set(train_ids)), (test_dir, set(test_ids))):
@@ -528,6 +609,7 @@ def generate(out: str | Path, n_images: int = 400, seed: int = 0, n_test: int | 
 
 def _count(minimum: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``minimum``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -536,6 +618,7 @@ def _count(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+
     return parse
 
 
@@ -544,13 +627,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="steelseg-synth",
         description="Write synthetic steel images with defect masks in the Kaggle Severstal "
-                    "layout (train_images/, train.csv, test_images/, sample_submission.csv).")
+        "layout (train_images/, train.csv, test_images/, sample_submission.csv).",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--n-images", type=_count(1), default=400,
-                        help="number of train images (default: 400)")
+    parser.add_argument(
+        "--n-images", type=_count(1), default=400, help="number of train images (default: 400)"
+    )
     parser.add_argument("--seed", type=_count(0), default=0, help="random seed (default: 0)")
-    parser.add_argument("--n-test", type=_count(0), default=None,
-                        help="number of test images (default: n-images // 10, at least 1)")
+    parser.add_argument(
+        "--n-test",
+        type=_count(0),
+        default=None,
+        help="number of test images (default: n-images // 10, at least 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

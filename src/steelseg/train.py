@@ -39,20 +39,35 @@ def build_all(group: DictConfig | None) -> list[Any]:
     return [build(c) for c in (group or {}).values() if c is not None]
 
 
-def run_lr_find(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                out: Path, apply: bool) -> float | None:
+def run_lr_find(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    out: Path,
+    apply: bool,
+) -> float | None:
     """Lightning's learning-rate range test; saves ``lr_find.png`` and ``lr_find.json``."""
     from pytorch_lightning.tuner import Tuner
 
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, attr_name="lr",
-                                    update_attr=apply)
+    finder = Tuner(trainer).lr_find(
+        module, datamodule=datamodule, attr_name="lr", update_attr=apply
+    )
     suggestion = finder.suggestion() if finder is not None else None
     if finder is not None:
         fig = finder.plot(suggest=True)
         fig.savefig(out / "lr_find.png", dpi=100)
-        atomic_write_text(out / "lr_find.json", json.dumps(
-            {"suggestion": suggestion, "applied": apply, "lr": finder.results["lr"],
-             "loss": finder.results["loss"]}, indent=1))
+        atomic_write_text(
+            out / "lr_find.json",
+            json.dumps(
+                {
+                    "suggestion": suggestion,
+                    "applied": apply,
+                    "lr": finder.results["lr"],
+                    "loss": finder.results["loss"],
+                },
+                indent=1,
+            ),
+        )
     log.info("lr_find suggests lr=%s (%s)", suggestion, "applied" if apply else "not applied")
     return suggestion
 
@@ -78,8 +93,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build(cfg.data)
     module = build(cfg.model)
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=build_all(cfg.get("callbacks")),
-                                logger=build_all(cfg.get("logger")) or False)
+    trainer: pl.Trainer = build(
+        cfg.trainer,
+        callbacks=build_all(cfg.get("callbacks")),
+        logger=build_all(cfg.get("logger")) or False,
+    )
 
     if cfg.get("lr_find"):
         run_lr_find(trainer, module, datamodule, out, bool(cfg.get("lr_find_apply")))
@@ -93,11 +111,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     which = cfg.get("test_ckpt", "best")
     eval_ckpt = None if which == "current" or (which == "best" and not best_path) else which
     metrics: dict[str, float] = {}
-    metrics |= _scalars(trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt,
-                                         verbose=False)[0], "val/")
+    metrics |= _scalars(
+        trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0],
+        "val/",
+    )
     if cfg.get("test", True):
-        metrics |= _scalars(trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt)[0],
-                            "test/")
+        metrics |= _scalars(
+            trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt)[0], "test/"
+        )
     n_train = len(datamodule.datasets["train"])
     epochs = trainer.current_epoch
     metrics |= {
@@ -108,9 +129,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     }
     report = {
         "metrics": metrics,
-        "checkpoint": {"evaluated": eval_ckpt or "current weights", "best": best_path,
-                       "best_val_iou": float(ckpt.best_model_score)
-                       if ckpt is not None and ckpt.best_model_score is not None else None},
+        "checkpoint": {
+            "evaluated": eval_ckpt or "current weights",
+            "best": best_path,
+            "best_val_iou": float(ckpt.best_model_score)
+            if ckpt is not None and ckpt.best_model_score is not None
+            else None,
+        },
         "split_sizes": {k: len(v) for k, v in datamodule.datasets.items()},
     }
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
@@ -120,8 +145,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def print_summary(metrics: dict[str, float], out: Path) -> None:
     """The headline numbers and where the run's files are, as the last lines of a run."""
-    rows = [(k, metrics[k]) for k in ("val/iou", "val/dice", "val/dice_per_image", "test/iou",
-                                      "test/dice", "test/dice_per_image") if k in metrics]
+    rows = [
+        (k, metrics[k])
+        for k in (
+            "val/iou",
+            "val/dice",
+            "val/dice_per_image",
+            "test/iou",
+            "test/dice",
+            "test/dice_per_image",
+        )
+        if k in metrics
+    ]
     lines = [f"  {k:20s} {v:.4f}" for k, v in rows]
     lines.append(f"  {'epochs':20s} {metrics['epochs']:.0f} in {metrics['fit_seconds']:.0f} s")
     log.info("results (best checkpoint):\n%s\nrun folder: %s", "\n".join(lines), out)

@@ -12,6 +12,7 @@ A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, 1, H, W) float32, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -203,8 +204,6 @@ class SteelDataModule(pl.LightningDataModule):
         self.datasets: dict[str, SteelDataset] = {}
 
     def _default_prepared_dir(self) -> Path:
-        import hashlib
-
         key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
         return self.root / "prepared" / f"split-{key}"
 

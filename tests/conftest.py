@@ -54,3 +54,19 @@ def tiny_cfg(synth_root: Path, tmp_path: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.data.prepared_dir = str(tmp_path / "prepared")
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a tiny model (1 input channel, trained 2 batches at 64x320).
+
+    Shared read-only by the inference, evaluation and export tests; never modify it.
+    """
+    from steelseg.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = config.compose(tiny_overrides(synth_root, "test=false"), output_dir=out / "run")
+    with open_dict(cfg):
+        cfg.data.prepared_dir = str(out / "prepared")
+    train(cfg)
+    return out / "run" / "checkpoints" / "last.ckpt"

@@ -188,6 +188,8 @@ class SteelSegModule(pl.LightningModule):
         optimizer: ``{"name": "adamw", "lr": 1e-4, **kwargs}``; names from :data:`OPTIMIZERS`.
         scheduler: ``{"name": ..., **kwargs}`` with a name from :data:`SCHEDULERS`, or None.
         threshold: Probability threshold of the metrics.
+        input_size: ``(height, width)`` the network was trained at; stored with the weights so
+            inference resizes full-size images to it (None: use the input's size).
     """
 
     def __init__(
@@ -201,6 +203,7 @@ class SteelSegModule(pl.LightningModule):
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         threshold: float = 0.5,
+        input_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
         loss = loss or {"dice": 1.0}
@@ -210,6 +213,12 @@ class SteelSegModule(pl.LightningModule):
             _choice("scheduler", scheduler.get("name", ""), SCHEDULERS)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if input_size is not None and (
+            len(input_size) != 2 or any(int(v) <= 0 or int(v) % 32 for v in input_size)
+        ):
+            raise ValueError(
+                f"input_size must be (height, width), multiples of 32, got {input_size}"
+            )
         self.save_hyperparameters()
         self.net = build_network(arch, encoder_name, encoder_weights, in_channels, arch_kwargs)
         mean, std = normalisation(encoder_name, in_channels)

@@ -19,6 +19,9 @@ import pandas as pd
 
 SHAPE: tuple[int, int] = (256, 1600)  # (height, width) of every Severstal image
 N_CLASSES = 4
+#: ClassId of a binary mask whose defect class is unknown (steelseg predictions and
+#: pseudo-labels); :func:`read_annotations` accepts it only with ``any_class=True``.
+ANY_CLASS = 0
 
 
 def _is_empty(rle: object) -> bool:
@@ -252,7 +255,9 @@ def check_image_id(image_id: object, where: str = "") -> str:
     return image_id
 
 
-def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE) -> pd.DataFrame:
+def read_annotations(
+    csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE, any_class: bool = False
+) -> pd.DataFrame:
     """Read a Severstal ``train.csv`` (either layout) into long form, defect rows only.
 
     Accepted layouts:
@@ -266,6 +271,8 @@ def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE
     Args:
         csv_path: Path to the CSV.
         shape: (height, width) of the images.
+        any_class: Also accept ClassId :data:`ANY_CLASS` (0), the binary "defect of any class"
+            that ``steelseg-predict`` and ``steelseg-pseudo`` write. Off for Kaggle files.
 
     Returns:
         DataFrame with columns ``ImageId`` (str), ``ClassId`` (int), ``EncodedPixels`` (str),
@@ -310,8 +317,9 @@ def read_annotations(csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE
     for line, iid, c, c_raw in zip(lines, df["ImageId"], cls, df["ClassId"]):
         where = f"{name} line {line} (ImageId {iid!r})"
         check_image_id(iid, where)
-        if not (c == c and float(c).is_integer() and 1 <= c <= N_CLASSES):
-            raise ValueError(f"{where}: ClassId {c_raw!r} is not one of 1..{N_CLASSES}")
+        lowest = ANY_CLASS if any_class else 1
+        if not (c == c and float(c).is_integer() and lowest <= c <= N_CLASSES):
+            raise ValueError(f"{where}: ClassId {c_raw!r} is not one of {lowest}..{N_CLASSES}")
     df["ClassId"] = cls.astype(np.int64)
     dup = df.duplicated(["ImageId", "ClassId"]).to_numpy()
     if dup.any():

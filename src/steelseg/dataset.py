@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from steelseg import prepare as prep
 
@@ -117,6 +117,9 @@ class SteelDataset(Dataset):
         else:
             image, mask = prep.load_sample(self.data_dir, self.ids[i], self.rles[i], self.size)
         if self.transform is not None:
+            # albumentations 2 seeds itself from the OS unless told; drawing its seed from torch
+            # (seeded by seed_everything, per worker by Lightning) makes runs reproducible
+            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
@@ -150,9 +153,13 @@ class SteelDataModule(pl.LightningDataModule):
         augment: Keyword arguments of :func:`train_transform`, or None for no augmentation.
         batch_size: Batch size of every loader.
         num_workers: DataLoader workers (None: up to 4, by CPU count).
-        pin_memory: Pin host memory (faster copies to a GPU).
+        pin_memory: Pin host memory (faster, asynchronous copies to a GPU); None: when the
+            trainer runs on a CUDA device (or, outside a trainer, when CUDA is available).
         synthetic: ``{"n_images": N, "seed": S, "n_test": T}`` to generate a synthetic set at
             ``root`` when it has no train.csv, or None.
+        extra_roots: More Kaggle-layout folders (e.g. pseudo-labels from ``steelseg-pseudo``)
+            whose every image joins the training split only, never val/test; decoded from
+            JPEG each epoch (no cache). Their train.csv may use ClassId 0 (any class).
     """
 
     def __init__(
@@ -172,8 +179,9 @@ class SteelDataModule(pl.LightningDataModule):
         augment: dict[str, float] | None = None,
         batch_size: int = 8,
         num_workers: int | None = None,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         synthetic: dict[str, int] | None = None,
+        extra_roots: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         check_size(height, width)
@@ -201,7 +209,8 @@ class SteelDataModule(pl.LightningDataModule):
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = pin_memory
         self.synthetic = synthetic
-        self.datasets: dict[str, SteelDataset] = {}
+        self.extra_roots = [Path(r) for r in extra_roots or ()]
+        self.datasets: dict[str, Dataset] = {}
 
     def _default_prepared_dir(self) -> Path:
         key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
@@ -300,8 +309,33 @@ class SteelDataModule(pl.LightningDataModule):
             self.datasets[name] = SteelDataset(
                 rows.iloc[idx], self.root, self.size, aug if name == "train" else None, part_cache
             )
+        if self.extra_roots:  # added to train only: val/test stay the labelled split's
+            extra = [self._extra_dataset(r, aug) for r in self.extra_roots]
+            self.datasets["train"] = ConcatDataset([self.datasets["train"], *extra])
+
+    def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
+        """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
+        rows = prep.image_labels(root, self.kw["skip_bad"], any_class=True)
+        bad = prep.check_images(root, rows["ImageId"])
+        if bad:
+            listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
+            msg = f"data.extra_roots: {len(bad)} image(s) of {root} cannot be used: {listed}"
+            if not self.kw["skip_bad"]:
+                raise ValueError(msg + " (set data.skip_bad=true to drop them)")
+            log.warning("%s; dropping them", msg)
+            rows = rows[~rows["ImageId"].isin(bad)]
+        log.info("data.extra_roots: %d training image(s) from %s", len(rows), root)
+        return SteelDataset(rows, root, self.size, aug)
 
     # ------------------------------------------------------------------ loaders
+    def _pin(self) -> bool:
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[name]
         return DataLoader(
@@ -309,8 +343,8 @@ class SteelDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin(),
+            persistent_workers=self.num_workers > 0,  # no new worker processes every epoch
             # a last batch of 1 breaks batch-norm statistics in training
             drop_last=shuffle and len(ds) > self.batch_size,
         )

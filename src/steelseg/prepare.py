@@ -73,8 +73,11 @@ def list_images(data_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
+def image_labels(data_dir: Path, skip_bad: bool = False, any_class: bool = False) -> pd.DataFrame:
     """One row per image of ``train_images/`` with its merged binary mask.
+
+    ``any_class`` also accepts ClassId 0 (binary labels of unknown class, as ``steelseg-pseudo``
+    writes them; see :func:`steelseg.rle.read_annotations`).
 
     Returns:
         DataFrame with :data:`SPLIT_COLUMNS` except ``split``, sorted by ImageId.
@@ -87,7 +90,7 @@ def image_labels(data_dir: Path, skip_bad: bool = False) -> pd.DataFrame:
     images = list_images(data_dir)
     if not images:
         raise ValueError(f"{data_dir / 'train_images'} holds no images (*.jpg, *.png)")
-    ann = rle.read_annotations(data_dir / "train.csv")
+    ann = rle.read_annotations(data_dir / "train.csv", any_class=any_class)
     missing = sorted(set(ann.attrs["image_ids"]) - set(images))
     if missing:
         _missing(

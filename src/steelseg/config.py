@@ -14,7 +14,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # trainer.accelerator values that pick a CUDA GPU
+
+
+def auto_precision(accelerator: str = "auto") -> str:
+    """Trainer precision for ``accelerator``: ``bf16-mixed`` on a CUDA GPU with bf16, else fp32.
+
+    The ``${auto_precision:${trainer.accelerator}}`` resolver of ``conf/trainer/default.yaml``;
+    ``trainer.precision=32-true`` (or any Lightning value) overrides it.
+    """
+    import torch
+
+    gpu = str(accelerator).lower() in GPU_ACCELERATORS and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
 
 
 def conf_dir() -> Path:

@@ -1,0 +1,461 @@
+"""A self-contained HTML report of an evaluation (the content of ``eval.json``).
+
+One file, no network: inline CSS, plots drawn with matplotlib's Agg canvas and every picture
+embedded as a base64 PNG ``data:`` URI; a Content-Security-Policy forbids anything else. It shows
+the headline metrics with and without post-processing, the empty vs defective image confusion,
+the threshold curve, image- and defect-level detection, and per-image panels worst first (each
+strip with its found defects, false alarms and misses in colour).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from steelseg.prepare import atomic_write_text
+
+#: Overlay colours (RGB): found defect, false alarm, missed defect.
+TP_RGB, FP_RGB, FN_RGB = (34, 197, 94), (239, 68, 68), (59, 130, 246)
+TINT = 0.35  # weight of the colour over the steel: the texture under a defect stays visible
+VARIANT_LABELS = {"threshold_only": "threshold only", "postprocessed": "post-processed"}
+
+PanelLoader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- pictures
+def png_data_uri(image: np.ndarray) -> str:
+    """A ``data:image/png;base64,...`` URI of a grey (H, W) or RGB (H, W, 3) uint8 image."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {image.shape} as PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _shrink_any(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Downscale a bool mask so that a cell is set when any pixel under it is (thin lines stay)."""
+    return cv2.resize(mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA) > 0
+
+
+def overlay(
+    image: np.ndarray, pred: np.ndarray, target: np.ndarray, width: int | None = None
+) -> np.ndarray:
+    """The grey image with found (green), false (red) and missed (blue) defect pixels tinted.
+
+    Args:
+        image: Grey uint8 image.
+        pred: Predicted mask (bool), same shape.
+        target: Ground-truth mask (bool), same shape.
+        width: Output width (height keeps the aspect ratio); None for the image's own.
+
+    Returns:
+        RGB uint8 (h, width, 3), each region tinted and outlined in its colour.
+
+    Shape:
+        image, pred, target: (H, W).
+    """
+    h, w = image.shape
+    size = (w, h) if width is None else (int(width), max(1, round(h * width / w)))
+    grey = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image
+    out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    pred, target = pred.astype(bool), target.astype(bool)
+    regions = ((pred & target, TP_RGB), (pred & ~target, FP_RGB), (~pred & target, FN_RGB))
+    outlines = []
+    for region, rgb in regions:
+        small = _shrink_any(region, size)
+        if small.any():
+            out[small] = (1 - TINT) * out[small] + TINT * np.array(rgb, np.float32)
+            contours, _ = cv2.findContours(
+                small.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            outlines.append((contours, rgb))
+    canvas = np.ascontiguousarray(out.round().astype(np.uint8))
+    for contours, rgb in outlines:  # outlines last, so no tint dims them
+        cv2.drawContours(canvas, contours, -1, rgb, 1)
+    return canvas
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)  # Agg without pyplot: no global backend switch, no display needed
+    return fig
+
+
+def _fig_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _num(v: float | None) -> float:
+    return np.nan if v is None else float(v)
+
+
+def threshold_curve_uri(
+    curve: Sequence[Mapping[str, float]], used: float, model_threshold: float
+) -> str:
+    """PNG plot of IoU, Dice and per-image Dice against the threshold, as a data URI."""
+    fig = _figure(7.5, 3.4)
+    ax = fig.add_subplot()
+    t = [r["threshold"] for r in curve]
+    for key, label, style in (
+        ("dice_per_image", "per-image Dice (Kaggle)", "-o"),
+        ("dice", "pixel Dice", "-s"),
+        ("iou", "pixel IoU", "-^"),
+    ):
+        ax.plot(t, [_num(r[key]) for r in curve], style, ms=3, label=label)
+    scored = [r for r in curve if r["dice_per_image"] is not None]
+    if scored:
+        best = max(scored, key=lambda r: r["dice_per_image"])
+        ax.annotate(
+            f"best {best['dice_per_image']:.3f} @ {best['threshold']:.2f}",
+            (best["threshold"], best["dice_per_image"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
+    ax.axvline(used, color="0.2", ls="--", lw=1, label=f"threshold in use ({used:.2f})")
+    if abs(model_threshold - used) > 1e-9:
+        ax.axvline(
+            model_threshold, color="0.5", ls=":", lw=1, label=f"model's ({model_threshold:.2f})"
+        )
+    ax.set_xlabel("probability threshold (no area filters)")
+    ax.set_ylabel("score")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    return _fig_uri(fig)
+
+
+def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
+    """PNG histogram of per-image Dice, defective and clean images stacked, as a data URI."""
+    fig = _figure(7.5, 2.4)
+    ax = fig.add_subplot()
+    d, c = np.asarray(dice, dtype=float), np.asarray(clean, dtype=bool)
+    ax.hist(
+        [d[~c], d[c]],
+        bins=np.linspace(0, 1, 21),
+        stacked=True,
+        color=["#475569", "#cbd5e1"],
+        label=["defective images", "clean images"],
+    )
+    ax.set_xlabel("per-image Dice (post-processed)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    return _fig_uri(fig)
+
+
+# ----------------------------------------------------------------------------- HTML pieces
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return '<span class="na" title="undefined: no images of that kind">n/a</span>'
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return ""
+    d = b - a
+    cls = "up" if d > 5e-4 else "down" if d < -5e-4 else "same"
+    return f'<span class="{cls}">{d:+.3f}</span>'
+
+
+HEADLINE = [
+    ("Pixels", "pixel", "dice_per_image", "per-image Dice (Kaggle rule)"),
+    ("Pixels", "pixel", "iou", "IoU (all pixels)"),
+    ("Pixels", "pixel", "dice", "Dice (all pixels)"),
+    ("Images", "image", "precision", "precision: flagged images that have a defect"),
+    ("Images", "image", "recall", "recall: defective images flagged"),
+    ("Images", "image", "f1", "F1"),
+    ("Images", "image", "specificity", "specificity: clean images left clean"),
+    ("Images", "image", "roc_auc_max_prob", "ROC AUC, score = max probability"),
+    ("Images", "image", "roc_auc_area", "ROC AUC, score = predicted area"),
+    ("Defects", "defect", "recall", "recall: true defects found"),
+    ("Defects", "defect", "precision", "precision: predicted defects that are real"),
+    ("Defects", "defect", "f1", "F1"),
+]
+
+
+def _headline_table(metrics: Mapping[str, Any]) -> str:
+    a, b = metrics["threshold_only"], metrics["postprocessed"]
+    rows = []
+    last = None
+    for group, section, key, label in HEADLINE:
+        span = sum(g == group for g, *_ in HEADLINE)
+        head = f'<th rowspan="{span}">{group}</th>' if group != last else ""
+        last = group
+        va, vb = a[section][key], b[section][key]
+        rows.append(
+            f"<tr>{head}<td>{label}</td><td class=num>{_fmt(va)}</td>"
+            f"<td class='num strong'>{_fmt(vb)}</td><td class=num>{_delta(va, vb)}</td></tr>"
+        )
+    return (
+        "<table class=metrics><thead><tr><th></th><th>metric</th><th>threshold only</th>"
+        "<th>post-processed</th><th>change</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _confusion_table(name: str, image: Mapping[str, Any]) -> str:
+    c = image["confusion"]
+    return (
+        f"<table class=confusion><caption>{VARIANT_LABELS[name]}</caption>"
+        "<tr><th>true \\ predicted</th><th>clean</th><th>defective</th></tr>"
+        f"<tr><th>clean</th><td class=good>{c['empty_predicted_empty']}</td>"
+        f"<td class=bad>{c['empty_predicted_defect']}</td></tr>"
+        f"<tr><th>defective</th><td class=bad>{c['defect_predicted_empty']}</td>"
+        f"<td class=good>{c['defect_predicted_defect']}</td></tr></table>"
+    )
+
+
+def _counts_table(metrics: Mapping[str, Any]) -> str:
+    rows = []
+    for name in ("threshold_only", "postprocessed"):
+        i, d = metrics[name]["image"], metrics[name]["defect"]
+        rows.append(
+            f"<tr><td>{VARIANT_LABELS[name]}</td><td class=num>{i['tp']}</td>"
+            f"<td class=num>{i['fp']}</td><td class=num>{i['fn']}</td><td class=num>{i['tn']}</td>"
+            f"<td class=num>{d['found']} / {d['n_true']}</td>"
+            f"<td class=num>{d['matched']} / {d['n_pred']}</td></tr>"
+        )
+    iou = metrics["postprocessed"]["defect"]["iou_threshold"]
+    return (
+        "<table class=metrics><thead><tr><th></th><th>images TP</th><th>FP</th><th>FN</th>"
+        f"<th>TN</th><th>true defects found (IoU &ge; {iou:g})</th>"
+        "<th>predicted defects matched</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _pp_text(d: Mapping[str, Any]) -> str:
+    parts = [f"threshold {d['threshold']:g}"]
+    for k in ("min_component_area", "min_total_area", "dilate", "close"):
+        if d[k]:
+            parts.append(f"{k.replace('_', ' ')} {d[k]}")
+    if d["fill_holes"]:
+        parts.append("fill holes")
+    return ", ".join(parts)
+
+
+def _settings(result: Mapping[str, Any]) -> str:
+    m = result["metrics"]
+    source = "tuned sidecar" if result.get("tuned_sidecar") else "defaults"
+    if result.get("overrides"):
+        source += " + " + ", ".join(f"{k}={v}" for k, v in result["overrides"].items())
+    n, n_def = result["n_images"], result["n_defective"]
+    items = [
+        ("checkpoint", result["checkpoint"]),
+        ("data", result["data_root"]),
+        ("split", f"{result['split']}: {n} images, {n_def} defective, {n - n_def} clean"),
+        ("threshold only", _pp_text(m["threshold_only"]["postprocess"]) + " (the model's)"),
+        ("post-processed", f"{_pp_text(m['postprocessed']['postprocess'])} ({source})"),
+        ("test-time augmentation", ", ".join(result["tta"]) or "none"),
+        (
+            "speed",
+            f"{result['images_per_s']} images/s on {result['device']} ({result['seconds']} s)",
+        ),
+    ]
+    if result.get("skipped"):
+        items.append(("skipped", ", ".join(s["image_id"] for s in result["skipped"])))
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
+    return f"<dl class=settings>{body}</dl>"
+
+
+def _kpis(metrics: Mapping[str, Any]) -> str:
+    a, b = metrics["threshold_only"], metrics["postprocessed"]
+    cards = []
+    for section, key, label in (
+        ("pixel", "dice_per_image", "per-image Dice (Kaggle)"),
+        ("pixel", "iou", "pixel IoU"),
+        ("image", "recall", "defective images flagged"),
+        ("image", "specificity", "clean images left clean"),
+        ("defect", "recall", "defects found"),
+    ):
+        cards.append(
+            f"<div class=kpi><div class=kv>{_fmt(b[section][key])}</div>"
+            f"<div class=kl>{label}</div><div class=kd>{_delta(a[section][key], b[section][key])}"
+            " vs threshold only</div></div>"
+        )
+    return "<div class=kpis>" + "".join(cards) + "</div>"
+
+
+def worst_first(images: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Images sorted by post-processed per-image Dice, lowest first; more wrong pixels first."""
+
+    def key(r: Mapping[str, Any]) -> tuple[float, int]:
+        p = r["postprocessed"]
+        return p["dice"], -(p["fp"] + p["fn"])
+
+    return sorted(images, key=key)
+
+
+def _panel(rank: int, row: Mapping[str, Any], load: PanelLoader, width: int) -> str:
+    image, pred, target = load(row["image_id"])
+    p = row["postprocessed"]
+    n_true, found, _, _ = p["defects"]
+    facts = (
+        f"<span>Dice <b>{p['dice']:.3f}</b></span><span>true {row['gt_pixels']} px</span>"
+        f"<span>predicted {p['pred_pixels']} px</span><span class=fp>false {p['fp']} px</span>"
+        f"<span class=fn>missed {p['fn']} px</span><span>defects found {found}/{n_true}</span>"
+        f"<span>max prob {row['max_prob']:.2f}</span>"
+    )
+    iid = html.escape(row["image_id"])
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    return (
+        f'<figure class=panel id="img-{iid}"><figcaption><b>#{rank}</b> <code>{iid}</code>'
+        f"{facts}</figcaption>"
+        f'<img alt="{iid}: prediction against ground truth" width={width} height={height} '
+        f'src="{png_data_uri(overlay(image, pred, target, width))}"></figure>'
+    )
+
+
+CSS = """
+:root{--ink:#0f172a;--mute:#64748b;--line:#e2e8f0;--bg:#f8fafc;--good:#15803d;--bad:#b91c1c}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:var(--bg)}
+header{background:#1e293b;color:#f1f5f9;padding:18px 32px}
+header h1{margin:0;font-size:20px;font-weight:600}
+header p{margin:4px 0 0;color:#cbd5e1}
+main{max-width:1240px;margin:0 auto;padding:16px 32px 48px}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin:16px 0}
+h2{font-size:16px;margin:0 0 12px}
+p.note{color:var(--mute);margin:4px 0 10px;font-size:13px}
+.kpis{display:flex;gap:12px;flex-wrap:wrap}
+.kpi{flex:1 1 160px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 16px}
+.kv{font-size:26px;font-weight:600}.kl{color:var(--mute)}.kd{font-size:12px;color:var(--mute)}
+dl.settings{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}
+dt{color:var(--mute)}dd{margin:0;word-break:break-all}
+table{border-collapse:collapse}
+table.metrics{width:100%}
+table.metrics th,table.metrics td{border-bottom:1px solid var(--line);padding:5px 10px;text-align:left}
+table.metrics th{font-weight:600;color:var(--mute)}
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.strong{font-weight:600}
+.up{color:var(--good)}.down{color:var(--bad)}.same{color:var(--mute)}.na{color:var(--mute)}
+.confusions{display:flex;gap:32px;flex-wrap:wrap}
+table.confusion caption{font-weight:600;text-align:left;padding-bottom:4px}
+table.confusion th,table.confusion td{border:1px solid var(--line);padding:6px 14px}
+table.confusion td{text-align:center;font-size:18px;font-variant-numeric:tabular-nums}
+td.good{background:#f0fdf4;color:var(--good)}td.bad{background:#fef2f2;color:var(--bad)}
+img{max-width:100%;height:auto;display:block}
+.legend span{display:inline-block;margin-right:16px}
+.sw{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-1px;margin-right:4px}
+figure.panel{margin:0 0 18px;padding-bottom:14px;border-bottom:1px solid var(--line)}
+figure.panel img{margin-top:4px;image-rendering:auto}
+figcaption{display:flex;gap:14px;flex-wrap:wrap;align-items:baseline;font-size:13px}
+figcaption code{font-size:13px}
+.fp{color:var(--bad)}.fn{color:#1d4ed8}
+footer{color:var(--mute);font-size:12px;text-align:center;margin-top:24px}
+"""
+
+# Counts the pictures that decoded, so a headless browser test can read the result from the DOM.
+SCRIPT = """
+window.addEventListener("load", function () {
+  var all = Array.prototype.slice.call(document.images);
+  var ok = all.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-images-loaded", ok + "/" + all.length);
+});
+"""
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+def render_report(
+    result: Mapping[str, Any],
+    load_panel: PanelLoader | None,
+    max_panels: int = 50,
+    panel_width: int = 800,
+) -> str:
+    """The report page as one HTML string.
+
+    Args:
+        result: The evaluation (``eval.json``'s content, see :func:`steelseg.evaluate.evaluate`).
+        load_panel: ``image_id -> (image uint8, predicted mask, true mask)``, all (H, W); None
+            for no per-image panels.
+        max_panels: Panels shown, worst first.
+        panel_width: Width in pixels of each panel picture (full images are 1600 wide).
+    """
+    m = result["metrics"]
+    used = m["postprocessed"]["postprocess"]["threshold"]
+    model_t = m["threshold_only"]["postprocess"]["threshold"]
+    images = result["images"]
+    worst = worst_first(images)[: max_panels if load_panel else 0]
+    panels = "".join(_panel(i + 1, r, load_panel, panel_width) for i, r in enumerate(worst))
+    dice = [r["postprocessed"]["dice"] for r in images]
+    clean = [r["gt_pixels"] == 0 for r in images]
+    title = f"Evaluation of {Path(result['checkpoint']).name} on {result['split']}"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    legend = "".join(
+        f'<span><i class=sw style="background:rgb{rgb}"></i>{label}</span>'
+        for rgb, label in (
+            (TP_RGB, "defect found (true positive)"),
+            (FP_RGB, "false alarm (false positive)"),
+            (FN_RGB, "missed defect (false negative)"),
+        )
+    )
+    shown = f"{len(worst)} of {len(images)}" if len(worst) < len(images) else f"all {len(images)}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body><header><h1>Steel defect segmentation: {html.escape(title)}</h1>
+<p>{result["n_images"]} images ({result["n_defective"]} defective) &middot; {html.escape(when)}</p></header>
+<main>
+{_kpis(m)}
+<section><h2>Run</h2>{_settings(result)}</section>
+<section><h2>Headline metrics</h2>
+<p class=note>Per-image Dice counts an empty prediction on a clean image as 1 (the Kaggle rule).
+Image level: an image is flagged when its predicted mask is not empty. Defect level: a true
+defect (connected component) is found when a predicted one overlaps it with IoU &ge;
+{m["postprocessed"]["defect"]["iou_threshold"]:g}. n/a: undefined (e.g. no clean images).</p>
+{_headline_table(m)}</section>
+<section><h2>Clean vs defective images</h2><div class=confusions>
+{_confusion_table("threshold_only", m["threshold_only"]["image"])}
+{_confusion_table("postprocessed", m["postprocessed"]["image"])}</div>
+<h2 style="margin-top:16px">Detection counts</h2>{_counts_table(m)}</section>
+<section><h2>Threshold curve</h2>
+<p class=note>Metrics at each probability threshold before any area filter or morphology.</p>
+<img alt="threshold curve" src="{threshold_curve_uri(result["threshold_curve"], used, model_t)}">
+<img alt="per-image Dice histogram" src="{dice_histogram_uri(dice, clean)}"></section>
+<section><h2>Images, worst first ({shown})</h2>
+<p class=note>Sorted by post-processed per-image Dice. Each panel is the full strip, scaled
+down, with the post-processed prediction compared to the ground truth.</p><p class=legend>{legend}</p>
+{panels or "<p class=note>No panels.</p>"}</section>
+<footer>steelseg &middot; eval.json beside this file holds every number</footer>
+</main><script>{SCRIPT}</script></body></html>
+"""
+
+
+def write_report(
+    result: Mapping[str, Any],
+    load_panel: PanelLoader | None,
+    path: str | os.PathLike,
+    max_panels: int = 50,
+    panel_width: int = 800,
+) -> Path:
+    """Render :func:`render_report` and write it atomically to ``path``; return the path."""
+    path = Path(path)
+    text = render_report(result, load_panel, max_panels, panel_width)
+    # character references keep the file ASCII: right whatever the locale's encoding
+    atomic_write_text(path, text.encode("ascii", "xmlcharrefreplace").decode("ascii"))
+    return path

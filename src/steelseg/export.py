@@ -1,0 +1,286 @@
+"""Export a trained checkpoint to ONNX or TorchScript, for inference without steelseg.
+
+    steelseg-export CHECKPOINT --format onnx --out model.onnx
+    steelseg-export CHECKPOINT --format torchscript --out model.pt
+
+The exported graph is the module's forward with the normalisation inside it:
+
+* input ``image``: grey pixel values 0..255, ``(N, 1, H, W)``, uint8 (default) or float32
+  (``--input-dtype``); N, H and W are dynamic (H and W multiples of 32; resize images to the
+  ``input_size`` of the metadata, which the model was trained at);
+* output ``logits``: float32 ``(N, 1, H, W)``; ``sigmoid(logits) >= threshold`` is a defect.
+
+Beside the file, ``<file>.json`` holds the metadata: input size, threshold, the tuned
+post-processing and TTA when ``steelseg-tune`` stored some, the source checkpoint, and the
+largest absolute difference from the PyTorch module measured on random inputs right after export
+(ONNX through onnxruntime, TorchScript through ``torch.jit.load``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steelseg.model import SteelSegModule
+from steelseg.postprocess import PostProcess, load_tuned
+from steelseg.predict import STRIDE, atomic_write_bytes, load_module
+from steelseg.prepare import atomic_write_text
+
+FORMATS = ("onnx", "torchscript")
+ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)
+INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+TOLERANCE = 1e-4  # largest |exported - module| logit difference accepted
+
+
+class ExportModule(nn.Module):
+    """The network plus its input normalisation, free of Lightning and of steelseg code.
+
+    Shape:
+        image: (N, 1, H, W) grey values 0..255 (uint8 or float). Returns (N, 1, H, W) logits.
+    """
+
+    def __init__(self, module: SteelSegModule) -> None:
+        super().__init__()
+        self.net = module.net
+        self.register_buffer("mean", module.mean.detach().clone())  # (C, 1, 1), pixel units
+        self.register_buffer("std", module.std.detach().clone())
+        self.channels = int(module.hparams.in_channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float()
+        if self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)  # grey -> the 3 equal channels the encoder expects
+        return self.net((x - self.mean) / self.std)
+
+
+def _example(size: tuple[int, int], batch: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 1, *size), generator=g).to(dtype)
+
+
+def _check_inputs(size: tuple[int, int], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Random images for the comparison: two batch sizes at the size, one at another size."""
+    other = (size[0] + STRIDE, size[1] - STRIDE if size[1] > STRIDE else size[1] + STRIDE)
+    return [_example(size, 2, dtype, 1), _example(size, 3, dtype, 2), _example(other, 1, dtype, 3)]
+
+
+def export_onnx(model: ExportModule, example: torch.Tensor, path: Path, exporter: str) -> None:
+    """Write ``model`` as a single-file ONNX graph with dynamic batch, height and width."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        target = Path(tmp) / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                h = torch.export.Dim("h32", min=1, max=256)  # height / 32
+                w = torch.export.Dim("w32", min=1, max=256)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    target,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamo=True,
+                    external_data=False,
+                    dynamic_shapes={"image": {0: batch, 2: STRIDE * h, 3: STRIDE * w}},
+                )
+            else:
+                axes = {0: "batch", 2: "height", 3: "width"}
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    target,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamo=False,
+                    opset_version=17,
+                    dynamic_axes={"image": axes, "logits": axes},
+                )
+        atomic_write_bytes(path, target.read_bytes())
+
+
+def check_onnx(model: ExportModule, path: Path, inputs: list[torch.Tensor]) -> float:
+    """Largest |onnxruntime - PyTorch| logit difference over ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for x in inputs:
+        (got,) = session.run(["logits"], {"image": x.numpy()})
+        with torch.inference_mode():
+            want = model(x).numpy()
+        diff = max(diff, float(np.abs(got - want).max()))
+    return diff
+
+
+def export_torchscript(model: ExportModule, example: torch.Tensor, path: Path) -> None:
+    """Trace ``model`` (shapes stay dynamic: the network has no shape-dependent branches)."""
+    with warnings.catch_warnings():
+        # jit is deprecated in favour of torch.export, and smp's input-size check traces as a
+        # constant; both are harmless here and the comparison below checks the result.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        target = Path(tmp) / path.name
+        traced.save(str(target))
+        atomic_write_bytes(path, target.read_bytes())
+
+
+def check_torchscript(model: ExportModule, path: Path, inputs: list[torch.Tensor]) -> float:
+    """Largest |torch.jit.load(path) - PyTorch| logit difference over ``inputs``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    diff = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            diff = max(diff, float((loaded(x) - model(x)).abs().max()))
+    return diff
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """``<file>.json`` beside an exported file."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "onnx",
+    input_dtype: str = "uint8",
+    onnx_exporter: str = "dynamo",
+    use_tuned: bool = True,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``out``, check it against the module, write the metadata.
+
+    Args:
+        checkpoint: A steelseg ``.ckpt``.
+        out: The file to write (``.onnx`` or ``.pt`` by convention).
+        fmt: One of :data:`FORMATS`.
+        input_dtype: ``uint8`` or ``float32`` input images (values 0..255 either way).
+        onnx_exporter: ``dynamo`` (torch.export based, the default of torch.onnx) or
+            ``torchscript`` (the older exporter: much faster, deprecated by PyTorch).
+        use_tuned: Record the post-processing ``steelseg-tune`` stored beside the checkpoint.
+
+    Returns:
+        The metadata written to ``<out>.json``, with ``max_abs_diff``.
+
+    Raises:
+        ValueError: an unknown option, a bad checkpoint, or an export that differs from the
+            module by more than :data:`TOLERANCE`.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"unknown input dtype {input_dtype!r}; choose from {list(INPUT_DTYPES)}")
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
+    module = load_module(checkpoint, "cpu")
+    model = ExportModule(module).eval()
+    size = module.hparams.get("input_size")
+    size = (int(size[0]), int(size[1])) if size else (256, 1600)
+    dtype = INPUT_DTYPES[input_dtype]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = _example(size, 2, dtype, 0)
+    inputs = _check_inputs(size, dtype)
+    try:
+        if fmt == "onnx":
+            export_onnx(model, example, out, onnx_exporter)
+            diff = check_onnx(model, out, inputs)
+        else:
+            export_torchscript(model, example, out)
+            diff = check_torchscript(model, out, inputs)
+    except Exception as e:  # exporters raise many types; say which step failed, in one line
+        other = "another --onnx-exporter" if fmt == "onnx" else "--format onnx"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{fmt} export failed ({type(e).__name__}: {first}); try {other}") from e
+    if not diff <= TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ValueError(
+            f"the exported model differs from the checkpoint by up to {diff:.3g} (> {TOLERANCE}); "
+            "nothing was written. Try the other --onnx-exporter or --format"
+        )
+    tuned = load_tuned(checkpoint) if use_tuned else None
+    postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
+    meta = {
+        "format": fmt,
+        "file": out.name,
+        "onnx_exporter": onnx_exporter if fmt == "onnx" else None,
+        "input": {
+            "name": "image",
+            "dtype": input_dtype,
+            "shape": ["N", 1, "H", "W"],
+            "values": "grey 0..255, no normalisation (it is inside the graph)",
+        },
+        "output": {"name": "logits", "shape": ["N", 1, "H", "W"], "activation": "sigmoid"},
+        "input_size": list(size),
+        "size_multiple": STRIDE,
+        "threshold": postprocess.threshold,
+        "postprocess": postprocess.to_dict(),
+        "postprocess_tuned": tuned is not None,
+        "tta": list(tuned[1]) if tuned else [],
+        "arch": module.hparams.arch,
+        "encoder_name": module.hparams.encoder_name,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "max_abs_diff": diff,
+        "checked_on": [list(x.shape) for x in inputs],
+        "torch": torch.__version__,
+    }
+    atomic_write_text(metadata_path(out), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``steelseg-export CHECKPOINT --format onnx|torchscript --out FILE``."""
+    p = argparse.ArgumentParser(
+        prog="steelseg-export",
+        description="Export a steelseg checkpoint to ONNX or TorchScript (grey 0..255 images "
+        "(N,1,H,W) in, logits out, normalisation inside), check it against the PyTorch module "
+        "and write FILE.json with the metadata.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a steelseg .ckpt file")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--input-dtype", choices=list(INPUT_DTYPES), default="uint8")
+    p.add_argument(
+        "--onnx-exporter",
+        choices=ONNX_EXPORTERS,
+        default="dynamo",
+        help="dynamo (torch.export, default) or torchscript (older, faster, deprecated)",
+    )
+    p.add_argument("--no-tuned", action="store_true", help="ignore tuned post-processing")
+    args = p.parse_args(argv)
+    try:
+        meta = export(
+            args.checkpoint,
+            args.out,
+            args.format,
+            args.input_dtype,
+            args.onnx_exporter,
+            not args.no_tuned,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"steelseg-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"steelseg-export: wrote {args.out} ({args.format}, input {meta['input']['dtype']} "
+        f"(N,1,H,W), trained at {meta['input_size'][0]}x{meta['input_size'][1]}); max abs "
+        f"difference from the module {meta['max_abs_diff']:.2e}; metadata "
+        f"{metadata_path(args.out)}"
+    )
+
+
+if __name__ == "__main__":
+    main()

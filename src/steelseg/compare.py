@@ -1,0 +1,362 @@
+"""Compare the runs of a sweep: ``summary.csv``, ``summary.md`` and ``summary.png``.
+
+A run folder holds ``config.yaml`` and, once the job has ended, ``metrics.json`` (written by
+:func:`steelseg.train.train`) or ``failed.json`` (written by ``steelseg-train -m`` when the job
+raised, see :mod:`steelseg.sweep`); Hydra adds ``.hydra/overrides.yaml``. :func:`collect` reads
+them into one table, one row per run, best first by the optimised metric, failed runs last with
+their error; :func:`write_summary` writes the three files. :class:`SweepSummary` (a Hydra callback,
+``conf/hydra/default.yaml``) does both at the end of every multirun, and ``steelseg-compare
+DIR...`` rebuilds the report later from sweep folders or run folders::
+
+    steelseg-compare outputs/train/multiruns/2024-05-01_10-00-00
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from steelseg.prepare import atomic_write_text
+from steelseg.sweep import FAILED_FILE
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+#: the metrics of a row, in table order (metrics.json keys; any others follow them in the CSV)
+METRICS = (
+    "val/iou",
+    "val/dice",
+    "val/dice_per_image",
+    "test/iou",
+    "test/dice",
+    "test/dice_per_image",
+    "epochs",
+    "fit_seconds",
+    "train_images_per_s",
+    "params",
+)
+#: markdown heading and number format of each column of summary.md
+MD_COLUMNS = {
+    "job": ("job", "{}"),
+    "status": ("status", "{}"),
+    "changes": ("overrides", "{}"),
+    "val/iou": ("val IoU", "{:.4f}"),
+    "val/dice": ("val Dice", "{:.4f}"),
+    "val/dice_per_image": ("val Dice/img", "{:.4f}"),
+    "test/iou": ("test IoU", "{:.4f}"),
+    "test/dice": ("test Dice", "{:.4f}"),
+    "test/dice_per_image": ("test Dice/img", "{:.4f}"),
+    "epochs": ("epochs", "{:.0f}"),
+    "fit_seconds": ("fit s", "{:.0f}"),
+    "train_images_per_s": ("train img/s", "{:.1f}"),
+    "params": ("params M", "{:.2f}"),
+    "error": ("error", "{}"),
+}
+SKIP_DIRS = {"checkpoints", "csv", "tensorboard"}  # inside a run folder, never runs themselves
+
+
+# ----------------------------------------------------------------------------- finding runs
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is the folder of one run (ended, failed or still running)."""
+    return any(
+        (path / name).is_file()
+        for name in (METRICS_FILE, FAILED_FILE, "config.yaml", ".hydra/overrides.yaml")
+    )
+
+
+def find_runs(paths: Iterable[str | os.PathLike], max_depth: int = 4) -> list[Path]:
+    """Run folders in ``paths``: each path is a run folder or holds some below it.
+
+    Raises:
+        FileNotFoundError: a path does not exist or is not a folder.
+    """
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        if is_run_dir(folder):
+            found.append(folder)
+            return
+        if depth == max_depth:
+            return
+        for sub in sorted(folder.iterdir(), key=lambda p: _natural(p.name)):
+            hidden = sub.name.startswith(".") or sub.name in SKIP_DIRS
+            if sub.is_dir() and not sub.is_symlink() and not hidden:
+                walk(sub, depth + 1)
+
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is not a folder; give sweep folders (outputs/<task>/multiruns/<time>) "
+                "or run folders"
+            )
+        walk(path, 0)
+    return list(dict.fromkeys(p.resolve() for p in found))  # once each, in order
+
+
+def _natural(text: str) -> list:
+    """Sort key that puts job 2 before job 10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+# ----------------------------------------------------------------------------- one run
+def _load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One row: status, overrides, model, metrics (or the error) of a run folder."""
+    config = _load_yaml(run_dir / "config.yaml") or {}
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    model = config.get("model") or {}
+    row: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "overrides": " ".join(map(str, overrides)),
+        "arch": model.get("arch"),
+        "encoder": model.get("encoder_name"),
+        "optimized_metric": config.get("optimized_metric"),
+        "error": "",
+    }
+    metrics_path, failed_path = run_dir / METRICS_FILE, run_dir / FAILED_FILE
+    # a folder used twice (a rerun into the same folder) reports its latest outcome
+    ended = [p for p in (metrics_path, failed_path) if p.is_file()]
+    latest = max(ended, key=lambda p: p.stat().st_mtime) if ended else None
+    try:
+        if latest == metrics_path:
+            row |= json.loads(metrics_path.read_text())["metrics"]
+            row["status"] = "ok"
+        elif latest == failed_path:
+            row["status"] = "failed"
+            row["error"] = json.loads(failed_path.read_text())["last_line"]
+        else:
+            row["status"] = "incomplete"  # still running, killed, or stopped before writing
+            row["error"] = f"no {METRICS_FILE} or {FAILED_FILE} (still running or killed?)"
+    except (ValueError, KeyError, TypeError) as e:
+        row["status"] = "failed"
+        row["error"] = f"cannot read {latest.name}: {type(e).__name__}: {e}"
+    return row
+
+
+# ----------------------------------------------------------------------------- the table
+def higher_is_better(metric: str) -> bool:
+    """Losses are minimised, everything else (IoU, Dice) maximised."""
+    return "loss" not in metric
+
+
+def collect(
+    paths: Iterable[str | os.PathLike], metric: str | None = None
+) -> tuple[pd.DataFrame, str]:
+    """One row per run found in ``paths``, best first by ``metric``; failed runs last.
+
+    Args:
+        paths: Sweep folders or run folders (see :func:`find_runs`).
+        metric: The metric to sort by; default the runs' ``optimized_metric`` (val/iou).
+
+    Returns:
+        The table (columns ``job, status, changes, overrides, arch, encoder``, the metrics,
+        ``error, run_dir``) and the metric it is sorted by.
+
+    Raises:
+        FileNotFoundError: a path is missing, or no run is found in any of them.
+    """
+    paths = list(paths)
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(
+            f"no runs found in {', '.join(map(str, paths))}: a run folder holds metrics.json, "
+            f"{FAILED_FILE}, config.yaml or .hydra/; give a sweep folder "
+            "(outputs/<task>/multiruns/<time>) or run folders"
+        )
+    rows = [read_run(r) for r in runs]
+    table = pd.DataFrame(rows)
+    root = Path(os.path.commonpath(runs))
+    table.insert(0, "job", [_job_name(r, root) for r in runs])
+    metric = metric or next((m for m in table["optimized_metric"] if m), None) or "val/iou"
+    table = table.drop(columns="optimized_metric")
+    table.insert(2, "changes", _changes(table["overrides"].tolist()))
+    for name in (*METRICS, metric):
+        if name not in table:
+            table[name] = float("nan")
+    first = ["job", "status", "changes", "overrides", "arch", "encoder", *METRICS]
+    extra = sorted(c for c in table if c not in first and c not in ("error", "run_dir"))
+    table = table[[*first, *extra, "error", "run_dir"]]
+    ok = table["status"] == "ok"
+    best = table[ok].sort_values(
+        metric, ascending=not higher_is_better(metric), na_position="last", kind="stable"
+    )
+    rest = table[~ok].sort_values("job", key=lambda s: s.map(_natural), kind="stable")
+    return pd.concat([best, rest], ignore_index=True), metric
+
+
+def _job_name(run: Path, root: Path) -> str:
+    rel = run.relative_to(root)
+    return run.name if rel == Path(".") else rel.as_posix()
+
+
+def _changes(overrides: Sequence[str]) -> list[str]:
+    """Each run's overrides minus those every run shares: what tells the runs apart."""
+    split = [o.split() for o in overrides]
+    common = set.intersection(*map(set, split)) if len(split) > 1 else set()
+    return [" ".join(o for o in s if o not in common) for s in split]
+
+
+# ----------------------------------------------------------------------------- writing
+def to_markdown(table: pd.DataFrame, metric: str) -> str:
+    """``summary.md``: the table with readable headings, then the overrides every run shares."""
+    columns = [c for c in MD_COLUMNS if c in table and (c != "error" or table[c].any())]
+    if metric not in columns:
+        columns.insert(3, metric)
+    head = [MD_COLUMNS.get(c, (c, ""))[0] for c in columns]
+    lines = [
+        f"Sorted by {metric} ({'highest' if higher_is_better(metric) else 'lowest'} first); "
+        f"{(table['status'] == 'ok').sum()} of {len(table)} runs ended.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for _, row in table.iterrows():
+        cells = []
+        for c in columns:
+            value, fmt = row[c], MD_COLUMNS.get(c, (c, "{:.4f}"))[1]
+            if c == "params" and pd.notna(value):
+                value = value / 1e6
+            if value is None or (isinstance(value, float) and pd.isna(value)):
+                cells.append("")
+            else:
+                cells.append(fmt.format(value).replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    shared = sorted(set.intersection(*(set(o.split()) for o in table["overrides"])))
+    if len(table) > 1 and shared:
+        lines += ["", "Overrides of every run: `" + " ".join(shared) + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, metric: str, path: Path) -> None:
+    """``summary.png``: a bar per run of ``metric`` (and test IoU when it is another metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [
+        f"{job}: {changes}" if changes else str(job)
+        for job, changes in zip(table["job"], table["changes"])
+    ]
+    series = [metric] + (["test/iou"] if metric != "test/iou" else [])
+    series = [s for s in series if table[s].notna().any()] or [metric]
+    height = 0.8 / len(series)
+    y = range(len(table))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(table)))
+    for k, name in enumerate(series):
+        values = table[name].astype(float).fillna(0.0)
+        ax.barh([i + k * height for i in y], values, height=height, label=name)
+    for i, (status, error) in enumerate(zip(table["status"], table["error"])):
+        if status != "ok":
+            ax.text(0.01, i, f"{status}: {error}"[:90], va="center", color="tab:red", fontsize=8)
+    ax.set_yticks([i + height * (len(series) - 1) / 2 for i in y])
+    ax.set_yticklabels([label[:60] for label in labels], fontsize=8)
+    ax.invert_yaxis()  # best on top, like the table
+    ax.set_xlabel("score")
+    ax.set_title(f"{len(table)} runs, sorted by {metric}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def write_summary(table: pd.DataFrame, metric: str, out: str | os.PathLike) -> str:
+    """Write ``summary.csv``, ``summary.md`` and ``summary.png`` into ``out``.
+
+    Returns:
+        The markdown table.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.csv", table.to_csv(index=False))
+    markdown = to_markdown(table, metric)
+    atomic_write_text(out / "summary.md", markdown)
+    plot(table, metric, out / "summary.png")
+    return markdown
+
+
+# ----------------------------------------------------------------------------- Hydra, CLI
+class SweepSummary(Callback):
+    """Hydra callback: the comparison of a multirun's jobs, written into its sweep folder.
+
+    Args:
+        fail_on_job_error: After writing the summary, exit with status 1 when a job failed (the
+            other jobs have run; their results are in the summary).
+    """
+
+    def __init__(self, fail_on_job_error: bool = True) -> None:
+        self.fail_on_job_error = fail_on_job_error
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            table, metric = collect([sweep_dir], config.get("optimized_metric"))
+        except FileNotFoundError as e:
+            log.warning("no sweep summary: %s", e)
+            return
+        markdown = write_summary(table, metric, sweep_dir)
+        log.info("sweep summary (%s):\n%s", sweep_dir / "summary.md", markdown)
+        failed = table[table["status"] != "ok"]
+        if len(failed) and self.fail_on_job_error:
+            log.error(
+                "%d of %d jobs did not end: %s (see %s)",
+                len(failed),
+                len(table),
+                ", ".join(failed["job"]),
+                sweep_dir / "summary.md",
+            )
+            raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``steelseg-compare DIR... [--out DIR] [--metric NAME]``."""
+    parser = argparse.ArgumentParser(
+        prog="steelseg-compare",
+        description="Compare runs: summary.csv, summary.md and summary.png, one row per run.",
+    )
+    parser.add_argument("dirs", nargs="+", help="sweep folders or run folders")
+    parser.add_argument(
+        "--out", help="where to write the summary (default: the folder holding every run)"
+    )
+    parser.add_argument("--metric", help="sort by this metric (default: the runs' optimized one)")
+    args = parser.parse_args(argv)
+    try:
+        table, metric = collect(args.dirs, args.metric)
+        if args.out is None:
+            dirs = [Path(d).resolve() for d in args.dirs]
+            out = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0]
+        else:
+            out = Path(args.out)
+        markdown = write_summary(table, metric, out)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        sys.exit(f"steelseg-compare: {e}")
+    print(markdown, end="")
+    print(f"written: {out / 'summary.csv'}, summary.md, summary.png")
+
+
+if __name__ == "__main__":
+    main()

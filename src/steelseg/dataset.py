@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from steelseg import prepare as prep
+from steelseg import rle
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,22 @@ class SteelDataModule(pl.LightningDataModule):
                 f"(sha256 {meta.get('train_csv_sha256')}, now {digest}); delete that folder "
                 "to prepare it again"
             )
+        split_csv = self.prepared_dir / "split.csv"
+        ids = pd.read_csv(split_csv, usecols=["ImageId"], dtype=str, keep_default_na=False)
+        self._check_images_present(split_csv, ids["ImageId"])  # before the cache reads them
+
+    def _check_images_present(self, split_csv: Path, image_ids: Sequence[str]) -> None:
+        """Fail, naming a few, if images a prepared split lists are gone from the data."""
+        for i, iid in enumerate(image_ids):  # an edited split must not escape the data folder
+            rle.check_image_id(iid, f"{split_csv} line {i + 2}")
+        present = set(prep.list_images(self.root))
+        missing = [i for i in image_ids if i not in present]
+        if missing:
+            raise ValueError(
+                f"{split_csv} does not match {self.root / 'train_images'}: {len(missing)} listed "
+                f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                "); delete the prepared folder or point data.root at the right data"
+            )
 
     # ------------------------------------------------------------------ setup (every rank)
     def setup(self, stage: str | None = None) -> None:
@@ -283,14 +300,7 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} has no training images (counts: {counts.to_dict()});"
                 " prepare it again with more images or another split"
             )
-        present = set(prep.list_images(self.root))
-        missing = [i for i in rows["ImageId"] if i not in present]
-        if missing:
-            raise ValueError(
-                f"{split_csv} does not match {self.root / 'train_images'}: {len(missing)} listed "
-                f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-                "); delete the prepared folder or point data.root at the right data"
-            )
+        self._check_images_present(split_csv, rows["ImageId"])
         cache = None
         cdir = prep.cache_dir(self.prepared_dir, self.size)
         if self.use_cache and (cdir / "masks.npy").exists():

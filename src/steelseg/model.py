@@ -21,6 +21,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from steelseg import checkpoint as ckpt_io
 from steelseg.losses import WeightedLoss
 from steelseg.metric import SegMetrics
 
@@ -46,6 +47,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 SCHEDULERS = ("none", "cosine", "cosine_warm_restarts", "onecycle", "plateau")
+
+#: ``model.compile`` values: False (eager), True (torch.compile's default mode) or a mode name.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # modes that replay CUDA graphs
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HUB_HOST = "huggingface.co"  # where smp and timm fetch pretrained encoder weights
@@ -175,6 +180,21 @@ def normalisation(encoder_name: str, in_channels: int) -> tuple[torch.Tensor, to
     return mean.view(-1, 1, 1), std.view(-1, 1, 1)
 
 
+def compile_mode(value: bool | str | None) -> str | None:
+    """``model.compile`` -> a ``torch.compile`` mode, or None for eager.
+
+    Raises:
+        ValueError: not a bool or one of :data:`COMPILE_MODES`.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise ValueError(f"model.compile={value!r} must be false, true or one of {list(COMPILE_MODES)}")
+
+
 class SteelSegModule(pl.LightningModule):
     """Binary defect segmentation with an smp network.
 
@@ -190,6 +210,10 @@ class SteelSegModule(pl.LightningModule):
         threshold: Probability threshold of the metrics.
         input_size: ``(height, width)`` the network was trained at; stored with the weights so
             inference resizes full-size images to it (None: use the input's size).
+        compile: ``torch.compile`` the network when fitting: False, True (default mode) or a
+            mode of :data:`COMPILE_MODES`. Inference from a checkpoint stays eager.
+        channels_last: Run the network in channels_last memory format (faster convolutions on
+            tensor-core GPUs); None: on a CUDA device only.
     """
 
     def __init__(
@@ -204,8 +228,11 @@ class SteelSegModule(pl.LightningModule):
         scheduler: dict[str, Any] | None = None,
         threshold: float = 0.5,
         input_size: tuple[int, int] | list[int] | None = None,
+        compile: bool | str = False,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
+        compile_mode(compile)  # fail at construction, not after the data is prepared
         loss = loss or {"dice": 1.0}
         optimizer = optimizer or {"name": "adamw", "lr": 1e-4}
         _choice("optimizer", optimizer.get("name", ""), OPTIMIZERS)
@@ -230,22 +257,77 @@ class SteelSegModule(pl.LightningModule):
         self.test_metrics = SegMetrics(threshold)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
-        """Load a trained module; pretrained encoder weights are not fetched again."""
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, weights_only=True, **kwargs):
+        """Load a trained module; pretrained encoder weights are not fetched again.
+
+        Loading is weights-only (tensors and plain values: a file cannot run code while it
+        loads). ``weights_only=False`` reads any pickle, which can run code hidden in the file:
+        only for checkpoints you trust.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is truncated, not a checkpoint, needs unsafe loading, or
+                holds another architecture's weights.
+        """
         kwargs.setdefault("encoder_weights", None)  # the checkpoint holds every weight
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+        path = checkpoint_path
+        local = isinstance(path, (str, os.PathLike)) and "://" not in str(path)
+        if local and not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            return super().load_from_checkpoint(
+                path, map_location=map_location, weights_only=weights_only, **kwargs
+            )
+        except ckpt_io.LOAD_ERRORS as e:
+            if not ckpt_io.from_torch_load(e):
+                raise
+            raise ckpt_io.explain(path, e, weights_only) from None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint whose weights do not fit this network."""
+        trainer = self._trainer
+        path = trainer.ckpt_path if trainer is not None else None
+        ckpt_io.check_compatible(
+            checkpoint.get("hyper_parameters", {}),
+            self.hparams,
+            checkpoint.get("state_dict", {}),
+            self.state_dict(),
+            where=f"checkpoint {path}" if path else "checkpoint",
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of defect for grey images.
 
         Shape:
             image: (N, 1, H, W) uint8 or float in 0..255; H, W multiples of 32.
-            Returns (N, 1, H, W) float logits.
+            Returns (N, 1, H, W) float32 logits (also under bf16/fp16 autocast).
         """
         x = image.float()
         if self.hparams.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)  # grey -> the 3 equal channels ImageNet encoders expect
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if self.use_channels_last(x.device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if compile_mode(self.hparams.get("compile", False)) in CUDAGRAPH_MODES and x.is_cuda:
+            # replayed CUDA graphs reuse their output buffers: tell torch a new step begins
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.net(x).float()
+
+    def use_channels_last(self, device: torch.device | str) -> bool:
+        """Whether the network runs channels_last on ``device`` (hparam, or None: on CUDA)."""
+        flag = self.hparams.get("channels_last")
+        return torch.device(device).type == "cuda" if flag is None else bool(flag)
+
+    def configure_model(self) -> None:
+        """Lightning hook, before the module moves to its device: the network's memory format."""
+        if self.use_channels_last(self.trainer.strategy.root_device):
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        mode = compile_mode(self.hparams.get("compile", False))
+        if mode is not None and not getattr(self, "_compiled", False):
+            self.net.compile(mode=mode)  # in place: state_dict keys (checkpoints) are unchanged
+            self._compiled = True
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -295,6 +377,8 @@ class SteelSegModule(pl.LightningModule):
         spec = dict(self.hparams.optimizer)
         opt_cls = OPTIMIZERS[_choice("optimizer", spec.pop("name"), OPTIMIZERS)]
         spec.pop("lr", None)
+        if opt_cls in (torch.optim.Adam, torch.optim.AdamW) and self.device.type == "cuda":
+            spec.setdefault("fused", True)  # one kernel for all parameters, not a per-tensor loop
         optimizer = opt_cls(self.parameters(), lr=self.lr, **spec)
         sched = dict(self.hparams.scheduler or {"name": "none"})
         name = _choice("scheduler", sched.pop("name"), SCHEDULERS)

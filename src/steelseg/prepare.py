@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             args.skip_bad,
             args.cache,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: also an unwritable --out
         print(f"steelseg-prepare: error: {e}", file=sys.stderr)
         return 2
     counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()

@@ -255,6 +255,11 @@ def check_image_id(image_id: object, where: str = "") -> str:
     return image_id
 
 
+def _header(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip()
+
+
 def read_annotations(
     csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE, any_class: bool = False
 ) -> pd.DataFrame:
@@ -288,7 +293,28 @@ def read_annotations(
         raise FileNotFoundError(f"annotation CSV not found: {path}")
     name = os.path.basename(path)
     # Blank lines are kept (then dropped below) so that index + 2 is the file's line number.
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    try:
+        with warnings.catch_warnings():  # index_col=False: extra fields warn, never shift columns
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(
+                path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False
+            )
+    except pd.errors.ParserWarning:
+        raise ValueError(
+            f"{name} has rows with more fields than its header {_header(path)!r}; "
+            "quote fields that hold commas"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{name} is empty; it needs the header 'ImageId,ClassId,EncodedPixels' (or the 2019 "
+            "'ImageId_ClassId,EncodedPixels') and one row per defect"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{name} is not a text CSV (byte {e.start} is not UTF-8); is it the right file?"
+        ) from None
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{name} is not a well-formed CSV: {str(e).strip()}") from None
     raw = raw[(raw != "").any(axis=1)] if len(raw.columns) else raw
     cols = set(raw.columns)
     if {"ImageId_ClassId", "EncodedPixels"} <= cols:

@@ -646,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         out = generate(args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet)
     except FileExistsError as err:
         parser.error(str(err))
+    except (ValueError, OSError) as err:  # e.g. an unwritable --out
+        print(f"steelseg-synth: error: {err}", file=sys.stderr)
+        return 2
     if not args.quiet:
         print(f"synthetic Severstal-layout data set written to {out}", file=sys.stderr)
     return 0

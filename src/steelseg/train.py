@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,9 @@ import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from steelseg import checkpoint
 from steelseg.config import conf_dir
 from steelseg.prepare import atomic_write_text
 
@@ -76,34 +81,96 @@ def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
+def keep_csv_logs(loggers: list[Any]) -> None:
+    """Keep a resumed run's earlier CSV log: Lightning's CSVLogger deletes ``metrics.csv``.
+
+    The earlier file becomes ``metrics-1.csv`` (then ``-2``, ...) next to the new one.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            old = Path(logger.log_dir) / "metrics.csv"
+            if old.is_file():
+                n = 1
+                while (old.parent / f"metrics-{n}.csv").exists():
+                    n += 1
+                os.replace(old, old.parent / f"metrics-{n}.csv")
+
+
+#: Errors that mean a bad input, config or environment: ``steelseg-train`` shows them as one line.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(prog: str) -> Iterator[None]:
+    """Turn :data:`USER_ERRORS` into ``PROG: error: MESSAGE`` on stderr and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; write ``metrics.json``.
 
     Args:
-        cfg: A composed ``train`` config (see ``conf/train.yaml``).
+        cfg: A composed ``train`` config (see ``conf/train.yaml``). ``ckpt_path`` resumes
+            a run: a checkpoint file, or ``last`` for the newest ``*/checkpoints/last.ckpt``
+            among the run folders next to ``paths.output_dir``. A checkpoint inside a run
+            folder (``RUN/checkpoints/``) continues that run: checkpoints, logs and
+            ``metrics.json`` go on in ``RUN``.
 
     Returns:
         Flat metrics: ``val/*`` and ``test/*`` of the chosen checkpoint, plus ``epochs``,
         ``fit_seconds``, ``params``, ``train_images_per_s``.
     """
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    weights_only = not cfg.get("trust_checkpoint", False)
+    resume = checkpoint.resolve(cfg.get("ckpt_path"), out)
+    saved = checkpoint.load(resume, "cpu", weights_only) if resume is not None else None
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
     module = build(cfg.model)
+    if saved is not None:  # refuse a checkpoint that does not fit before writing anything
+        state = saved.get("state_dict", {})
+        hparams = saved.get("hyper_parameters", {})
+        checkpoint.check_compatible(
+            hparams, module.hparams, state, module.state_dict(), f"checkpoint {resume}"
+        )
+        del saved, state
+        run = checkpoint.run_folder(resume)
+        if run is not None and run != out.resolve():
+            log.info("resuming %s in its run folder %s", resume, run)
+            with open_dict(cfg):  # checkpoints, logs and metrics.json continue where they were
+                cfg.paths.output_dir = str(run)
+            out = run
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(
+            f"cannot create the run folder {out} ({e.strerror or e}); choose a writable one "
+            "(hydra.run.dir=... on the command line, output_dir= in config.compose)"
+        ) from None
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    loggers = build_all(cfg.get("logger"))
+    if resume is not None:
+        checkpoint.remove_temp_files(resume.parent)
+        keep_csv_logs(loggers)
     trainer: pl.Trainer = build(
         cfg.trainer,
         callbacks=build_all(cfg.get("callbacks")),
-        logger=build_all(cfg.get("logger")) or False,
+        logger=loggers or False,
+        **({} if "plugins" in cfg.trainer else {"plugins": [checkpoint.AtomicCheckpointIO()]}),
     )
 
     if cfg.get("lr_find"):
         run_lr_find(trainer, module, datamodule, out, bool(cfg.get("lr_find_apply")))
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=weights_only)
     fit_seconds = time.perf_counter() - start
 
     ckpt = trainer.checkpoint_callback
@@ -112,12 +179,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     eval_ckpt = None if which == "current" or (which == "best" and not best_path) else which
     metrics: dict[str, float] = {}
     metrics |= _scalars(
-        trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)[0],
+        trainer.validate(
+            module,
+            datamodule=datamodule,
+            ckpt_path=eval_ckpt,
+            verbose=False,
+            weights_only=weights_only,
+        )[0],
         "val/",
     )
     if cfg.get("test", True):
         metrics |= _scalars(
-            trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt)[0], "test/"
+            trainer.test(
+                module, datamodule=datamodule, ckpt_path=eval_ckpt, weights_only=weights_only
+            )[0],
+            "test/",
         )
     n_train = len(datamodule.datasets["train"])
     epochs = trainer.current_epoch
@@ -164,8 +240,32 @@ def print_summary(metrics: dict[str, float], out: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", "val/iou"))
+    """One run, or one job of a multirun sweep; returns the optimised metric to the sweeper.
+
+    A single run fails loudly: a bad input, config or environment (:data:`USER_ERRORS`)
+    as one line ``steelseg-train: error: ...`` and exit code 2, anything else with a
+    traceback. A job of a multirun that fails writes
+    ``failed.json`` into its folder and returns None, so the sweep goes on with the next job and
+    its summary lists the failure; hydra-optuna-sweeper tells Optuna such a trial FAILED, which
+    the sampler leaves out (a number would mislead it; NaN stops optuna 2.10's sweeper).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from steelseg import sweep
+
+    metric = cfg.get("optimized_metric", "val/iou")
+    if not sweep.in_multirun():
+        with exit_on_user_error("steelseg-train"):
+            return train(cfg).get(metric)
+    hydra_cfg = HydraConfig.get()
+    sweep.assign_gpu(cfg, hydra_cfg.job.num, sweep.lock_dir_for(hydra_cfg.sweep.dir))
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        sweep.record_failure(hydra_cfg.runtime.output_dir, error)
+        log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
+        return None
+    return metrics.get(metric)
 
 
 def main() -> None:

@@ -1,0 +1,259 @@
+"""Checkpoint files: atomic writes, weights-only reads with clear errors, and ``ckpt_path=last``.
+
+Lightning's own checkpoint writer serialises to memory, then writes the final file in place (or
+through a temporary file in the system temp folder, renamed across file systems), so a kill
+during the write can leave a truncated ``last.ckpt`` as the only copy. :class:`AtomicCheckpointIO`
+writes next to the target, flushes to disk and renames: a checkpoint file is either the old one
+or the new one, never half of one.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+file cannot run code when it is loaded. A checkpoint that needs more is refused with the
+remedy (``trust_checkpoint=true`` for ``steelseg-train``, ``weights_only=False`` in Python); a
+checkpoint from a stranger is code, load it only if you trust its source.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+#: Hyper-parameters that decide the network's layers; a checkpoint only fits a module whose
+#: values are equal.
+ARCH_KEYS = ("arch", "encoder_name", "in_channels", "arch_kwargs")
+
+TRUST_HINT = (
+    "load only checkpoints you trust: steelseg-train trust_checkpoint=true, or "
+    "SteelSegModule.load_from_checkpoint(path, weights_only=False)"
+)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_save` left in ``folder``."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def load(
+    path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
+) -> dict[str, Any]:
+    """Read a checkpoint file, turning torch's errors into one clear line.
+
+    Args:
+        path: A ``.ckpt`` file written by Lightning (or any ``torch.save`` file).
+        map_location: As in ``torch.load``.
+        weights_only: Refuse anything but tensors and plain values (the safe default).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is truncated, not a checkpoint, or (with ``weights_only``) holds
+            objects whose loading could run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except LOAD_ERRORS as e:
+        raise explain(path, e, weights_only) from None
+
+
+#: What ``torch.load`` raises for unsafe, truncated or foreign files.
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, OSError)
+
+
+def from_torch_load(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside ``torch.load`` (not by the code around it)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def explain(path: str | os.PathLike, error: BaseException, weights_only: bool) -> Exception:
+    """The one-line error to show for ``error``, raised by ``torch.load(path)``."""
+    text = str(error)
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError(f"checkpoint {path} does not exist")
+    if isinstance(error, pickle.UnpicklingError) and weights_only:
+        reason = next(
+            (ln.strip() for ln in text.splitlines() if "Unsupported global" in ln),
+            text.splitlines()[0] if text else "",
+        )
+        return ValueError(
+            f"checkpoint {path} holds Python objects besides tensors and plain values, so "
+            f"loading it could run code ({reason}); {TRUST_HINT}"
+        )
+    first = text.splitlines()[0][:200] if text.strip() else type(error).__name__
+    return ValueError(
+        f"checkpoint {path} is truncated or not a checkpoint ({first}); use another "
+        "checkpoint, e.g. the best-*.ckpt next to it"
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a partly written checkpoint behind.
+
+    Saving goes through :func:`atomic_save`; loading through :func:`load`, weights-only
+    unless the caller passes ``weights_only=False``. Remote paths (``s3://`` and the like) use
+    Lightning's own writer.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, weights_only=weights_only)
+        return load(path, map_location or "cpu", weights_only is not False)
+
+
+def resolve(ckpt_path: str | os.PathLike | None, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint file a run resumes from.
+
+    Args:
+        ckpt_path: None (no resume), a file, or ``"last"``: the newest
+            ``*/checkpoints/last.ckpt`` among the run folders next to ``output_dir`` (with the
+            default folders, the newest ``outputs/train/runs/*/checkpoints/last.ckpt``).
+        output_dir: This run's folder.
+
+    Raises:
+        FileNotFoundError: the file, or for ``last`` any run with a last.ckpt, does not exist.
+    """
+    if ckpt_path is None or str(ckpt_path) == "":
+        return None
+    if str(ckpt_path) == "last":
+        runs = Path(output_dir).parent
+        found = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no run in {runs} has checkpoints/last.ckpt; pass the "
+                "checkpoint file itself, ckpt_path=/path/to/run/checkpoints/last.ckpt"
+            )
+        return found[-1]
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file or ckpt_path=last"
+        )
+    return path
+
+
+def run_folder(ckpt: Path) -> Path | None:
+    """The steelseg run folder a checkpoint belongs to (``RUN/checkpoints/x.ckpt``), or None."""
+    run = ckpt.resolve().parent.parent
+    if ckpt.resolve().parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
+
+
+def check_compatible(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    state: Mapping[str, Any],
+    own: Mapping[str, torch.Tensor],
+    where: str = "checkpoint",
+) -> None:
+    """Raise ``ValueError`` in one line when a checkpoint cannot fill a module.
+
+    Args:
+        saved: The checkpoint's hyper-parameters.
+        current: The module's hyper-parameters.
+        state: The checkpoint's state dict.
+        own: The module's state dict.
+        where: Names the checkpoint in the message.
+    """
+
+    def norm(key: str, value: Any) -> Any:
+        return (
+            str(value).lower()
+            if key == "arch"
+            else (value or {})
+            if key == "arch_kwargs"
+            else value
+        )
+
+    differ = [k for k in ARCH_KEYS if k in saved and norm(k, saved[k]) != norm(k, current.get(k))]
+    if differ:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+        now = ", ".join(f"{k}={current.get(k)!r}" for k in differ)
+        raise ValueError(
+            f"{where} was trained with {was}, but this model has {now}; use the settings it was "
+            "trained with (e.g. the same model=/encoder= overrides) or another checkpoint"
+        )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        k
+        for k in own
+        if k in state
+        and hasattr(state[k], "shape")
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", shapes),
+            )
+            if v
+        ]
+        raise ValueError(
+            f"{where} does not fit this model: weights {', '.join(parts)}; it was made for "
+            "another architecture or by another program"
+        )

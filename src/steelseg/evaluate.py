@@ -344,6 +344,7 @@ def evaluate(
     batch_size: int = 8,
     iou_threshold: float = 0.5,
     max_panels: int = 50,
+    panel_width: int = 800,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a labelled split; write ``eval.json`` and ``report.html``.
@@ -362,6 +363,7 @@ def evaluate(
         batch_size: Images per forward pass.
         iou_threshold: Component IoU at which a true defect counts as found.
         max_panels: Per-image panels in the report (worst first).
+        panel_width: Width in pixels of each panel picture (images are 1600 wide).
         progress: Show a progress bar.
 
     Returns:
@@ -428,7 +430,7 @@ def evaluate(
         pred = rle.decode(scorer.masks["postprocessed"][image_id]) > 0
         return read_grey(path_of[image_id]), pred, mask_of(image_id)
 
-    report.write_report(result, load_panel, out / "report.html", max_panels=max_panels)
+    report.write_report(result, load_panel, out / "report.html", max_panels, panel_width)
     return result
 
 
@@ -486,14 +488,15 @@ def main(argv: list[str] | None = None) -> int:
     add_postprocess_args(p)
     p.add_argument("--iou-threshold", type=float, default=0.5, help="defect-level match IoU")
     p.add_argument("--panels", type=int, default=50, help="per-image panels in the report")
+    p.add_argument("--panel-width", type=int, default=800, help="panel picture width (pixels)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        if args.panels < 0:
-            raise ValueError(f"--panels must be >= 0, got {args.panels}")
+        if args.panels < 0 or args.panel_width < 16:
+            raise ValueError("--panels must be >= 0 and --panel-width >= 16")
         result = evaluate(
             args.checkpoint,
             split=args.split,
@@ -507,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             iou_threshold=args.iou_threshold,
             max_panels=args.panels,
+            panel_width=args.panel_width,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, OSError) as e:

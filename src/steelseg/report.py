@@ -108,7 +108,7 @@ def threshold_curve_uri(
     curve: Sequence[Mapping[str, float]], used: float, model_threshold: float
 ) -> str:
     """PNG plot of IoU, Dice and per-image Dice against the threshold, as a data URI."""
-    fig = _figure(7.5, 3.4)
+    fig = _figure(6.2, 3.4)
     ax = fig.add_subplot()
     t = [r["threshold"] for r in curve]
     for key, label, style in (
@@ -144,7 +144,7 @@ def threshold_curve_uri(
 
 def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     """PNG histogram of per-image Dice, defective and clean images stacked, as a data URI."""
-    fig = _figure(7.5, 2.4)
+    fig = _figure(5.0, 3.4)
     ax = fig.add_subplot()
     d, c = np.asarray(dice, dtype=float), np.asarray(clean, dtype=bool)
     ax.hist(
@@ -357,6 +357,8 @@ table.confusion th,table.confusion td{border:1px solid var(--line);padding:6px 1
 table.confusion td{text-align:center;font-size:18px;font-variant-numeric:tabular-nums}
 td.good{background:#f0fdf4;color:var(--good)}td.bad{background:#fef2f2;color:var(--bad)}
 img{max-width:100%;height:auto;display:block}
+.plots{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.plots img{flex:1 1 420px;min-width:0}
 .legend span{display:inline-block;margin-right:16px}
 .sw{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-1px;margin-right:4px}
 figure.panel{margin:0 0 18px;padding-bottom:14px;border-bottom:1px solid var(--line)}
@@ -412,6 +414,7 @@ def render_report(
             (FN_RGB, "missed defect (false negative)"),
         )
     )
+    curve_uri = threshold_curve_uri(result["threshold_curve"], used, model_t)
     shown = f"{len(worst)} of {len(images)}" if len(worst) < len(images) else f"all {len(images)}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -433,10 +436,11 @@ defect (connected component) is found when a predicted one overlaps it with IoU 
 {_confusion_table("threshold_only", m["threshold_only"]["image"])}
 {_confusion_table("postprocessed", m["postprocessed"]["image"])}</div>
 <h2 style="margin-top:16px">Detection counts</h2>{_counts_table(m)}</section>
-<section><h2>Threshold curve</h2>
-<p class=note>Metrics at each probability threshold before any area filter or morphology.</p>
-<img alt="threshold curve" src="{threshold_curve_uri(result["threshold_curve"], used, model_t)}">
-<img alt="per-image Dice histogram" src="{dice_histogram_uri(dice, clean)}"></section>
+<section><h2>Threshold curve and per-image Dice</h2>
+<p class=note>Left: metrics at each probability threshold, before any area filter or
+morphology. Right: how the post-processed per-image Dice is spread over the images.</p>
+<div class=plots><img alt="threshold curve" src="{curve_uri}">
+<img alt="per-image Dice histogram" src="{dice_histogram_uri(dice, clean)}"></div></section>
 <section><h2>Images, worst first ({shown})</h2>
 <p class=note>Sorted by post-processed per-image Dice. Each panel is the full strip, scaled
 down, with the post-processed prediction compared to the ground truth.</p><p class=legend>{legend}</p>

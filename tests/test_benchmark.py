@@ -1,0 +1,174 @@
+"""scripts/benchmark.py and scripts/gpu_check.sh in their tiny CPU modes: every section runs and
+writes its numbers, the table comes last, bad arguments fail in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+#: the keys each JSON section must hold (what the README and gpu_check's table read)
+KEYS = {
+    "meta": {"device", "device_name", "cpu_count", "torch", "model", "size", "args", "seconds"},
+    "model_step": {"batch", "variant", "images_per_s", "step_ms", "peak_rss_mb"},
+    "steelseg_loop": {
+        "batch",
+        "train_images_per_s",
+        "val_images_per_s",
+        "epoch_overhead_s",
+        "fixed_s",
+        "precision",
+        "channels_last",
+        "fused",
+        "pin_memory",
+        "peak_rss_mb",
+    },  # fmt: skip
+    "seed_loop": {"batch", "train_images_per_s", "val_images_per_s", "epoch_overhead_s"},
+    "inference": {"size", "batch", "model_only", "predictor", "predictor_note"},
+    "rle": {"decode_loop_us", "decode_us", "encode_where_us", "encode_us", "decode_speedup"},
+    "data_path": {
+        "cached_images_per_s",
+        "jpeg_images_per_s",
+        "seed_style_images_per_s",
+        "cached_over_jpeg",
+        "size",
+        "threads",
+    },  # fmt: skip
+    "memory": {
+        "cache_mb",
+        "train_cache_mb",
+        "rss_before_mb",
+        "rss_peak_mb",
+        "rss_growth_mb",
+        "overhead_mb",
+        "anon_growth_mb",
+    },  # fmt: skip
+    "ratios": {"b_over_a", "b_over_c", "predictor_over_model", "cached_over_jpeg"},
+    "seed_recipe": {"recipe", "steelseg_s", "seed_style_s", "pure_model_fp32_s"},
+    "peak": {"host_rss_mb", "gpu_mb"},
+}
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("steelseg_benchmark", SCRIPTS / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rows(section) -> list[dict]:
+    return section if isinstance(section, list) else [section]
+
+
+def test_data_path_and_rle_sections(benchmark, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--smoke", "--device", "cpu", "--sections", "rle,data", "--json", str(out)]
+    assert benchmark.main([*argv, "--workdir", str(tmp_path / "work")]) == 0
+    r = json.loads(out.read_text())
+    assert set(r) >= {"meta", "rle", "data_path", "ratios", "peak"}
+    assert "model_step" not in r and "steelseg_loop" not in r  # only what was asked
+    for section in ("rle", "data_path"):
+        assert KEYS[section] <= set(r[section]), section
+    dp = r["data_path"]
+    assert dp["size"] == [256, 416] and dp["threads"] == 1
+    for k in ("cached_images_per_s", "jpeg_images_per_s", "seed_style_images_per_s"):
+        assert dp[k] > 0
+    assert r["ratios"]["cached_over_jpeg"] == dp["cached_over_jpeg"]
+    assert r["rle"]["rows"] > 0 and r["rle"]["decode_us"] > 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert "data path per core, uint8 cache" in "\n".join(table)
+    assert table[-1].startswith("peak host RSS")  # the table is printed last
+
+
+def test_seed_style_dataset_matches_the_split(benchmark, synth_root: Path, tmp_path: Path) -> None:
+    from steelseg import rle
+    from steelseg.dataset import SteelDataModule
+
+    dm = SteelDataModule(str(synth_root), str(tmp_path / "p"), n_images=None, cache=False)
+    dm.prepare_data()
+    rows_ = benchmark.split_rows(tmp_path / "p", "val")
+    ds = benchmark.SeedStyleDataset(rows_, synth_root, (64, 320), False, 3, (0.5,) * 3, (0.25,) * 3)
+    x, y = ds[0]
+    assert x.shape == (3, 64, 320) and x.dtype.is_floating_point
+    assert y.shape == (1, 64, 320) and set(y.unique().tolist()) <= {0.0, 1.0}
+    assert (y.sum() > 0) == (rle.area(rows_["EncodedPixels"][0]) > 0)
+
+
+def test_projection_of_the_seed_recipe(benchmark) -> None:
+    row = {"train_images_per_s": 400.0, "val_images_per_s": 1000.0, "epoch_overhead_s": 0.5}
+    # 30 x (800/400 + 100/1000 + 0.5) + 3 s of start-up
+    assert benchmark.project_seed_recipe(row | {"fixed_s": 3.0}) == pytest.approx(81.0)
+    assert benchmark.project_seed_recipe(None) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sections", "model,gpu"], "unknown section"),
+        (["--height", "100"], "multiple of 32"),
+        (["--compile", "fast"], "model.compile"),
+        (["--batch", "0"], "--batch=0 must be >= 1"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line(benchmark, argv, message, capsys) -> None:
+    assert benchmark.main(["--smoke", "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("benchmark.py: error:") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_cuda_without_a_gpu_fails_in_one_line(benchmark, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert benchmark.main(["--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_section(benchmark, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--smoke", "--device", "cpu", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for section, keys in KEYS.items():
+        for row in rows(r[section]):
+            assert keys <= set(row), (section, keys - set(row))
+    assert r["steelseg_loop"][0]["precision"] == "32-true"  # CPU: fp32, as before
+    assert not r["steelseg_loop"][0]["pin_memory"] and not r["steelseg_loop"][0]["fused"]
+    assert r["inference"]["predictor"]["images_per_s"] > 0
+    assert (
+        r["memory"]["cache_mb"] > 0 and r["memory"]["rss_peak_mb"] >= r["memory"]["rss_before_mb"]
+    )
+    for v in r["seed_recipe"].values():
+        assert v is None or isinstance(v, dict) or v > 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("peak host RSS")
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path: Path) -> None:
+    env = os.environ | {
+        "STEELSEG_GPU_CHECK_CPU": "1",
+        "STEELSEG_GPU_CHECK_OUT": str(tmp_path / "out"),
+        "STEELSEG_PYTHON": sys.executable,
+    }
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files >= {"gpu_check.txt", "benchmark.json", "train_metrics.json", "env.txt"}
+    assert len(files) <= 8  # what the device tool brings back from $OUT
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("training run: val IoU")
+    assert any(line.startswith("training run: precision") and "32-true" in line for line in lines)
+    metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())["metrics"]
+    assert metrics["epochs"] >= 0 and "val/iou" in metrics

@@ -130,7 +130,7 @@ def test_scorer_hand_computed() -> None:
     prob_b = np.zeros((6, 6), np.float32)
     prob_b[3, 3] = 0.7
     variants = {"threshold_only": PostProcess(), "postprocessed": PostProcess(min_component_area=2)}
-    s = Scorer(variants)
+    s = Scorer(variants, keep_masks=["postprocessed"])
     s.add("a", prob_a, target_a)
     s.add("b", prob_b, np.zeros((6, 6), bool))
     plain, post = s.summary("threshold_only"), s.summary("postprocessed")
@@ -152,6 +152,7 @@ def test_scorer_hand_computed() -> None:
     assert post["image"]["roc_auc_max_prob"] == 1.0
     assert [r["postprocessed"]["dice"] for r in s.images] == [1.0, 1.0]
     assert rle.decode(s.masks["postprocessed"]["b"], (6, 6)).sum() == 0
+    assert set(s.masks) == {"postprocessed"}
 
 
 def test_json_ready_makes_strict_json() -> None:

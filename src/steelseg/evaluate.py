@@ -199,6 +199,8 @@ class Scorer:
         variants: Named post-processings to score (e.g. threshold only, tuned).
         thresholds: Thresholds of the threshold curve.
         iou_threshold: Component IoU for defect-level matching.
+        keep_masks: Variants whose predicted masks are kept (as RLE, in :attr:`masks`) for
+            drawing them later.
     """
 
     def __init__(
@@ -206,12 +208,13 @@ class Scorer:
         variants: Mapping[str, PostProcess],
         thresholds: Sequence[float] = CURVE_THRESHOLDS,
         iou_threshold: float = 0.5,
+        keep_masks: Sequence[str] = (),
     ) -> None:
         self.variants = dict(variants)
         self.thresholds = [float(t) for t in thresholds]
         self.iou_threshold = iou_threshold
         self.images: list[dict[str, Any]] = []
-        self.masks: dict[str, dict[str, str]] = {name: {} for name in self.variants}  # RLEs
+        self.masks: dict[str, dict[str, str]] = {name: {} for name in keep_masks}  # RLEs
         self._curve: list[np.ndarray] = []  # per image (3, T): tp, fp, fn
 
     def add(self, image_id: str, prob: np.ndarray, target: np.ndarray) -> dict[str, Any]:
@@ -238,7 +241,8 @@ class Scorer:
                 "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,  # Kaggle rule
                 "defects": [n_true, found, n_pred, matched],
             }
-            self.masks[name][image_id] = rle.encode(pred)
+            if name in self.masks:
+                self.masks[name][image_id] = rle.encode(pred)
         self._curve.append(np.stack(counts_at_thresholds(prob, target, self.thresholds)))
         self.images.append(row)
         return row
@@ -388,7 +392,11 @@ def evaluate(
     )
     post = dataclasses.replace(predictor.postprocess, **dict(overrides or {}))
     plain = PostProcess(threshold=float(predictor.module.hparams.threshold))
-    scorer = Scorer({"threshold_only": plain, "postprocessed": post}, iou_threshold=iou_threshold)
+    scorer = Scorer(
+        {"threshold_only": plain, "postprocessed": post},
+        iou_threshold=iou_threshold,
+        keep_masks=["postprocessed"],  # drawn in the report
+    )
 
     skipped: list[dict[str, str]] = []
     start = time.perf_counter()

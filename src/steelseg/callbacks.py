@@ -68,8 +68,13 @@ class StopOnNonFinite(pl.Callback):
 
     @staticmethod
     def _stop(trainer: pl.Trainer, what: str, where: str) -> None:
-        ckpt = trainer.checkpoint_callback
-        last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
+        saved = [
+            Path(p)
+            for cb in trainer.checkpoint_callbacks
+            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+            if p and Path(p).is_file()
+        ]
+        last = max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(
             f"{what} at epoch {trainer.current_epoch}, step {trainer.global_step} ({where}); "

@@ -177,6 +177,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_path = ckpt.best_model_path if ckpt is not None else ""
     which = cfg.get("test_ckpt", "best")
     eval_ckpt = None if which == "current" or (which == "best" and not best_path) else which
+    if eval_ckpt == "best":  # the path itself: the last.ckpt callback is a ModelCheckpoint too
+        eval_ckpt = best_path
     metrics: dict[str, float] = {}
     metrics |= _scalars(
         trainer.validate(

@@ -240,3 +240,15 @@ def test_cli_bad_checkpoint_is_one_line(tiny_ckpt, synth_root, tmp_path, capsys)
     assert err[-1] == "steelseg-predict: error: no input images found"
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "o").exists()
+
+
+def test_without_a_trained_size_images_are_padded_to_32(tiny_ckpt, images):
+    module = load_module(tiny_ckpt)
+    module.hparams.input_size = None  # as in a checkpoint from before input_size was stored
+    p = Predictor(module, device="cpu")
+    assert p.input_size is None
+    image = np.ascontiguousarray(images[0][:70, :100])
+    prob = p.predict_proba(image)
+    assert prob.shape == (70, 100)
+    padded = cv2.copyMakeBorder(image, 0, 26, 0, 28, cv2.BORDER_REFLECT_101)  # to 96x128
+    np.testing.assert_allclose(prob, module_proba(p, padded)[:70, :100], atol=1e-6)

@@ -22,6 +22,7 @@ from steelseg.evaluate import (
     json_ready,
     labelled_split,
     main,
+    parse_tta,
 )
 from steelseg.metric import threshold_sweep
 from steelseg.postprocess import PostProcess
@@ -247,3 +248,17 @@ def test_eval_cli_skips_unreadable_images(tiny_ckpt: Path, synth_root: Path, tmp
     result = json.loads((out / "eval.json").read_text())
     assert result["n_images"] == 1
     assert [s["image_id"] for s in result["skipped"]] == ["broken.jpg"]
+
+
+def test_parse_tta() -> None:
+    assert parse_tta(None) is None  # absent: the tuned TTA, if any
+    assert parse_tta("hflip,vflip") == ("hflip", "vflip")  # the bare --tta flag
+    assert parse_tta("vflip") == ("vflip",)
+    assert parse_tta("none") == ()
+
+
+def test_eval_cli_tta_flag(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    argv = [str(tiny_ckpt), "--split", "val", "--out", str(out), "--no-progress", "--panels", "0"]
+    assert main([*argv, "--tta"]) == 0
+    assert json.loads((out / "eval.json").read_text())["tta"] == ["hflip", "vflip"]

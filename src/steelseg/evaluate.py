@@ -461,14 +461,15 @@ def postprocess_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def parse_tta(values: list[str] | None) -> tuple[str, ...] | None:
-    """``--tta`` alone: both flips; ``--tta hflip``: that one; absent: None (tuned or none)."""
-    from steelseg.postprocess import TTA_CHOICES, check_tta
+def parse_tta(text: str | None) -> tuple[str, ...] | None:
+    """``--tta`` value: ``hflip,vflip`` (the bare flag), ``hflip``, ``none``; absent: None."""
+    from steelseg.postprocess import check_tta
 
-    if values is None:
+    if text is None:
         return None
-    names = [n for v in values for n in v.split(",") if n]
-    return check_tta(names or TTA_CHOICES, "--tta")
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return check_tta([t.strip() for t in text.split(",") if t.strip()], "--tta")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,9 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output folder (default <run>/eval/<ckpt>-<split>)")
     p.add_argument(
         "--tta",
-        nargs="*",
-        metavar="FLIP",
-        help="test-time flips: hflip, vflip (--tta alone: both); default: the tuned ones",
+        nargs="?",
+        const="hflip,vflip",
+        metavar="FLIPS",
+        help="test-time flips, comma-separated from hflip, vflip, or none (--tta alone: both); "
+        "default: the tuned ones",
     )
     p.add_argument(
         "--no-tuned",

@@ -52,20 +52,23 @@ PY="${STEELSEG_PYTHON:-python3}"
 if [[ -z ${STEELSEG_PYTHON:-} && -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then
     PY=.venv/bin/python
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$WORK/site" .whl/*.whl
-    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-"$PY" - <<'EOF' || exit 2
-import importlib.util, sys
-missing = [m for m in ("torch", "pytorch_lightning", "segmentation_models_pytorch", "hydra",
-                       "albumentations", "cv2", "pandas", "steelseg") if importlib.util.find_spec(m) is None]
-if missing:
-    sys.exit(f"gpu_check: missing Python packages {missing}; run `bash scripts/gpu_check.sh wheels` "
-             "where pip reaches PyPI and carry .whl/ to this machine")
-EOF
+missing() {
+    "$PY" -c 'import importlib.util as u
+names = ("torch", "pytorch_lightning", "segmentation_models_pytorch", "hydra", "albumentations",
+         "cv2", "pandas", "steelseg")
+print(" ".join(n for n in names if u.find_spec(n) is None))'
+}
+if [[ -n "$(missing)" ]] && compgen -G ".whl/*.whl" >/dev/null; then  # a bare PyTorch machine
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" .whl/*.whl || echo "gpu_check: .whl/ does not install here" >&2
+    export PYTHONPATH="$PYTHONPATH:$WORK/site"
+fi
+if [[ -n "$(missing)" ]]; then
+    echo "gpu_check: $PY lacks Python packages: $(missing); run 'bash scripts/gpu_check.sh" \
+        "wheels' where pip reaches PyPI and carry .whl/ to this machine" >&2
+    exit 2
+fi
 
 {
     echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])') ($PY)"

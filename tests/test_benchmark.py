@@ -172,3 +172,16 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert any(line.startswith("training run: precision") and "32-true" in line for line in lines)
     metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())["metrics"]
     assert metrics["epochs"] >= 0 and "val/iou" in metrics
+
+
+def test_gpu_check_names_missing_packages(tmp_path: Path) -> None:
+    bare = "/usr/bin/python3"
+    if not Path(bare).exists() or subprocess.run([bare, "-c", "import torch"]).returncode == 0:
+        pytest.skip("needs a python3 without torch to stand for a bare machine")
+    env = os.environ | {"STEELSEG_PYTHON": bare, "STEELSEG_GPU_CHECK_OUT": str(tmp_path)}
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "lacks Python packages: torch" in last and "gpu_check.sh wheels" in last

@@ -144,7 +144,7 @@ def threshold_curve_uri(
 
 def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     """PNG histogram of per-image Dice, defective and clean images stacked, as a data URI."""
-    fig = _figure(5.0, 3.4)
+    fig = _figure(6.2, 3.4)
     ax = fig.add_subplot()
     d, c = np.asarray(dice, dtype=float), np.asarray(clean, dtype=bool)
     ax.hist(

@@ -135,7 +135,7 @@ def test_every_group_has_options() -> None:
 
 def test_every_group_has_a_check() -> None:
     checked = {"model", "encoder", "loss", "optimizer", "scheduler", "trainer", "callbacks"}
-    checked |= {"logger", "data", "experiment", "paths", "hydra"}
+    checked |= {"logger", "data", "experiment", "paths", "hydra", "hparams_search"}
     assert set(GROUPS) <= checked, f"add a test for {sorted(set(GROUPS) - checked)}"
 
 
@@ -334,6 +334,20 @@ def test_hydra_option_composes(option: str) -> None:
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
     assert run_dir.startswith("outputs/${task_name}/")
     assert cfg.hydra.job.chdir is False
+
+
+@pytest.mark.parametrize("option", of("hparams_search"))
+def test_hparams_search_option_composes(option: str) -> None:
+    """A search is a multirun whose every parameter is a config group or an existing key, and
+    whose objective is a metric the module logs (tests/test_sweep.py runs one)."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra_compose(
+            "train", overrides=[f"hparams_search={option}"], return_hydra_config=True
+        )
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.optimized_metric in LOGGED
+    for key in cfg.hydra.sweeper.params:
+        assert key in GROUPS or OmegaConf.select(cfg, key) is not None, key
 
 
 # ----------------------------------------------------------------------------- unknown options

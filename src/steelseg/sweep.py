@@ -108,6 +108,48 @@ def assign_gpu(
     return gpu
 
 
+#: environment variables of launchers that start every DDP process themselves (SLURM, torchrun)
+EXTERNAL_LAUNCH = ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+
+
+def _n_devices(trainer: DictConfig) -> int:
+    """How many devices Lightning will use for ``trainer.devices`` (count, ids, auto or -1)."""
+    devices = trainer.get("devices", 1)
+    if not isinstance(devices, int | str):
+        return len(devices)  # a list of device ids
+    text = str(devices)
+    if text not in ("auto", "-1"):
+        return len(text.split(",")) if "," in text else int(text)  # "0,1": ids; "2": a count
+    if str(trainer.get("accelerator", "auto")) == "cpu":
+        return 1 if text == "auto" else os.cpu_count() or 1
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_ddp_job(cfg: DictConfig) -> None:
+    """Refuse Lightning's ``ddp`` strategy on several devices inside a local multirun.
+
+    That strategy starts its extra processes by running the command line again, which in a
+    multirun would run the whole sweep again in each of them. Under SLURM or torchrun, which start
+    every process themselves, it is fine.
+
+    Raises:
+        ValueError: with the ways to run such jobs.
+    """
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if strategy not in ("ddp", "ddp_find_unused_parameters_true"):
+        return
+    if any(name in os.environ for name in EXTERNAL_LAUNCH) or _n_devices(cfg.trainer) < 2:
+        return
+    raise ValueError(
+        f"trainer.strategy={strategy} on several devices cannot run inside a local multirun: it "
+        "re-runs the command line for each extra process, which would re-run the sweep. Run "
+        "such jobs as single runs (no -m), or sweep on SLURM with hydra/launcher=slurm "
+        "(tasks_per_node = gpus_per_node = trainer.devices)"
+    )
+
+
 def last_line(error: BaseException) -> str:
     """``Type: last line of the message``: what a summary table shows of an error."""
     lines = [line for line in str(error).splitlines() if line.strip()]

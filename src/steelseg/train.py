@@ -262,6 +262,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     sweep.assign_gpu(cfg, hydra_cfg.job.num, sweep.lock_dir_for(hydra_cfg.sweep.dir))
     try:
+        sweep.check_ddp_job(cfg)
         metrics = train(cfg)
     except Exception as error:
         sweep.record_failure(hydra_cfg.runtime.output_dir, error)

@@ -537,11 +537,15 @@ def test_case_ids_are_unique():
     assert set(SCRIPT_CASES) <= {c.id for c in CASES}
 
 
-# The real console scripts, one case each (a subprocess imports torch: a few seconds each).
+# The real console scripts, one case each. steelseg-train's subprocess imports torch and
+# Lightning (10-20 s on a busy 2-core machine), so it is slow-marked.
 SCRIPT_CASES = ["rle-odd-tokens", "synth-out-under-a-file", "ckpt-other-architecture"]
+SCRIPT_PARAMS = [
+    pytest.param(c, marks=pytest.mark.slow) if c.startswith("ckpt") else c for c in SCRIPT_CASES
+]
 
 
-@pytest.mark.parametrize("case_id", SCRIPT_CASES)
+@pytest.mark.parametrize("case_id", SCRIPT_PARAMS)
 def test_console_scripts_give_the_same_errors(case_id, tmp_path, synth_root, request):
     case = next(c for c in CASES if c.id == case_id)
     args = case.make(tmp_path, Ctx(synth_root, request))

@@ -320,7 +320,8 @@ class SteelSegModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """Lightning hook, before the module moves to its device: the network's memory format."""
-        if self.use_channels_last(self.trainer.strategy.root_device):
+        trainer = self._trainer  # None inside load_from_checkpoint, which calls this hook too
+        if trainer is not None and self.use_channels_last(trainer.strategy.root_device):
             self.net.to(memory_format=torch.channels_last)
 
     def on_fit_start(self) -> None:

@@ -14,8 +14,8 @@
 # Python: $STEELSEG_PYTHON, else .venv/bin/python when it runs, else python3. Wheels in .whl/ (from `wheels`) are
 # installed into a temporary folder first; steelseg itself is used from src/ (no install).
 # Files go to $STEELSEG_GPU_CHECK_OUT, else $OUT (the device tool's folder), else
-# outputs/gpu_check: gpu_check.txt (table), benchmark.json, benchmark.txt, train_metrics.json,
-# train.log, env.txt.
+# outputs/gpu_check: gpu_check.txt (table), benchmark.json, benchmark.txt, benchmark.log,
+# train_metrics.json, train.log, gpu_tests.log, env.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,10 +112,18 @@ start=$(date +%s)
     callbacks.progress_bar=null +trainer.enable_progress_bar=false >"$OUTDIR/train.log" 2>&1 ||
     { tail -30 "$OUTDIR/train.log"; echo "gpu_check: the training run failed" >&2; exit 1; }
 cp "$WORK/train/metrics.json" "$OUTDIR/train_metrics.json"
-cp "$WORK/train/config.yaml" "$OUTDIR/train_config.yaml"
-echo "training wall time: $(($(date +%s) - start)) s" >>"$OUTDIR/train.log"
+train_wall=$(($(date +%s) - start))
+echo "training wall time: $train_wall s" >>"$OUTDIR/train.log"
 
-"$PY" - "$OUTDIR" "$(($(date +%s) - start))" <<'EOF' | tee "$OUTDIR/gpu_check.txt"
+# the GPU-marked tests of the defaults (seconds: tiny fits checking bf16, channels_last, fused
+# AdamW and pinned memory); they skip, with a reason, without CUDA
+echo "== GPU tests: pytest -m 'gpu and not slow' tests/test_perf_defaults.py"
+tests_rc=0
+"$PY" -m pytest -q -p no:cacheprovider -m "gpu and not slow" tests/test_perf_defaults.py \
+    >"$OUTDIR/gpu_tests.log" 2>&1 || tests_rc=$?
+tests_line=$(tail -1 "$OUTDIR/gpu_tests.log")
+
+"$PY" - "$OUTDIR" "$train_wall" "$WORK/train/config.yaml" "$tests_line" <<'EOF' | tee "$OUTDIR/gpu_check.txt"
 """The short table: the benchmark's headline numbers and the training run's."""
 import json, sys
 from pathlib import Path
@@ -123,7 +131,7 @@ from pathlib import Path
 out, train_wall = Path(sys.argv[1]), sys.argv[2]
 b = json.loads((out / "benchmark.json").read_text())
 t = json.loads((out / "train_metrics.json").read_text())
-cfg = (out / "train_config.yaml").read_text()
+cfg = Path(sys.argv[3]).read_text()
 m = t["metrics"]
 rows = [("device", b["meta"]["device_name"], "")]
 
@@ -160,7 +168,9 @@ rows.append(("training run: precision", precision, ""))
 rows.append(("training run: epochs, fit seconds", f"{m['epochs']:.0f}, {m['fit_seconds']} s", f"wall {train_wall} s"))
 rows.append(("training run: images/s", fmt(m["train_images_per_s"], " img/s"), ""))
 rows.append(("training run: val IoU / test IoU", f"{m.get('val/iou', float('nan')):.3f} / {m.get('test/iou', float('nan')):.3f}", ""))
+rows.append(("GPU tests (test_perf_defaults.py -m gpu)", sys.argv[4][:40], ""))
 print("== gpu_check summary")
 for name, value, note in rows:
     print(f"{name:48s} {value:>20s}  {note}")
 EOF
+exit "$tests_rc"

@@ -171,7 +171,9 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert files >= {"gpu_check.txt", "benchmark.json", "train_metrics.json", "env.txt"}
     assert len(files) <= 8  # what the device tool brings back from $OUT
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("training run: val IoU")
+    assert lines[-1].startswith("GPU tests") and "skipped" in lines[-1]  # no CUDA here
+    assert any(line.startswith("training run: val IoU") for line in lines)
+    assert files >= {"gpu_tests.log", "benchmark.log", "train.log"}
     assert any(line.startswith("training run: precision") and "32-true" in line for line in lines)
     metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())["metrics"]
     assert metrics["epochs"] >= 0 and "val/iou" in metrics

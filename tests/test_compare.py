@@ -58,6 +58,7 @@ def test_multirun_writes_a_summary_with_one_row_per_job(sweep_2x2: Path) -> None
     for column in ("val/dice", "test/iou", "test/dice", "test/dice_per_image", "params"):
         assert table[column].notna().all(), column
     assert (table["epochs"] == 1).all() and (table["train_images_per_s"] > 0).all()
+    assert (table["job_seconds"] >= table["fit_seconds"]).all()  # start to end of the job
     # each row names what sets it apart; the shared tiny overrides are listed once in the .md
     assert all(c.startswith("model=") and "model.encoder_name=" in c for c in table["changes"])
     for _, row in table.iterrows():

@@ -45,6 +45,7 @@ METRICS = (
     "test/dice_per_image",
     "epochs",
     "fit_seconds",
+    "job_seconds",
     "train_images_per_s",
     "params",
 )
@@ -61,6 +62,7 @@ MD_COLUMNS = {
     "test/dice_per_image": ("test Dice/img", "{:.4f}"),
     "epochs": ("epochs", "{:.0f}"),
     "fit_seconds": ("fit s", "{:.0f}"),
+    "job_seconds": ("job s", "{:.0f}"),
     "train_images_per_s": ("train img/s", "{:.1f}"),
     "params": ("params M", "{:.2f}"),
     "error": ("error", "{}"),
@@ -146,6 +148,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         row["status"] = "failed"
         row["error"] = f"cannot read {latest.name}: {type(e).__name__}: {e}"
+    started = run_dir / ".hydra" / "config.yaml"  # Hydra writes it as the job starts
+    if latest is not None and started.is_file():
+        row["job_seconds"] = round(latest.stat().st_mtime - started.stat().st_mtime, 1)
     return row
 
 

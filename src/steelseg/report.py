@@ -125,7 +125,11 @@ def threshold_curve_uri(
             (best["threshold"], best["dice_per_image"]),
             textcoords="offset points",
             xytext=(0, 8),
-            ha="center",
+            ha="left"
+            if best["threshold"] < 0.2
+            else "right"
+            if best["threshold"] > 0.8
+            else "center",
             fontsize=8,
         )
     ax.axvline(used, color="0.2", ls="--", lw=1, label=f"threshold in use ({used:.2f})")
@@ -144,6 +148,8 @@ def threshold_curve_uri(
 
 def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     """PNG histogram of per-image Dice, defective and clean images stacked, as a data URI."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(6.2, 3.4)
     ax = fig.add_subplot()
     d, c = np.asarray(dice, dtype=float), np.asarray(clean, dtype=bool)
@@ -156,6 +162,7 @@ def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     )
     ax.set_xlabel("per-image Dice (post-processed)")
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return _fig_uri(fig)
@@ -315,8 +322,10 @@ def _panel(rank: int, row: Mapping[str, Any], load: PanelLoader, width: int) -> 
     n_true, found, _, _ = p["defects"]
     facts = (
         f"<span>Dice <b>{p['dice']:.3f}</b></span><span>true {row['gt_pixels']} px</span>"
-        f"<span>predicted {p['pred_pixels']} px</span><span class=fp>false {p['fp']} px</span>"
-        f"<span class=fn>missed {p['fn']} px</span><span>defects found {found}/{n_true}</span>"
+        f"<span>predicted {p['pred_pixels']} px</span>"
+        f"<span class={'fp' if p['fp'] else 'zero'}>false {p['fp']} px</span>"
+        f"<span class={'fn' if p['fn'] else 'zero'}>missed {p['fn']} px</span>"
+        f"<span>defects found {found}/{n_true}</span>"
         f"<span>max prob {row['max_prob']:.2f}</span>"
     )
     iid = html.escape(row["image_id"])
@@ -365,7 +374,7 @@ figure.panel{margin:0 0 18px;padding-bottom:14px;border-bottom:1px solid var(--l
 figure.panel img{margin-top:4px;image-rendering:auto}
 figcaption{display:flex;gap:14px;flex-wrap:wrap;align-items:baseline;font-size:13px}
 figcaption code{font-size:13px}
-.fp{color:var(--bad)}.fn{color:#1d4ed8}
+.fp{color:var(--bad)}.fn{color:#1d4ed8}.zero{color:var(--mute)}
 footer{color:var(--mute);font-size:12px;text-align:center;margin-top:24px}
 """
 

@@ -6,6 +6,8 @@
   each take a GPU no other job of the sweep holds. With one GPU or none nothing changes.
 * :func:`record_failure`: a job that raises writes ``failed.json`` into its run folder, so the
   sweep summary (:mod:`steelseg.compare`) lists it, and the sweep goes on with the next job.
+* :func:`check_ddp_job`: a DDP job that would re-run the command line (and so the sweep) fails
+  with a message instead.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def in_multirun() -> bool:
 def lock_dir_for(sweep_dir: str | os.PathLike) -> Path:
     """A folder on this machine (GPUs are per machine) shared by the jobs of one sweep."""
     key = hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"steelseg-gpus-{os.getuid()}" / key
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()  # Windows has no uid
+    return Path(tempfile.gettempdir()) / f"steelseg-gpus-{user}" / key
 
 
 def _claim(n_gpus: int, lock_dir: Path) -> int | None:

@@ -117,7 +117,12 @@ def test_report_is_self_contained(tiny_eval) -> None:
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<link" not in html and "<script src" not in html
     assert "Content-Security-Policy" in html
-    for words in ("Threshold curve and per-image Dice", "Clean vs defective images", "worst first", "Defects"):
+    for words in (
+        "Threshold curve and per-image Dice",
+        "Clean vs defective images",
+        "worst first",
+        "Defects",
+    ):
         assert words in html
     # every image appears, worst (lowest per-image Dice) first
     dice = [r["postprocessed"]["dice"] for r in result["images"]]

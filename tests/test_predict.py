@@ -135,7 +135,7 @@ def test_bad_files_are_named(tmp_path, synth_root):
         read_grey(tmp_path / "missing.png")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_module(tmp_path / "none.ckpt")
-    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="junk.jpg is truncated or not a checkpoint"):
         load_module(junk)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a steelseg checkpoint"):
@@ -236,7 +236,7 @@ def test_cli_bad_checkpoint_is_one_line(tiny_ckpt, synth_root, tmp_path, capsys)
     assert run_cli(tiny_ckpt, tmp_path / "nothing*.jpg", "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "none.ckpt does not exist" in err[0]
-    assert "fake.ckpt is not a PyTorch checkpoint" in err[1]
+    assert "fake.ckpt is truncated or not a checkpoint" in err[1]
     assert err[-1] == "steelseg-predict: error: no input images found"
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "o").exists()

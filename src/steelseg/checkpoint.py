@@ -120,11 +120,10 @@ def explain(path: str | os.PathLike, error: BaseException, weights_only: bool) -
     text = str(error)
     if isinstance(error, FileNotFoundError):
         return FileNotFoundError(f"checkpoint {path} does not exist")
-    if isinstance(error, pickle.UnpicklingError) and weights_only:
-        reason = next(
-            (ln.strip() for ln in text.splitlines() if "Unsupported global" in ln),
-            text.splitlines()[0] if text else "",
-        )
+    unsafe = [ln.strip() for ln in text.splitlines() if "Unsupported global" in ln]
+    if isinstance(error, pickle.UnpicklingError) and weights_only and unsafe:
+        # a real pickle with objects in it; other unpickling errors mean "not a checkpoint"
+        reason = unsafe[0]
         return ValueError(
             f"checkpoint {path} holds Python objects besides tensors and plain values, so "
             f"loading it could run code ({reason}); {TRUST_HINT}"

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from steelseg import checkpoint as ckpt_io
 from steelseg import rle
 from steelseg.model import SteelSegModule
 from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned
@@ -50,26 +51,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # ----------------------------------------------------------------------------- loading
 def load_module(
-    checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
 ) -> SteelSegModule:
     """Load a steelseg checkpoint into an eval-mode :class:`SteelSegModule` on ``device``.
 
-    A checkpoint is a pickle: load only files you trust.
+    The file is read weights-only (tensors and plain values; nothing in it can run). A
+    checkpoint that needs full unpickling is refused unless ``trust_checkpoint``: a pickle
+    from a stranger is code, so pass it only for files you trust.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a PyTorch checkpoint, or not one written by steelseg.
+        ValueError: the file is not a PyTorch checkpoint, needs unsafe loading, or was not
+            written by steelseg.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle and zip errors come in many types
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint ({type(e).__name__}); pass the .ckpt file "
-            "from a steelseg-train run's checkpoints/ folder"
-        ) from None
+    ckpt = ckpt_io.load(path, "cpu", weights_only=not trust_checkpoint)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not {"arch", "encoder_name"} <= set(hp) or state is None:
@@ -172,15 +170,17 @@ class Predictor:
         tta: Sequence[str] | None = None,
         batch_size: int = 8,
         use_tuned: bool = True,
+        trust_checkpoint: bool = False,
     ) -> Predictor:
         """Load a checkpoint once; post-processing and TTA default to the tuned ones.
 
         ``postprocess`` / ``tta`` left None take the values ``steelseg-tune`` stored beside the
         checkpoint (:func:`steelseg.postprocess.load_tuned`) when present and ``use_tuned``;
-        otherwise a threshold at the module's and no TTA.
+        otherwise a threshold at the module's and no TTA. ``trust_checkpoint`` allows
+        checkpoints that need full (code-running) unpickling; see :func:`load_module`.
         """
         device = _device(device)
-        module = load_module(checkpoint, device)
+        module = load_module(checkpoint, device, trust_checkpoint)
         tuned = load_tuned(checkpoint) if use_tuned else None
         if postprocess is None and tuned is not None:
             postprocess = tuned[0]

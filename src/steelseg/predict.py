@@ -141,6 +141,8 @@ class Predictor:
         postprocess: How probabilities become masks; None: a threshold at the module's.
         tta: Flips to average with the plain prediction, from :data:`TTA_CHOICES`.
         batch_size: Images per forward pass.
+        bf16: Run under bf16 autocast; None: on a CUDA GPU that supports it (as training does),
+            fp32 elsewhere. Probabilities are always returned as float32.
     """
 
     def __init__(
@@ -150,11 +152,17 @@ class Predictor:
         postprocess: PostProcess | None = None,
         tta: Sequence[str] = (),
         batch_size: int = 8,
+        bf16: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = _device(device)
         self.module = module.eval().to(self.device)
+        if module.use_channels_last(self.device):  # as in training: NHWC convolutions on CUDA
+            self.module.net.to(memory_format=torch.channels_last)
+        if bf16 is None:
+            bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.bf16 = bool(bf16)
         size = module.hparams.get("input_size")
         self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
         self.postprocess = postprocess or PostProcess(threshold=float(module.hparams.threshold))
@@ -213,11 +221,12 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """TTA-averaged probabilities of a (N, h, w) batch at network size."""
-        x = torch.from_numpy(batch)[:, None].to(self.device)  # (N, 1, h, w)
-        prob = self.module(x).sigmoid()
-        for name in self.tta:
-            dim = -1 if name == "hflip" else -2
-            prob += self.module(x.flip(dim)).sigmoid().flip(dim)
+        x = torch.from_numpy(batch)[:, None].to(self.device, non_blocking=True)  # (N, 1, h, w)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            prob = self.module(x).float().sigmoid()
+            for name in self.tta:
+                dim = -1 if name == "hflip" else -2
+                prob += self.module(x.flip(dim)).float().sigmoid().flip(dim)
         prob /= 1 + len(self.tta)
         return prob[:, 0].float().cpu().numpy()  # (N, h, w)
 

@@ -18,11 +18,11 @@ import torch
 from steelseg import rle
 from steelseg.evaluate import (
     Scorer,
+    _tta_arg,
     counts_at_thresholds,
     json_ready,
     labelled_split,
     main,
-    parse_tta,
 )
 from steelseg.metric import threshold_sweep
 from steelseg.postprocess import PostProcess
@@ -251,10 +251,10 @@ def test_eval_cli_skips_unreadable_images(tiny_ckpt: Path, synth_root: Path, tmp
 
 
 def test_parse_tta() -> None:
-    assert parse_tta(None) is None  # absent: the tuned TTA, if any
-    assert parse_tta("hflip,vflip") == ("hflip", "vflip")  # the bare --tta flag
-    assert parse_tta("vflip") == ("vflip",)
-    assert parse_tta("none") == ()
+    assert _tta_arg(None) is None  # absent: the tuned TTA, if any
+    assert _tta_arg("hflip,vflip") == ("hflip", "vflip")  # the bare --tta flag
+    assert _tta_arg("vflip") == ("vflip",)
+    assert _tta_arg("none") == ()
 
 
 def test_eval_cli_tta_flag(tiny_ckpt: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from steelseg import metric, rle
-from steelseg.postprocess import PostProcess
+from steelseg.postprocess import PostProcess, add_cli_args, cli_overrides, parse_tta
 from steelseg.prepare import SPLITS, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -443,33 +443,9 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- CLI
-def add_postprocess_args(p: argparse.ArgumentParser) -> None:
-    """``--threshold``, ``--min-component-area``, ... : PostProcess overrides (None = keep)."""
-    g = p.add_argument_group("post-processing (overrides the tuned or default values)")
-    g.add_argument("--threshold", type=float, help="probability threshold, in (0, 1)")
-    g.add_argument("--min-component-area", type=int, help="drop components below N pixels")
-    g.add_argument("--min-total-area", type=int, help="empty masks below N pixels in all")
-    g.add_argument("--dilate", type=int, help="dilation kernel size in pixels")
-    g.add_argument("--close", type=int, help="closing kernel size in pixels")
-    g.add_argument(
-        "--fill-holes", action=argparse.BooleanOptionalAction, default=None, help="fill holes"
-    )
-
-
-def postprocess_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(PostProcess)]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def parse_tta(text: str | None) -> tuple[str, ...] | None:
-    """``--tta`` value: ``hflip,vflip`` (the bare flag), ``hflip``, ``none``; absent: None."""
-    from steelseg.postprocess import check_tta
-
-    if text is None:
-        return None
-    if text.strip().lower() in ("", "none"):
-        return ()
-    return check_tta([t.strip() for t in text.split(",") if t.strip()], "--tta")
+def _tta_arg(text: str | None) -> tuple[str, ...] | None:
+    """``--tta``: the bare flag means both flips; absent: None (the tuned value)."""
+    return None if text is None else parse_tta(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ignore the tuned post-processing stored beside the checkpoint",
     )
-    add_postprocess_args(p)
+    add_cli_args(p, "post-processing (overrides the tuned or default values)")
     p.add_argument("--iou-threshold", type=float, default=0.5, help="defect-level match IoU")
     p.add_argument("--panels", type=int, default=50, help="per-image panels in the report")
     p.add_argument("--panel-width", type=int, default=800, help="panel picture width (pixels)")
@@ -514,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             data_root=args.data_root,
             split_file=args.split_file,
             out=args.out,
-            tta=parse_tta(args.tta),
-            overrides=postprocess_overrides(args),
+            tta=_tta_arg(args.tta),
+            overrides=cli_overrides(args),
             use_tuned=not args.no_tuned,
             device=args.device,
             batch_size=args.batch_size,

@@ -38,7 +38,15 @@ import torch
 from steelseg import checkpoint as ckpt_io
 from steelseg import rle
 from steelseg.model import SteelSegModule
-from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned
+from steelseg.postprocess import (
+    TTA_CHOICES,
+    PostProcess,
+    add_cli_args,
+    check_tta,
+    cli_overrides,
+    load_tuned,
+    parse_tta,
+)
 from steelseg.prepare import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -440,10 +448,8 @@ def _batches(sources: Sequence[Source], size: int) -> Iterator[list[Source]]:
 
 
 def _parse_tta(text: str) -> tuple[str, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
     try:
-        return check_tta([t.strip() for t in text.split(",") if t.strip()])
+        return parse_tta(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -468,17 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    g = p.add_argument_group(
+    g = add_cli_args(
+        p,
         "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
-        "only the model's threshold); each option given replaces that one value"
-    )
-    g.add_argument("--threshold", type=float, help="probability threshold in (0, 1)")
-    g.add_argument("--min-component-area", type=int, help="drop components below N pixels")
-    g.add_argument("--min-total-area", type=int, help="empty masks below N pixels in total")
-    g.add_argument("--dilate", type=int, help="dilation kernel size in pixels (0 = off)")
-    g.add_argument("--close", type=int, help="closing kernel size in pixels (0 = off)")
-    g.add_argument(
-        "--fill-holes", action=argparse.BooleanOptionalAction, default=None, help="fill holes"
+        "only the model's threshold); each option given replaces that one value",
     )
     g.add_argument(
         "--tta",
@@ -495,9 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--masks-only", action="store_true", help="write masks and the CSV, no overlays or panels"
     )
     return p
-
-
-OVERRIDES = ("threshold", "min_component_area", "min_total_area", "dilate", "close", "fill_holes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -517,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         use_tuned=not args.no_tuned,
     )
-    changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    changes = cli_overrides(args)
     pp = replace(predictor.postprocess, **changes) if changes else predictor.postprocess
     out: Path = args.out
     truth = _Truth()

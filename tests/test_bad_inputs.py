@@ -15,6 +15,7 @@ command line.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import pickle
@@ -56,6 +57,11 @@ class Case:
         one_line: The error is one ``<command>: error: ...`` line (False for Hydra's own
             multi-line config messages).
         leftovers: Globs that must match nothing under ``tmp_path`` afterwards.
+        prefix: How the line holding ``message`` starts (default ``<command>: error: ``).
+        written: Globs (under ``tmp_path``) that must each match a file afterwards: the
+            outputs of the good inputs when a bad one is skipped.
+        logs: The command's own ``logging.basicConfig`` writes to stderr, as in the console
+            script (pytest's log capture is set aside), for messages that are log warnings.
     """
 
     id: str
@@ -65,6 +71,9 @@ class Case:
     code: int = 2
     one_line: bool = True
     leftovers: tuple[str, ...] = LEFTOVERS
+    prefix: str | None = None
+    written: tuple[str, ...] = ()
+    logs: bool = False
 
 
 @dataclass
@@ -81,19 +90,33 @@ ENTRY_POINTS = {
     "steelseg-prepare": "steelseg.prepare:main",
     "steelseg-synth": "steelseg.synth:main",
     "steelseg-train": "steelseg.train:main",
+    "steelseg-predict": "steelseg.predict:main",
+    "steelseg-eval": "steelseg.evaluate:main",
+    "steelseg-tune": "steelseg.tune:main",
+    "steelseg-pseudo": "steelseg.pseudo:main",
+    "steelseg-export": "steelseg.export:main",
+    "steelseg-compare": "steelseg.compare:main",
 }
 
 
-def run_main(command: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+def run_main(
+    command: str, args: list[str], monkeypatch: pytest.MonkeyPatch, logs: bool = False
+) -> int:
     """Run a console script's ``main()`` in this process, as the script would; its exit code.
 
     ``sys.argv`` is set, so argparse and Hydra entry points both read their arguments from it.
+    A ``main()`` that returns its code is exited with it, as its console script does; a
+    ``SystemExit`` carrying a message prints it to stderr and gives 1, as the interpreter
+    does. ``logs``: the root logger starts without pytest's handlers, so the command's
+    ``logging.basicConfig`` logs to stderr.
     """
     module, func = ENTRY_POINTS[command].split(":")
     main = getattr(importlib.import_module(module), func)
     monkeypatch.setattr(sys, "argv", [command, *args])
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    if logs:
+        root.handlers[:] = []
     try:
         code = main()
     except SystemExit as e:
@@ -105,7 +128,10 @@ def run_main(command: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> 
         root.handlers[:], root.level = handlers, level  # and its logging set up
     if code is None:
         return 0
-    return code if isinstance(code, int) else 1
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def check_failure(case: Case, code: int, out: str, err: str, tmp_path: Path) -> None:
@@ -113,10 +139,13 @@ def check_failure(case: Case, code: int, out: str, err: str, tmp_path: Path) -> 
     assert "Traceback" not in out + err, err[-3000:]
     assert case.message in err, err[-2000:]
     if case.one_line:
+        prefix = case.prefix if case.prefix is not None else f"{case.command}: error: "
         lines = [ln for ln in err.splitlines() if case.message in ln]
-        assert len(lines) == 1 and lines[0].startswith(f"{case.command}: error: "), err[-2000:]
+        assert len(lines) == 1 and lines[0].startswith(prefix), err[-2000:]
     left = [str(p) for g in case.leftovers for p in tmp_path.rglob(g)]
     assert not left, f"partial output left behind: {left}"
+    missing = [g for g in case.written if not any(p.is_file() for p in tmp_path.glob(g))]
+    assert not missing, f"outputs of the good inputs not written: {missing}\n{err[-2000:]}"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -334,6 +363,140 @@ def train_into(where: Callable[[Path], Path]) -> Callable[[Path, Ctx], list[str]
     return make
 
 
+# ----------------------------------------------------------------------------- inference inputs
+#: What steelseg-predict/-eval/-tune/-pseudo/-export/-compare write: --out is always tmp/out (or
+#: below tmp/blocker), a sidecar beside the checkpoint, temp files and folders.
+INFER_LEFTOVERS = ("out", ".out.*", "*.tmp", "*.postprocess.json", "summary.*")
+#: A skipped input: the good inputs' outputs stay; only temporary files must not.
+SKIP_LEFTOVERS = ("*.tmp", ".out.*")
+PD, E, U, PS, X, C = (
+    "steelseg-predict",
+    "steelseg-eval",
+    "steelseg-tune",
+    "steelseg-pseudo",
+    "steelseg-export",
+    "steelseg-compare",
+)
+GOOD = ("a.jpg", "b.jpg")  # good images of the small input folders
+
+
+def make_ckpt(path: Path, kind: str, ctx: Ctx) -> Path:
+    """A checkpoint file of one kind at ``path``: good (a copy of the tiny one), not a
+    checkpoint, a plain dict saved with torch.save (not steelseg's), or missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "good":
+        shutil.copyfile(ctx.tiny_ckpt, path)
+    elif kind == "not a checkpoint":
+        path.write_text("weights: none, this is a text file\n")
+    elif kind == "plain dict":
+        torch.save({"weights": torch.zeros(4), "epoch": 3}, path)
+    return path
+
+
+def in_run(tmp: Path, ctx: Ctx, kind: str) -> Path:
+    """``kind`` checkpoint in tmp/run/checkpoints/ beside a copy of the tiny run's config.yaml
+    (which finds the synthetic data and the prepared split, as for a real run)."""
+    (tmp / "run").mkdir()
+    shutil.copyfile(ctx.tiny_ckpt.parent.parent / "config.yaml", tmp / "run" / "config.yaml")
+    return make_ckpt(tmp / "run" / "checkpoints" / "model.ckpt", kind, ctx)
+
+
+def images_folder(tmp: Path, ctx: Ctx, bad: str | None) -> Path:
+    """tmp/in: two full-size synthetic images (a.jpg, b.jpg) and one bad one (``bad``)."""
+    folder = tmp / "in"
+    folder.mkdir()
+    sources = sorted((ctx.synth_root / "train_images").iterdir())
+    for name, src in zip(GOOD, sources):
+        shutil.copyfile(src, folder / name)
+    if bad == "cut.jpg":  # a truncated JPEG
+        (folder / bad).write_bytes(sources[2].read_bytes()[:3000])
+    elif bad == "small.jpg":  # a valid image of the wrong size
+        write_image(folder / bad, 90, (128, 800))
+    return folder
+
+
+def labelled(tmp: Path, ctx: Ctx, bad: str | None, split: str = "val") -> list[str]:
+    """--data-root/--split-file: the folder of :func:`images_folder` as a Kaggle layout."""
+    data = tmp / "data"
+    images_folder(tmp, ctx, bad).rename(tmp / "in_moved")
+    data.mkdir()
+    (tmp / "in_moved").rename(data / "train_images")
+    ids = sorted(p.name for p in (data / "train_images").iterdir())
+    pd.DataFrame({"ImageId": ids, "split": split, "EncodedPixels": ""}).to_csv(
+        tmp / "split.csv", index=False
+    )
+    return ["--data-root", str(data), "--split-file", str(tmp / "split.csv")]
+
+
+def predict_with(ckpt: str, *extra: str, bad: str | None = None, out: str = "folder"):
+    """steelseg-predict (or -pseudo: the same arguments) on tmp/in."""
+
+    def make(tmp: Path, ctx: Ctx) -> list[str]:
+        path = ctx.tiny_ckpt if ckpt == "tiny" else make_ckpt(tmp / "model.ckpt", ckpt, ctx)
+        if bad == "empty":
+            (tmp / "in").mkdir()
+        else:
+            images_folder(tmp, ctx, bad)
+        target = blocker(tmp) / "out" if out == "under a file" else tmp / "out"
+        if out == "a file":
+            target.write_text("a file where the output folder should go\n")
+        return [str(path), str(tmp / "in"), "--out", str(target), *extra]
+
+    return make
+
+
+def eval_with(ckpt: str, *extra: str, bad: str | None = None, split: str = "val", out: str = "out"):
+    """steelseg-eval / steelseg-tune: a run folder, and own data when ``bad`` is given."""
+
+    def make(tmp: Path, ctx: Ctx) -> list[str]:
+        path = in_run(tmp, ctx, ckpt)
+        data = labelled(tmp, ctx, None if bad == "unreadable" else bad, split) if bad else []
+        if bad == "unreadable":  # every image of the split unreadable
+            for image in (tmp / "data" / "train_images").iterdir():
+                image.write_text("not an image\n")
+        target = blocker(tmp) / "out" if out == "under a file" else tmp / out
+        return [str(path), "--split", "val", *data, "--out", str(target), "--no-progress", *extra]
+
+    return make
+
+
+#: a grid of one setting: tuning scores it in a blink
+ONE_SETTING = ("--thresholds", "0.5", "--min-component-areas", "0", "--min-total-areas", "0")
+
+
+def tune_with(ckpt: str, *extra: str, bad: str | None = None, sidecar: str = "file"):
+    def make(tmp: Path, ctx: Ctx) -> list[str]:
+        args = eval_with(ckpt, bad=bad)(tmp, ctx)
+        args = [a for a in args[: args.index("--out")]]  # steelseg-tune has no --out
+        if sidecar == "folder":  # a folder where the sidecar goes: it cannot be written
+            (tmp / "run" / "checkpoints" / "model.postprocess.json").mkdir()
+        return [*args, "--no-progress", *ONE_SETTING, *extra]
+
+    return make
+
+
+def export_with(ckpt: str, *extra: str, out: str = "out"):
+    def make(tmp: Path, ctx: Ctx) -> list[str]:
+        path = make_ckpt(tmp / "model.ckpt", ckpt, ctx) if ckpt != "tiny" else ctx.tiny_ckpt
+        target = blocker(tmp) / "out" / "model.onnx" if out == "under a file" else tmp / "out"
+        return [str(path), "--out", str(target / "model.onnx" if out == "out" else target), *extra]
+
+    return make
+
+
+def compare_with(kind: str):
+    def make(tmp: Path, ctx: Ctx) -> list[str]:
+        runs = tmp / "runs"
+        (runs / "sub").mkdir(parents=True)  # folders, but no run in any
+        if kind == "empty":
+            return [str(runs)]
+        (runs / "0").mkdir()
+        (runs / "0" / "metrics.json").write_text(json.dumps({"metrics": {"val/iou": 0.5}}))
+        return [str(runs), "--out", str(blocker(tmp) / "out")]
+
+    return make
+
+
 # Train-time leftovers: the ones above, except a prepared split of valid data (kept on purpose:
 # it is the input of the next run) where the failure comes after preparation.
 AFTER_PREPARE = ("metrics.json", "*.ckpt", "*.tmp")
@@ -520,6 +683,271 @@ CASES = [
         "holds Python objects besides tensors and plain values, so loading it could run code",
         leftovers=CKPT_LEFTOVERS,
     ),
+    # --- steelseg-predict (test_predict.py has: missing checkpoint, text file as checkpoint,
+    # no image matching, a non-image skipped, a wrong-size image resized)
+    Case(
+        "predict-ckpt-not-steelseg",
+        PD,
+        predict_with("plain dict"),
+        "model.ckpt is not a steelseg checkpoint (no steelseg hyper-parameters and weights)",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-threshold-out-of-range",
+        PD,
+        predict_with("tiny", "--threshold", "1.5"),
+        "postprocess threshold must be a number in (0, 1), got 1.5",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-unknown-tta",
+        PD,
+        predict_with("tiny", "--tta", "rotate"),
+        "error: argument --tta: unknown TTA 'rotate'; choose from ['hflip', 'vflip']",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-out-under-a-file",
+        PD,
+        predict_with("tiny", out="under a file"),
+        "blocker is a file, not a folder; choose another --out",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-empty-folder",
+        PD,
+        predict_with("tiny", bad="empty"),
+        "no input images found",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-truncated-image-skipped",
+        PD,
+        predict_with("tiny", "--masks-only", bad="cut.jpg"),
+        "cut.jpg: truncated JPEG (no end-of-image marker)",
+        code=3,
+        prefix="steelseg-predict: skipped ",
+        leftovers=(*SKIP_LEFTOVERS, "cut.png"),
+        written=("out/masks/a.png", "out/masks/b.png", "out/predictions.csv", "out/predict.json"),
+    ),
+    # --- steelseg-eval (test_evaluate.py has: missing checkpoint, unknown split, missing data
+    # folder, --threshold 1.5, unknown TTA, a non-image skipped)
+    Case(
+        "eval-not-a-checkpoint",
+        E,
+        eval_with("not a checkpoint"),
+        "model.ckpt is truncated or not a checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "eval-ckpt-not-steelseg",
+        E,
+        eval_with("plain dict"),
+        "model.ckpt is not a steelseg checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "eval-wrong-size-image-skipped",
+        E,
+        eval_with("good", "--panels", "0", bad="small.jpg"),
+        "small.jpg is 800x128, but its mask is 1600x256",
+        code=1,
+        prefix="WARNING skipping small.jpg: ",
+        leftovers=SKIP_LEFTOVERS,
+        written=("out/eval.json", "out/report.html"),
+        logs=True,
+    ),
+    Case(
+        "eval-truncated-image-skipped",
+        E,
+        eval_with("good", "--panels", "0", bad="cut.jpg"),
+        "cut.jpg: truncated JPEG",
+        code=1,
+        prefix="WARNING skipping cut.jpg: ",
+        leftovers=SKIP_LEFTOVERS,
+        written=("out/eval.json", "out/report.html"),
+        logs=True,
+    ),
+    Case(
+        "eval-no-readable-image",
+        E,
+        eval_with("good", bad="unreadable"),
+        "no image of split 'val' could be read",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "eval-empty-split",
+        E,
+        eval_with("good", bad="small.jpg", split="train"),
+        "split.csv holds no images",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "eval-out-under-a-file",
+        E,
+        eval_with("good", "--panels", "0", out="under a file"),
+        "Not a directory",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    # --- steelseg-tune (test_tune.py has: missing checkpoint, unknown split, bad thresholds)
+    Case(
+        "tune-not-a-checkpoint",
+        U,
+        tune_with("not a checkpoint"),
+        "model.ckpt is truncated or not a checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "tune-ckpt-not-steelseg",
+        U,
+        tune_with("plain dict"),
+        "model.ckpt is not a steelseg checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "tune-bad-post-processing",
+        U,
+        tune_with("good", "--dilate", "-1"),
+        "postprocess dilate must be an integer >= 0, got -1",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "tune-sidecar-unwritable",
+        U,
+        tune_with("good", sidecar="folder"),
+        "Is a directory",
+        leftovers=SKIP_LEFTOVERS,
+    ),
+    Case(
+        "tune-wrong-size-image-skipped",
+        U,
+        tune_with("good", bad="small.jpg"),
+        "small.jpg is 800x128, but its mask is 1600x256",
+        code=1,
+        prefix="WARNING skipping small.jpg: ",
+        leftovers=SKIP_LEFTOVERS,
+        written=("run/checkpoints/model.postprocess.json",),
+        logs=True,
+    ),
+    # --- steelseg-pseudo (test_pseudo.py has: a non-image skipped, low >= high)
+    Case(
+        "pseudo-ckpt-missing",
+        PS,
+        predict_with("missing"),
+        "model.ckpt does not exist",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-not-a-checkpoint",
+        PS,
+        predict_with("not a checkpoint"),
+        "model.ckpt is truncated or not a checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-ckpt-not-steelseg",
+        PS,
+        predict_with("plain dict"),
+        "model.ckpt is not a steelseg checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-threshold-out-of-range",
+        PS,
+        predict_with("tiny", "--threshold", "1.5"),
+        "postprocess threshold must be a number in (0, 1), got 1.5",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-out-under-a-file",
+        PS,
+        predict_with("tiny", out="under a file"),
+        "blocker is a file, not a folder; choose another --out",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-out-is-a-file",
+        PS,
+        predict_with("tiny", out="a file"),
+        "out is a file, not a folder; choose another --out",
+        leftovers=(".out.*", "*.tmp", "pseudo.json"),
+    ),
+    Case(
+        "pseudo-empty-folder",
+        PS,
+        predict_with("tiny", bad="empty"),
+        "no images found in",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "pseudo-wrong-size-image-skipped",
+        PS,
+        predict_with("tiny", "--max-uncertain", "1", bad="small.jpg"),
+        "small.jpg is 800x128; training takes 1600x256 images only",
+        code=3,
+        prefix="steelseg-pseudo: skipped ",
+        leftovers=(*SKIP_LEFTOVERS, "out/train_images/small.jpg"),
+        written=("out/train_images/a.jpg", "out/train_images/b.jpg", "out/pseudo.json"),
+    ),
+    Case(
+        "pseudo-truncated-image-skipped",
+        PS,
+        predict_with("tiny", "--max-uncertain", "1", bad="cut.jpg"),
+        "cut.jpg: truncated JPEG",
+        code=3,
+        prefix="steelseg-pseudo: skipped ",
+        leftovers=(*SKIP_LEFTOVERS, "out/train_images/cut.jpg"),
+        written=("out/train_images/a.jpg", "out/train_images/b.jpg", "out/scores.csv"),
+    ),
+    # --- steelseg-export (test_export.py has: missing checkpoint)
+    Case(
+        "export-not-a-checkpoint",
+        X,
+        export_with("not a checkpoint"),
+        "model.ckpt is truncated or not a checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "export-ckpt-not-steelseg",
+        X,
+        export_with("plain dict"),
+        "model.ckpt is not a steelseg checkpoint",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "export-unknown-format",
+        X,
+        export_with("tiny", "--format", "tflite"),
+        "argument --format: invalid choice: 'tflite'",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "export-out-under-a-file",
+        X,
+        export_with("tiny", out="under a file"),
+        "blocker is a file, not a folder; choose another --out",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    # --- steelseg-compare (test_compare.py has: an empty folder and a missing one, called
+    # directly); its errors are "steelseg-compare: <message>", exit code 1
+    Case(
+        "compare-empty-folder",
+        C,
+        compare_with("empty"),
+        "no runs found in",
+        code=1,
+        prefix="steelseg-compare: ",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "compare-out-under-a-file",
+        C,
+        compare_with("out under a file"),
+        "Not a directory",
+        code=1,
+        prefix="steelseg-compare: ",
+        leftovers=INFER_LEFTOVERS,
+    ),
 ]
 
 
@@ -527,7 +955,7 @@ CASES = [
 def test_bad_input_gives_one_clear_error(case, tmp_path, synth_root, request, capsys, monkeypatch):
     args = case.make(tmp_path, Ctx(synth_root, request))
     capsys.readouterr()
-    code = run_main(case.command, args, monkeypatch)
+    code = run_main(case.command, args, monkeypatch, case.logs)
     out, err = capsys.readouterr()
     check_failure(case, code, out, err, tmp_path)
 

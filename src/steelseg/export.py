@@ -33,7 +33,7 @@ from torch import nn
 
 from steelseg.model import SteelSegModule
 from steelseg.postprocess import PostProcess, load_tuned
-from steelseg.predict import STRIDE, atomic_write_bytes, load_module
+from steelseg.predict import STRIDE, atomic_write_bytes, check_out_folder, load_module
 from steelseg.prepare import atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
@@ -186,6 +186,7 @@ def export(
         raise ValueError(f"unknown input dtype {input_dtype!r}; choose from {list(INPUT_DTYPES)}")
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
+    check_out_folder(Path(out).parent)
     module = load_module(checkpoint, "cpu")
     model = ExportModule(module).eval()
     size = module.hparams.get("input_size")
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
             args.onnx_exporter,
             not args.no_tuned,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"steelseg-export: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(

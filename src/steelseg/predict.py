@@ -350,6 +350,22 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Source], list[str]]:
     return unique, empty
 
 
+def check_out_folder(folder: Path, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be made: it, or a folder above it, is a file.
+
+    Raises:
+        ValueError: naming the file in the way and the option to change.
+    """
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(
+                    f"cannot write {folder}: {path} is a file, not a folder; choose another "
+                    f"{option}"
+                )
+            return
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -450,8 +466,8 @@ def _batches(sources: Sequence[Source], size: int) -> Iterator[list[Source]]:
 def _parse_tta(text: str) -> tuple[str, ...]:
     try:
         return parse_tta(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError as e:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--tta: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         print("steelseg-predict: error: no input images found", file=sys.stderr)
         return 2
+    check_out_folder(args.out)
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         args.device,
@@ -604,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         code = run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"steelseg-predict: error: {e}", file=sys.stderr)
         code = 2
     sys.exit(code)

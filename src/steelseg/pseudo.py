@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from steelseg import rle
-from steelseg.predict import Predictor, collect_inputs, read_grey
+from steelseg.predict import Predictor, check_out_folder, collect_inputs, read_grey
 from steelseg.prepare import atomic_write_text
 
 
@@ -84,6 +84,7 @@ def pseudo_label(
     if not 0.0 <= max_uncertain <= 1.0:
         raise ValueError(f"max_uncertain must be a fraction in [0, 1], got {max_uncertain}")
     out = Path(out)
+    check_out_folder(out)
     if out.exists() and any(out.iterdir()) and not (out / "pseudo.json").exists():
         raise ValueError(
             f"{out} is not empty and not an earlier steelseg-pseudo output; choose another --out"
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = pseudo_label(
             predictor, args.images, args.out, args.low, args.high, args.max_uncertain, args.copy
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"steelseg-pseudo: error: {e}", file=sys.stderr)
         sys.exit(2)
     skipped = summary["skipped"]

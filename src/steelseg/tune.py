@@ -183,6 +183,7 @@ class TuneResult:
     n_images: int
     rows: list[Mapping[str, Any]] = field(repr=False)
     sidecar: Path | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable or wrong-size
 
 
 def tune(
@@ -267,6 +268,7 @@ def tune(
     result = TuneResult(
         chosen, tuple(best["tta"]), best["dice_per_image"], baseline, scorers[()].n_images, rows
     )
+    result.skipped = skipped
     if save:
         info = {
             "metric": "dice_per_image",
@@ -385,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.sidecar is not None:
         print(f"saved {result.sidecar}")
+    if result.skipped:  # tuned on the others; as steelseg-eval, say so in the exit code
+        print(f"steelseg-tune: {len(result.skipped)} image(s) skipped", file=sys.stderr)
+        return 1
     return 0
 
 

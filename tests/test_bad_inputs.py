@@ -935,8 +935,8 @@ CASES = [
         C,
         compare_with("empty"),
         "no runs found in",
-        code=1,
-        prefix="steelseg-compare: ",
+        code=2,
+        prefix="steelseg-compare: error: ",
         leftovers=INFER_LEFTOVERS,
     ),
     Case(
@@ -944,8 +944,8 @@ CASES = [
         C,
         compare_with("out under a file"),
         "Not a directory",
-        code=1,
-        prefix="steelseg-compare: ",
+        code=2,
+        prefix="steelseg-compare: error: ",
         leftovers=INFER_LEFTOVERS,
     ),
 ]

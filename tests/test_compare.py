@@ -117,9 +117,9 @@ def test_compare_without_runs_fails_with_a_clear_message(
         (folder / "sub").mkdir(parents=True)
     with pytest.raises(SystemExit) as e:
         compare.main([str(folder)])
-    assert e.value.code != 0
-    message = str(e.value.code)
-    assert message.startswith("steelseg-compare: ") and str(folder) in message
+    assert e.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("steelseg-compare: error: ") and str(folder) in message
     assert ("no runs found" if make == "empty" else "is not a folder") in message
     assert not (folder / "summary.csv").exists()
 

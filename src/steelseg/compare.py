@@ -358,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             out = Path(args.out)
         markdown = write_summary(table, metric, out)
     except (FileNotFoundError, ValueError, OSError) as e:
-        sys.exit(f"steelseg-compare: {e}")
+        print(f"steelseg-compare: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(markdown, end="")
     print(f"written: {out / 'summary.csv'}, summary.md, summary.png")
 

@@ -39,7 +39,9 @@ from steelseg.prepare import atomic_write_text
 FORMATS = ("onnx", "torchscript")
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
-TOLERANCE = 1e-4  # largest |exported - module| logit difference accepted
+#: largest |exported - module| logit difference accepted, per unit of the largest |logit| (at
+#: least 1): float32 rounding grows with the logits' size (a trained model's reach 10-30)
+TOLERANCE = 1e-4
 
 
 class ExportModule(nn.Module):
@@ -178,7 +180,7 @@ def export(
 
     Raises:
         ValueError: an unknown option, a bad checkpoint, or an export that differs from the
-            module by more than :data:`TOLERANCE`.
+            module by more than :data:`TOLERANCE` times its largest logit.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
@@ -207,10 +209,14 @@ def export(
         other = "another --onnx-exporter" if fmt == "onnx" else "--format onnx"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{fmt} export failed ({type(e).__name__}: {first}); try {other}") from e
-    if not diff <= TOLERANCE:
+    with torch.inference_mode():
+        scale = max([1.0] + [float(model(x).abs().max()) for x in inputs])
+    tolerance = TOLERANCE * scale
+    if not diff <= tolerance:
         out.unlink(missing_ok=True)
         raise ValueError(
-            f"the exported model differs from the checkpoint by up to {diff:.3g} (> {TOLERANCE}); "
+            f"the exported model differs from the checkpoint by up to {diff:.3g} logits "
+            f"(> {tolerance:.3g} = {TOLERANCE} x the largest logit {scale:.3g}); "
             "nothing was written. Try the other --onnx-exporter or --format"
         )
     tuned = load_tuned(checkpoint) if use_tuned else None
@@ -236,6 +242,8 @@ def export(
         "encoder_name": module.hparams.encoder_name,
         "checkpoint": str(Path(checkpoint).resolve()),
         "max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "tolerance": tolerance,
         "checked_on": [list(x.shape) for x in inputs],
         "torch": torch.__version__,
     }

@@ -265,3 +265,30 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(synth_root, 
     assert epoch_of(run / "checkpoints" / "last.ckpt") == 2
     assert not (tmp_path / "runs" / "second" / "checkpoints").exists()
     assert not temp_files(run)
+
+
+def test_on_a_gpu_the_first_bad_step_is_recorded_and_read_every_n_steps(monkeypatch):
+    """The accelerator path (no host sync per step), driven on the CPU with a stand-in trainer."""
+    from types import SimpleNamespace
+
+    from steelseg.callbacks import StopOnNonFinite
+
+    monkeypatch.setattr(StopOnNonFinite, "_defer", staticmethod(lambda loss: True))
+    cb = StopOnNonFinite(gpu_check_every=4)
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, checkpoint_callbacks=[])
+    losses_seen = [0.5, 0.4, float("nan"), 0.3, float("inf")]  # first bad: step 2
+    for step, value in enumerate(losses_seen):
+        trainer.global_step = step
+        cb.on_train_batch_start(trainer, None, None, step)
+        cb.on_before_backward(trainer, None, torch.tensor(value))
+        trainer.global_step = step + 1  # Lightning counts the optimizer step before batch end
+        if step < 3:
+            cb.on_train_batch_end(trainer, None)  # steps 1-3: not a multiple of 4, not read
+    with pytest.raises(NonFiniteLossError) as info:
+        cb.on_train_batch_end(trainer, None)  # global step 5 -> no read; epoch end reads it
+        cb.on_train_epoch_end(trainer, None)
+    assert str(info.value).startswith(
+        "the training loss is nan or inf at epoch 0, step 2 (batch 2; noticed at step 5)"
+    )
+    with pytest.raises(ValueError, match="gpu_check_every must be >= 1"):
+        StopOnNonFinite(gpu_check_every=0)

@@ -30,17 +30,27 @@ class NonFiniteLossError(FloatingPointError):
 class StopOnNonFinite(pl.Callback):
     """Stop training at the first NaN/inf training loss, validation loss or weight.
 
-    The training loss is checked before its backward pass, so the weights are never updated
-    with it; the weights and the validation loss are checked after each validation, before
-    ModelCheckpoint (which Lightning always runs last) writes them. The last good
-    ``last.ckpt``/``best-*.ckpt`` therefore stay the newest checkpoints.
+    On a CPU the training loss is checked before its backward pass, so the weights are never
+    updated with it. On a GPU, reading the loss every step would stall the device queue (a
+    host sync per step, which costs most at small batches), so the first non-finite step is
+    recorded on the device and read every ``gpu_check_every`` steps and at each epoch's end.
+    Either way the weights and the validation loss are checked after each validation, before
+    ModelCheckpoint (which Lightning always runs last) writes them, so the last good
+    ``last.ckpt``/``best-*.ckpt`` stay the newest checkpoints.
+
+    Args:
+        gpu_check_every: Steps between reads of the device-side record (1: every step).
 
     Raises:
         NonFiniteLossError: naming the epoch, the global step and the batch, with remedies.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gpu_check_every: int = 50) -> None:
+        if gpu_check_every < 1:
+            raise ValueError(f"gpu_check_every must be >= 1, got {gpu_check_every}")
+        self.gpu_check_every = gpu_check_every
         self.batch_idx = 0
+        self._first_bad: torch.Tensor | None = None  # [global step, epoch, batch], -1: none
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -50,13 +60,51 @@ class StopOnNonFinite(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._stop(trainer, f"the training loss is {value}", f"batch {self.batch_idx}")
+        loss = loss.detach()
+        if not self._defer(loss):
+            value = float(loss)
+            if not math.isfinite(value):
+                self._stop(trainer, f"the training loss is {value}", f"batch {self.batch_idx}")
+            return
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=loss.device)
+        here = torch.tensor(  # a small host-to-device copy, no sync
+            [trainer.global_step, trainer.current_epoch, self.batch_idx], device=loss.device
+        )
+        first = (self._first_bad[0] < 0) & ~torch.isfinite(loss)
+        self._first_bad = torch.where(first, here, self._first_bad)
+
+    @staticmethod
+    def _defer(loss: torch.Tensor) -> bool:
+        """Record instead of reading: on an accelerator, where a read waits for the queue."""
+        return loss.device.type != "cpu"
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if (trainer.global_step % self.gpu_check_every) == 0:
+            self._check_recorded(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_recorded(trainer)
+
+    def _check_recorded(self, trainer: pl.Trainer) -> None:
+        if self._first_bad is None:
+            return
+        step, epoch, batch = (int(v) for v in self._first_bad.tolist())  # the one sync
+        if step >= 0:
+            self._stop(
+                trainer,
+                "the training loss is nan or inf",
+                f"batch {batch}; noticed at step {trainer.global_step}",
+                epoch,
+                step,
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        self._check_recorded(trainer)
         val_loss = trainer.callback_metrics.get("val/loss")
         if val_loss is not None and not math.isfinite(float(val_loss)):
             self._stop(trainer, f"the validation loss is {float(val_loss)}", "validation")
@@ -67,7 +115,13 @@ class StopOnNonFinite(pl.Callback):
             self._stop(trainer, f"weight {bad} holds NaN/inf", "validation")
 
     @staticmethod
-    def _stop(trainer: pl.Trainer, what: str, where: str) -> None:
+    def _stop(
+        trainer: pl.Trainer,
+        what: str,
+        where: str,
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> None:
         saved = [
             Path(p)
             for cb in trainer.checkpoint_callbacks
@@ -77,7 +131,8 @@ class StopOnNonFinite(pl.Callback):
         last = max(saved, key=lambda p: p.stat().st_mtime_ns, default=None)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise NonFiniteLossError(
-            f"{what} at epoch {trainer.current_epoch}, step {trainer.global_step} ({where}); "
+            f"{what} at epoch {trainer.current_epoch if epoch is None else epoch}, "
+            f"step {trainer.global_step if step is None else step} ({where}); "
             f"training stopped and {kept}. Lower the learning rate (optimizer.lr), clip "
             "gradients (+trainer.gradient_clip_val=1.0) or check the data"
         )

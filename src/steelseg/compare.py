@@ -29,6 +29,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from steelseg.metric import HEADLINE
 from steelseg.prepare import atomic_write_text
 from steelseg.sweep import FAILED_FILE
 
@@ -37,12 +38,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 #: the metrics of a row, in table order (metrics.json keys; any others follow them in the CSV)
 METRICS = (
-    "val/iou",
-    "val/dice",
-    "val/dice_per_image",
-    "test/iou",
-    "test/dice",
-    "test/dice_per_image",
+    *HEADLINE,
     "epochs",
     "fit_seconds",
     "job_seconds",

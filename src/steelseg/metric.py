@@ -19,6 +19,11 @@ import segmentation_models_pytorch as smp
 import torch
 from torchmetrics import Metric
 
+#: what :class:`SegMetrics` computes; logged as ``val/<name>`` and ``test/<name>``
+NAMES = ("iou", "dice", "dice_per_image")
+#: the headline numbers of a run (printed by steelseg-train, the first columns of a sweep summary)
+HEADLINE = tuple(f"{split}/{name}" for split in ("val", "test") for name in NAMES)
+
 
 def confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from steelseg import checkpoint
 from steelseg.config import conf_dir
+from steelseg.metric import HEADLINE
 from steelseg.prepare import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -223,18 +224,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def print_summary(metrics: dict[str, float], out: Path) -> None:
     """The headline numbers and where the run's files are, as the last lines of a run."""
-    rows = [
-        (k, metrics[k])
-        for k in (
-            "val/iou",
-            "val/dice",
-            "val/dice_per_image",
-            "test/iou",
-            "test/dice",
-            "test/dice_per_image",
-        )
-        if k in metrics
-    ]
+    rows = [(k, metrics[k]) for k in HEADLINE if k in metrics]
     lines = [f"  {k:20s} {v:.4f}" for k, v in rows]
     lines.append(f"  {'epochs':20s} {metrics['epochs']:.0f} in {metrics['fit_seconds']:.0f} s")
     log.info("results (best checkpoint):\n%s\nrun folder: %s", "\n".join(lines), out)

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from steelseg.metric import HEADLINE
-from steelseg.prepare import atomic_write_text
+from steelseg.prepare import atomic_write, atomic_write_text
 from steelseg.sweep import FAILED_FILE
 
 log = logging.getLogger(__name__)
@@ -273,14 +272,8 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> None:
     ax.set_title(f"{len(table)} runs, sorted by {metric}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -33,8 +33,8 @@ from torch import nn
 
 from steelseg.model import SteelSegModule
 from steelseg.postprocess import PostProcess, load_tuned
-from steelseg.predict import STRIDE, atomic_write_bytes, check_out_folder, load_module
-from steelseg.prepare import atomic_write_text
+from steelseg.predict import STRIDE, check_out_folder, load_module
+from steelseg.prepare import atomic_write_bytes, atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)

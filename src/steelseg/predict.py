@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +46,7 @@ from steelseg.postprocess import (
     load_tuned,
     parse_tta,
 )
-from steelseg.prepare import atomic_write_text
+from steelseg.prepare import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -364,20 +363,6 @@ def check_out_folder(folder: Path, option: str = "--out") -> None:
                     f"{option}"
                 )
             return
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

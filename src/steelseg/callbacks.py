@@ -50,7 +50,8 @@ class StopOnNonFinite(pl.Callback):
             raise ValueError(f"gpu_check_every must be >= 1, got {gpu_check_every}")
         self.gpu_check_every = gpu_check_every
         self.batch_idx = 0
-        self._first_bad: torch.Tensor | None = None  # [global step, epoch, batch], -1: none
+        self._seen: list[tuple[int, int, int]] = []  # (global step, epoch, batch) per loss
+        self._first_bad: torch.Tensor | None = None  # index into _seen, -1: none yet
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -67,12 +68,12 @@ class StopOnNonFinite(pl.Callback):
                 self._stop(trainer, f"the training loss is {value}", f"batch {self.batch_idx}")
             return
         if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=loss.device)
-        here = torch.tensor(  # a small host-to-device copy, no sync
-            [trainer.global_step, trainer.current_epoch, self.batch_idx], device=loss.device
-        )
-        first = (self._first_bad[0] < 0) & ~torch.isfinite(loss)
-        self._first_bad = torch.where(first, here, self._first_bad)
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        # where each loss came from stays on the host; the device keeps only the index of the
+        # first bad one (a Python scalar operand: no host-to-device copy, no sync)
+        self._seen.append((trainer.global_step, trainer.current_epoch, self.batch_idx))
+        first = (self._first_bad < 0) & ~torch.isfinite(loss)
+        self._first_bad = torch.where(first, len(self._seen) - 1, self._first_bad)
 
     @staticmethod
     def _defer(loss: torch.Tensor) -> bool:
@@ -91,15 +92,18 @@ class StopOnNonFinite(pl.Callback):
     def _check_recorded(self, trainer: pl.Trainer) -> None:
         if self._first_bad is None:
             return
-        step, epoch, batch = (int(v) for v in self._first_bad.tolist())  # the one sync
-        if step >= 0:
-            self._stop(
-                trainer,
-                "the training loss is nan or inf",
-                f"batch {batch}; noticed at step {trainer.global_step}",
-                epoch,
-                step,
-            )
+        first = int(self._first_bad)  # the one sync
+        if first < 0:
+            self._seen.clear()  # nothing bad so far: indices restart at 0
+            return
+        step, epoch, batch = self._seen[first]
+        self._stop(
+            trainer,
+            "the training loss is nan or inf",
+            f"batch {batch}; noticed at step {trainer.global_step}",
+            epoch,
+            step,
+        )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

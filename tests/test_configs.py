@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 import steelseg.model
 from steelseg import config
 from steelseg.dataset import SteelDataModule
-from steelseg.losses import WeightedLoss
+from steelseg.losses import LOSSES, WeightedLoss
 from steelseg.metric import SegMetrics
-from steelseg.model import OPTIMIZERS, SteelSegModule, build_network
+from steelseg.model import ARCHS, OPTIMIZERS, SteelSegModule, build_network
+from steelseg.prepare import resolve_split_file
 
 CONF = config.conf_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -42,6 +43,8 @@ SLIM_FPN = [
     "+model.arch_kwargs.decoder_pyramid_channels=32",
     "+model.arch_kwargs.decoder_segmentation_channels=32",
 ]
+# PAN's pyramid attention pools its stride-16 features 8x further: at least 128 px a side.
+MIN_SIDE = {"pan": 128}
 
 
 def logged_metrics() -> set[str]:
@@ -105,8 +108,9 @@ def reuse_net(shared_net, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(steelseg.model, "build_network", lambda *a, **k: copy.deepcopy(shared_net))
 
 
-def tiny_input(n: int = 1) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 1, 64, 64), dtype=torch.uint8, generator=torch.Generator())
+def tiny_input(n: int = 1, height: int = 64, width: int = 64, arch: str = "") -> torch.Tensor:
+    height, width = (max(v, MIN_SIDE.get(arch, 0)) for v in (height, width))
+    return torch.randint(0, 256, (n, 1, height, width), dtype=torch.uint8)
 
 
 def plain(value) -> bool:
@@ -127,6 +131,23 @@ def fake_trainer(max_epochs: int = 3, steps: int = 30):
 
 
 # ----------------------------------------------------------------------------- discovery
+def test_menus_and_files_agree() -> None:
+    """Every architecture model.arch accepts has its conf/model file (and no file names another),
+    and every loss WeightedLoss knows has a conf/loss file using it alone."""
+    assert set(of("model")) == set(ARCHS)
+    assert {option_yaml("model", o)["arch"] for o in of("model")} == set(ARCHS)
+    assert set(LOSSES) <= set(of("loss"))
+    for name in LOSSES:
+        assert set(option_yaml("loss", name)) == {name}
+
+
+def test_every_option_file_says_what_it_is() -> None:
+    for group, option in OPTIONS:
+        lines = (CONF / group / f"{option}.yaml").read_text().splitlines()
+        comments = [line for line in lines if line.startswith("# ") and "@package" not in line]
+        assert comments, f"conf/{group}/{option}.yaml: add a comment line saying what it is"
+
+
 def test_every_group_has_options() -> None:
     assert {"model", "encoder", "loss", "optimizer", "scheduler", "data"} <= set(GROUPS)
     for group in GROUPS:
@@ -149,8 +170,9 @@ def test_model_option_instantiates(option: str, compose) -> None:
     module = instantiate(cfg.model)
     assert isinstance(module, SteelSegModule)
     assert module.hparams.arch == option_yaml("model", option)["arch"]
+    x = tiny_input(arch=option)
     with torch.no_grad():
-        assert module.eval()(tiny_input()).shape == (1, 1, 64, 64)
+        assert module.eval()(x).shape == x.shape
 
 
 @pytest.mark.parametrize("option", of("encoder"))
@@ -281,22 +303,32 @@ def check_quickstart(cfg: DictConfig) -> None:
     assert cfg.model.scheduler.name == "onecycle"
     assert cfg.data.synthetic.n_images == 400
     assert cfg.trainer.accelerator == "cpu"
+    assert cfg.model.arch_kwargs == {  # the slim FPN decoder (smp's: 256, 128)
+        "decoder_pyramid_channels": 64,
+        "decoder_segmentation_channels": 32,
+    }
 
 
-def check_seed_baseline(cfg: DictConfig) -> None:
+def check_reference_baseline(cfg: DictConfig) -> None:
     assert (cfg.model.arch, cfg.model.encoder_name) == ("fpn", "resnext50_32x4d")
     assert cfg.model.encoder_weights == "imagenet"
     assert cfg.model.loss == {"dice": 1.0}
     assert (cfg.model.optimizer.name, cfg.model.optimizer.lr) == ("adamw", 1e-4)
     assert (cfg.model.scheduler.T_0, cfg.model.scheduler.T_mult) == (10, 2)
     assert "swa" in cfg.callbacks
+    assert cfg.callbacks.swa.swa_lrs == 1e-4  # the optimizer's lr
     assert cfg.test_ckpt == "current"  # SWA: test the averaged weights
     assert (cfg.data.height, cfg.data.width, cfg.data.batch_size) == (256, 416, 8)
     assert cfg.data.synthetic is None
+    assert cfg.data.split_file == "reference"
     assert cfg.trainer.max_epochs == 30
 
 
-EXPERIMENT_VALUES = {"quickstart": check_quickstart, "seed_baseline": check_seed_baseline}
+EXPERIMENT_VALUES = {
+    "quickstart": check_quickstart,
+    "reference_baseline": check_reference_baseline,
+    "seed_baseline": check_reference_baseline,  # the deprecated name of reference_baseline
+}
 
 
 @pytest.mark.parametrize("option", of("experiment"))
@@ -315,6 +347,46 @@ def test_experiment_option_instantiates(option: str, compose, tmp_path: Path, hu
     for name, entry in cfg.callbacks.items():
         if entry is not None:
             assert isinstance(instantiate(entry), pl.Callback), name
+
+
+@pytest.mark.parametrize("model", of("model"))
+@pytest.mark.parametrize("experiment", of("experiment"))
+def test_every_experiment_builds_with_every_model(
+    experiment: str, model: str, compose, hub_offline
+) -> None:
+    """experiment=X model=Y composes and builds for every pair: an experiment's arch_kwargs must
+    suit whichever architecture is chosen (the tiny encoder changes no decoder setting)."""
+    cfg = compose(f"experiment={experiment}", f"model={model}", *TINY_MODEL[:2])
+    assert cfg.model.arch == option_yaml("model", model)["arch"]
+    module = instantiate(cfg.model)
+    x = tiny_input(1, 64, 320, arch=model)  # grey in, whatever the network's in_channels
+    with torch.no_grad():
+        assert module.eval()(x).shape == x.shape
+
+
+def test_old_reference_names_still_work(compose) -> None:
+    """experiment=seed_baseline and data.split_file=seed: deprecated names of the reference ones."""
+    old, new = compose("experiment=seed_baseline"), compose("experiment=reference_baseline")
+    assert OmegaConf.to_container(old) == OmegaConf.to_container(new)
+    assert resolve_split_file("seed") == resolve_split_file("reference")
+    assert resolve_split_file("reference").is_file()
+    assert resolve_split_file("reference").name == "reference_split.csv"
+
+
+def test_swa_lr_follows_the_optimizer(compose) -> None:
+    assert compose("callbacks=swa").callbacks.swa.swa_lrs == 1e-4
+    assert compose("callbacks=swa", "optimizer=sgd").callbacks.swa.swa_lrs == 1e-2
+
+
+def test_unknown_arch_kwargs_is_one_value_error_naming_the_key() -> None:
+    with pytest.raises(ValueError) as e:  # FPN's decoder setting given to a Unet
+        build_network("unet", "tu-mobilenetv3_small_100", None, 1, {"decoder_pyramid_channels": 8})
+    message = str(e.value)
+    assert "\n" not in message
+    assert "decoder_pyramid_channels" in message and "unet" in message.lower()
+    assert "decoder_channels" in message  # what Unet does take
+    with pytest.raises(ValueError, match="classes"):  # build_network's own: one class of logits
+        build_network("fpn", "tu-mobilenetv3_small_100", None, 1, {"classes": 2})
 
 
 # ----------------------------------------------------------------------------- paths, hydra

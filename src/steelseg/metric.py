@@ -1,34 +1,52 @@
-"""Segmentation metrics at a threshold: dataset-level IoU/Dice and per-image Dice (Kaggle rule).
+"""Every segmentation and detection metric of steelseg, computed in one place.
 
 Tensor contract (see :mod:`steelseg.dataset`): logits ``(N, 1, H, W)`` float, targets
 ``(N, 1, H, W)`` in {0, 1}. Probabilities appear only here and at prediction time.
 
-* **IoU / Dice** are dataset-level ("micro"): true/false positives and false negatives are
-  summed over every pixel of every image, then divided once.
-* **Per-image Dice** is the mean over images of each image's Dice, where an empty prediction on
-  an empty mask counts as 1 (the Kaggle competition's rule) and a non-empty prediction on an
-  empty mask as 0.
+Pixel metrics go through one path: per-image counts (true positives, false positives, false
+negatives; :func:`confusion`, :func:`mask_counts`, :func:`counts_at_thresholds`) are scored by
+``segmentation_models_pytorch.metrics`` (smp) in float64:
+
+* **IoU / Dice** are dataset-level ("micro"): the counts are summed over every pixel of every
+  image, then divided once (:func:`iou`, :func:`dice`); 1.0 when there is nothing to find and
+  nothing was found.
+* **Per-image Dice** is each image's Dice (:func:`dice_per_image`), where an empty prediction on
+  an empty mask counts 1 (the Kaggle competition's rule) and a non-empty prediction on an empty
+  mask 0; its mean over images is the headline ``dice_per_image``.
+* :func:`pixel_scores` gives all three (and the summed counts) from per-image counts,
+  :func:`threshold_curve` / :func:`threshold_sweep` the same at every threshold, and
+  :class:`SegMetrics` accumulates them during training (reduced correctly under DDP).
+
+Detection metrics (image level: :func:`image_detection`, :func:`roc_auc`; defect level:
+:func:`defect_counts`, :func:`defect_detection`) are plain numpy on full-resolution masks; no
+library matches connected components, and :func:`roc_auc` stays exact rank-based code (see there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torchmetrics import Metric
 
-#: what :class:`SegMetrics` computes; logged as ``val/<name>`` and ``test/<name>``
-NAMES = ("iou", "dice", "dice_per_image")
-#: the headline numbers of a run (printed by steelseg-train, the first columns of a sweep summary)
-HEADLINE = tuple(f"{split}/{name}" for split in ("val", "test") for name in NAMES)
+from steelseg.config import HEADLINE, METRIC_NAMES  # noqa: F401 (HEADLINE: re-exported)
+
+#: what :class:`SegMetrics` computes (``val/<name>``, ``test/<name>``; see steelseg.config)
+NAMES = METRIC_NAMES
+#: default thresholds of :func:`threshold_sweep`: 0.05, 0.10, ..., 0.95
+SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+#: pixel counts: a numpy array, a tensor (any device) or a Python int
+Counts = np.ndarray | torch.Tensor | int
 
 
+# ----------------------------------------------------------------------------- counts
 def confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image true positives, false positives and false negatives.
+    """Per-image true positives, false positives and false negatives (``sigmoid >= threshold``).
 
     Shape:
         logits, target: (N, 1, H, W). Returns three (N,) int64 tensors.
@@ -39,32 +57,183 @@ def confusion(
     return tp[:, 0], fp[:, 0], fn[:, 0]
 
 
-def iou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Dataset-level IoU from summed counts; 1.0 when there is nothing to find and nothing found."""
-    tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-    denom = tp + fp + fn
-    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.ones((), device=tp.device))
-
-
-def dice(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Dataset-level Dice (F1) from summed counts; 1.0 when both are empty."""
-    tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-    denom = 2 * tp + fp + fn
-    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones((), device=tp.device))
-
-
-def dice_per_image(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
-    """Dice of each image; an empty prediction on an empty mask is 1 (Kaggle rule).
+def mask_counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of one predicted mask.
 
     Shape:
-        tp, fp, fn: (N,). Returns (N,) float.
+        pred, target: (H, W) (any shape, the same for both), bool or {0, 1}.
     """
-    denom = (2 * tp + fp + fn).float()
-    return torch.where(denom > 0, 2 * tp.float() / denom.clamp(min=1), torch.ones_like(denom))
+    pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} must have the same shape")
+    tp = int(np.count_nonzero(pred & target))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(target)) - tp
+
+
+def counts_at_thresholds(
+    prob: np.ndarray, target: np.ndarray, thresholds: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tp, fp, fn of one image at every threshold (``prob >= t``), from two histograms.
+
+    Each pixel is binned by how many thresholds it passes, so all thresholds cost one pass.
+    Thresholds are compared at the precision of ``prob``, exactly as numpy's ``prob >= t`` (and
+    torch's) compares a float32 array with a Python float.
+
+    Args:
+        prob: Probabilities of one image.
+        target: Its ground-truth mask, bool or {0, 1}.
+        thresholds: Strictly increasing.
+
+    Returns:
+        ``(tp, fp, fn)``, three int64 arrays of ``len(thresholds)``.
+
+    Raises:
+        ValueError: thresholds not strictly increasing (at the precision of ``prob``), or
+            ``prob`` and ``target`` of different shapes.
+
+    Shape:
+        prob, target: (H, W) (any shape, the same for both). Returns three (T,).
+    """
+    prob, target = np.asarray(prob), np.asarray(target)
+    if prob.shape != target.shape:
+        raise ValueError(f"prob {prob.shape} and target {target.shape} must have the same shape")
+    t = np.asarray(thresholds, dtype=np.float64).ravel()
+    if not np.issubdtype(prob.dtype, np.floating):
+        prob = prob.astype(np.float64)
+    t_cmp = t.astype(prob.dtype)  # a float32 map is cut at float32(t), as `prob >= t` does
+    if np.any(np.diff(t) <= 0) or np.any(np.diff(t_cmp) <= 0):
+        raise ValueError(
+            f"thresholds must be increasing (and distinct in {prob.dtype}), got {list(thresholds)}"
+        )
+    idx = np.searchsorted(t_cmp, prob.ravel(), side="right")  # how many thresholds each passes
+    idx[np.isnan(prob.ravel())] = 0  # NaN >= t is False (searchsorted would sort NaN last)
+    target = target.ravel().astype(bool)
+    ge_all = np.cumsum(np.bincount(idx, minlength=len(t) + 1)[::-1])[::-1][1:]
+    tp = np.cumsum(np.bincount(idx[target], minlength=len(t) + 1)[::-1])[::-1][1:]
+    return tp, ge_all - tp, int(target.sum()) - tp
+
+
+# ----------------------------------------------------------------------------- scores
+# smp's scores are elementwise on tensors of counts; tn is not used by IoU or F1, so zeros stand
+# in for it. Counts are scored in float64: a dataset's pixel counts exceed float32's 2**24.
+def _float64(
+    tp: Counts, fp: Counts, fn: Counts
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """The counts as float64 tensors (on the device of any tensor among them); whether any was."""
+    tensors = [c for c in (tp, fp, fn) if isinstance(c, torch.Tensor)]
+    device = tensors[0].device if tensors else None
+    out = [
+        c.detach().to(torch.float64)
+        if isinstance(c, torch.Tensor)
+        else torch.as_tensor(np.asarray(c), dtype=torch.float64, device=device)
+        for c in (tp, fp, fn)
+    ]
+    if not out[0].shape == out[1].shape == out[2].shape:
+        raise ValueError(
+            f"tp, fp and fn must have the same shape, got {[tuple(c.shape) for c in out]}"
+        )
+    return out[0], out[1], out[2], bool(tensors)
+
+
+def _returned(score: torch.Tensor, as_tensor: bool) -> torch.Tensor | np.ndarray | np.float64:
+    """A tensor for tensor inputs, else numpy (an ``np.float64`` when 0-d)."""
+    return score if as_tensor else score.cpu().numpy()[()]
+
+
+def _micro(
+    score_fn: Callable[..., torch.Tensor], tp: Counts, fp: Counts, fn: Counts
+) -> torch.Tensor | np.float64:
+    t, p, n, as_tensor = _float64(tp, fp, fn)
+    score = score_fn(t, p, n, torch.zeros_like(t), reduction="micro", zero_division=1.0)
+    # smp (0.6) applies zero_division to every reduction but "micro", which returns 0/0 = NaN
+    # for an all-empty dataset; nothing to find and nothing found counts 1.0 here.
+    return _returned(torch.nan_to_num(score, nan=1.0), as_tensor)
+
+
+def iou(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.float64:
+    """Dataset-level IoU of summed counts (smp ``iou_score``, micro); 1.0 when all are empty.
+
+    Shape:
+        tp, fp, fn: any shape, the same for all, e.g. (N,) per image. Returns a 0-d float64
+        tensor for tensor inputs, else an ``np.float64``.
+    """
+    return _micro(smp.metrics.iou_score, tp, fp, fn)
+
+
+def dice(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.float64:
+    """Dataset-level Dice (F1) of summed counts (smp ``f1_score``, micro); 1.0 when all are empty.
+
+    Shape:
+        tp, fp, fn: any shape, the same for all, e.g. (N,) per image. Returns a 0-d float64
+        tensor for tensor inputs, else an ``np.float64``.
+    """
+    return _micro(smp.metrics.f1_score, tp, fp, fn)
+
+
+def dice_per_image(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.ndarray:
+    """Dice of each element (smp ``f1_score``, no reduction); 0/0 is 1 (Kaggle rule).
+
+    An element is usually one image: an empty prediction on an empty mask scores 1, anything
+    predicted on an empty mask 0. Elementwise, so any grid of counts works (the tuner's
+    (areas, totals) grid of one image).
+
+    Shape:
+        tp, fp, fn: any shape, the same for all. Returns float64 of that shape: a tensor (on
+        the inputs' device) for tensor inputs, else a numpy array (``np.float64`` when 0-d).
+    """
+    t, p, n, as_tensor = _float64(tp, fp, fn)
+    score = smp.metrics.f1_score(t, p, n, torch.zeros_like(t), reduction="none", zero_division=1.0)
+    return _returned(score, as_tensor)
+
+
+def iou_per_image(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.ndarray:
+    """IoU of each element (smp ``iou_score``, no reduction); 0/0 is 1.
+
+    On counts already summed over images (e.g. the tuner's (thresholds, areas, totals) sums)
+    each element is the dataset-level IoU of that setting, equal to :func:`iou` of its images.
+
+    Shape:
+        tp, fp, fn: any shape, the same for all. Returns float64 of that shape: a tensor for
+        tensor inputs, else a numpy array (``np.float64`` when 0-d).
+    """
+    t, p, n, as_tensor = _float64(tp, fp, fn)
+    score = smp.metrics.iou_score(t, p, n, torch.zeros_like(t), reduction="none", zero_division=1.0)
+    return _returned(score, as_tensor)
+
+
+def pixel_scores(tp: Counts, fp: Counts, fn: Counts) -> dict[str, float]:
+    """Dataset-level IoU / Dice and mean per-image Dice (Kaggle rule) from per-image counts.
+
+    ``dice_per_image`` is smp's ``f1_score`` with ``reduction="micro-imagewise"`` (each image's
+    Dice, then their mean); NaN when there is no image.
+
+    Returns:
+        ``iou``, ``dice``, ``dice_per_image`` (floats) and the summed ``tp``, ``fp``, ``fn``
+        (ints).
+
+    Shape:
+        tp, fp, fn: (N,), one element per image (numpy or torch).
+    """
+    t, p, n, _ = _float64(tp, fp, fn)
+    t, p, n = (c.reshape(-1, 1) for c in (t, p, n))  # smp's (images, classes)
+    per_image = smp.metrics.f1_score(
+        t, p, n, torch.zeros_like(t), reduction="micro-imagewise", zero_division=1.0
+    )
+    return {
+        "iou": float(iou(t, p, n)),
+        "dice": float(dice(t, p, n)),
+        "dice_per_image": float(per_image),
+        "tp": int(t.sum()),
+        "fp": int(p.sum()),
+        "fn": int(n.sum()),
+    }
 
 
 class SegMetrics(Metric):
     """Accumulates IoU, Dice and per-image Dice over batches (reduced correctly under DDP).
+
+    The states are summed counts and the sum of per-image Dice (:func:`dice_per_image`), so
+    the outputs equal :func:`pixel_scores` of all the images seen.
 
     Example:
         >>> m = SegMetrics(threshold=0.5)
@@ -81,6 +250,11 @@ class SegMetrics(Metric):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch.
+
+        Shape:
+            logits, target: (N, 1, H, W).
+        """
         tp, fp, fn = confusion(logits.detach(), target, self.threshold)
         self.tp += tp.sum()
         self.fp += fp.sum()
@@ -89,6 +263,7 @@ class SegMetrics(Metric):
         self.n_images += tp.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """``iou``, ``dice`` and ``dice_per_image``, each a 0-d float32 tensor."""
         return {
             "iou": iou(self.tp, self.fp, self.fn).float(),
             "dice": dice(self.tp, self.fp, self.fn).float(),
@@ -96,37 +271,64 @@ class SegMetrics(Metric):
         }
 
 
+# ----------------------------------------------------------------------------- threshold curve
+def threshold_curve(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: Sequence[float]
+) -> list[dict[str, float]]:
+    """IoU, Dice and per-image Dice at each threshold, from per-image counts at each.
+
+    Args:
+        tp, fp, fn: Counts of each image at each threshold, e.g. stacked
+            :func:`counts_at_thresholds` of each image.
+        thresholds: The thresholds of the columns.
+
+    Returns:
+        One dict per threshold: ``threshold``, ``iou``, ``dice``, ``dice_per_image`` (floats;
+        see :func:`pixel_scores`).
+
+    Shape:
+        tp, fp, fn: (N, T) with T = ``len(thresholds)``.
+    """
+    tp, fp, fn = (np.asarray(c).reshape(-1, len(thresholds)) for c in (tp, fp, fn))
+    rows = []
+    for i, t in enumerate(thresholds):
+        s = pixel_scores(tp[:, i], fp[:, i], fn[:, i])
+        rows.append({"threshold": float(t), **{k: s[k] for k in NAMES}})
+    return rows
+
+
 def threshold_sweep(
-    probs: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float] | None = None
+    probs: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    thresholds: Sequence[float] | None = None,
 ) -> list[dict[str, float]]:
     """IoU, Dice and per-image Dice at each threshold, for choosing one on validation data.
 
+    :func:`counts_at_thresholds` of each image, scored by :func:`threshold_curve`.
+
     Args:
-        probs: Probabilities (after sigmoid), (N, 1, H, W).
-        target: Masks in {0, 1}, (N, 1, H, W).
-        thresholds: Thresholds to try; default 0.05, 0.10, ..., 0.95.
+        probs: Probabilities (after sigmoid).
+        target: Masks in {0, 1}.
+        thresholds: Thresholds to try, in any order; default 0.05, 0.10, ..., 0.95.
 
     Returns:
-        One dict per threshold: ``threshold``, ``iou``, ``dice``, ``dice_per_image``.
+        One dict per threshold, in the given order: ``threshold``, ``iou``, ``dice``,
+        ``dice_per_image``.
+
+    Shape:
+        probs, target: (N, 1, H, W) or (N, H, W).
     """
-    if thresholds is None:
-        thresholds = [round(0.05 * i, 2) for i in range(1, 20)]
-    target = target.bool()
-    rows = []
-    for t in thresholds:
-        pred = probs >= t
-        tp = (pred & target).flatten(1).sum(1)
-        fp = (pred & ~target).flatten(1).sum(1)
-        fn = (~pred & target).flatten(1).sum(1)
-        rows.append(
-            {
-                "threshold": float(t),
-                "iou": float(iou(tp, fp, fn)),
-                "dice": float(dice(tp, fp, fn)),
-                "dice_per_image": float(dice_per_image(tp, fp, fn).mean()),
-            }
-        )
-    return rows
+    thresholds = list(SWEEP_THRESHOLDS if thresholds is None else thresholds)
+    probs, target = (
+        x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        for x in (probs, target)
+    )
+    distinct, back = np.unique(np.asarray(thresholds, dtype=np.float64), return_inverse=True)
+    counts = np.zeros((len(probs), 3, len(distinct)), dtype=np.int64)  # (N, 3, distinct T)
+    for i, (p, m) in enumerate(zip(probs, target)):
+        counts[i] = counts_at_thresholds(p, m, distinct)
+    counts = counts[:, :, back.ravel()]  # (N, 3, T): back in the caller's order
+    return threshold_curve(counts[:, 0], counts[:, 1], counts[:, 2], thresholds)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -144,6 +346,11 @@ def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.nd
     """Exact area under the ROC curve: P(score of a positive > score of a negative).
 
     Rank-based (Mann-Whitney U) with average ranks, so tied scores count one half.
+
+    Not torchmetrics' ``binary_auroc``, which agrees on ties only to float32 precision (about
+    1e-7: it accumulates the ROC curve in float32) and, for scores outside [0, 1] such as a
+    predicted area in pixels, first applies a sigmoid that saturates large values into ties
+    (areas 4000 and 30000 both become 1.0), which changes the AUC.
 
     Args:
         scores: Higher means "more likely positive", one per sample.

@@ -1,5 +1,5 @@
-"""Benchmark steelseg's training and inference against the model-only ceiling and a seed-style
-pipeline, side by side in one run, on a CPU or a CUDA GPU.
+"""Benchmark steelseg's training and inference against the model-only ceiling and a
+reference-style pipeline (the original task's), side by side in one run, on a CPU or a CUDA GPU.
 
     python scripts/benchmark.py                          # CPU: tiny model; GPU: FPN/resnext50_32x4d
     python scripts/benchmark.py --json bench.json        # also write every number as JSON
@@ -12,9 +12,9 @@ Sections (``--sections``, comma-separated; default all):
   AdamW, Dice loss; on a GPU fp32 (framework defaults) and bf16 + channels_last + fused AdamW.
 * ``steelseg``: (b) steelseg's real loop: synthetic JPEGs on disk, prepared + uint8 cache, the
   composed ``train`` config, SteelDataModule, SteelSegModule and a Lightning Trainer.
-* ``seed``: (c) a seed-style loop: fp32, per-sample cv2 JPEG decode + per-run RLE decode +
-  albumentations Resize/flip/Normalize in a DataLoader, a plain PyTorch loop with a per-step
-  ``loss.item()``.
+* ``reference``: (c) a reference-style loop: fp32, per-sample cv2 JPEG decode + per-run RLE
+  decode + albumentations Resize/flip/Normalize in a DataLoader, a plain PyTorch loop with a
+  per-step ``loss.item()``.
 * ``inference``: (d) full 256x1600 images: the model alone against ``steelseg.predict.Predictor``.
 * ``rle``: (e) RLE decode/encode against the per-run Python loop (scripts/bench_rle.py).
 * ``data``: the data path alone, one process on one core, at 256x416: the uint8 cache against
@@ -22,8 +22,10 @@ Sections (``--sections``, comma-separated; default all):
 * ``memory``: host memory of one training epoch over a larger set (``--memory-images``) against
   the size of its uint8 cache (memory-mapped, so the bound is the cache plus a constant).
 
-The seed recipe's wall time (800 training images x 30 epochs at batch 8, 100 validation images
-every epoch) is projected from (b) and (c) at ``--seed-batch``. The table is printed last.
+The reference recipe's wall time (800 training images x 30 epochs at batch 8, 100 validation
+images every epoch) is projected from (b) and (c) at ``--reference-batch``. The table is printed
+last. ``--sections seed`` and ``--seed-batch`` are deprecated aliases of ``--sections reference``
+and ``--reference-batch``.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-SECTIONS = ("model", "steelseg", "seed", "inference", "rle", "data", "memory")
-SEED_RECIPE = {"train_images": 800, "val_images": 100, "epochs": 30, "batch_size": 8}
-DATA_SIZE = (256, 416)  # the seed's training size: the data path is always measured there
+SECTIONS = ("model", "steelseg", "reference", "inference", "rle", "data", "memory")
+#: deprecated section names: ``seed`` meant the reference (the original task) before the rename
+SECTION_ALIASES = {"seed": "reference"}
+REFERENCE_RECIPE = {"train_images": 800, "val_images": 100, "epochs": 30, "batch_size": 8}
+DATA_SIZE = (256, 416)  # the reference's training size: the data path is always measured there
 FULL_SIZE = (256, 1600)  # Severstal images
 SLIM_FPN = {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}
 AUGMENT = {"p_flip": 0.5, "brightness": 0.2, "contrast": 0.2, "shift": 0.05}  # conf/data
@@ -60,20 +64,20 @@ AUGMENT = {"p_flip": 0.5, "brightness": 0.2, "contrast": 0.2, "shift": 0.05}  # 
 #: --tiny (the CPU default): a ~1M-parameter network at 64x320 so every section runs in minutes
 TINY = dict(
     arch="fpn", encoder="tu-mobilenetv3_small_100", in_channels=1, arch_kwargs=SLIM_FPN,
-    batch=8, seed_batch=8, height=64, width=320, images=120, epochs=2, steps=5, warmup=2,
+    batch=8, reference_batch=8, height=64, width=320, images=120, epochs=2, steps=5, warmup=2,
     workers=0, infer_batch=4, infer_steps=2, memory_images=500, data_samples=200, rle_rows=500,
 )  # fmt: skip
-#: the GPU default: the seed's network at the seed's size, the issue's batch 32
+#: the GPU default: the reference's network at the reference's size, the issue's batch 32
 FULL = dict(
     arch="fpn", encoder="resnext50_32x4d", in_channels=3, arch_kwargs={},
-    batch=32, seed_batch=8, height=256, width=416, images=320, epochs=3, steps=30, warmup=10,
+    batch=32, reference_batch=8, height=256, width=416, images=320, epochs=3, steps=30, warmup=10,
     workers=None, infer_batch=32, infer_steps=8, memory_images=500, data_samples=400,
     rle_rows=1000,
 )  # fmt: skip
 #: --smoke: a few steps of everything, for tests
 SMOKE = dict(
     images=30, epochs=2, steps=2, warmup=1, infer_batch=2, infer_steps=1, memory_images=40,
-    data_samples=16, rle_rows=20, batch=4, seed_batch=4,
+    data_samples=16, rle_rows=20, batch=4, reference_batch=4,
 )  # fmt: skip
 
 log = logging.getLogger("benchmark")
@@ -232,8 +236,8 @@ def cache_arrays(prepared: Path, size: tuple[int, int], name: str):
     return images, masks, idx
 
 
-class SeedStyleDataset(torch.utils.data.Dataset):
-    """The seed's data path: decode the JPEG and the RLE (per-run loop) for every sample, then
+class ReferenceStyleDataset(torch.utils.data.Dataset):
+    """The reference's data path: decode the JPEG and the RLE (per-run loop) for every sample, then
     albumentations Resize, flip and Normalize on the CPU; float32 tensors out.
 
     Args:
@@ -241,7 +245,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         root: Kaggle-layout folder.
         size: (height, width) to resize to.
         train: Random horizontal flips.
-        in_channels: 3: decode as colour (the seed read its grey JPEGs as 3 channels); 1: grey.
+        in_channels: 3: decode as colour (the reference read its grey JPEGs as 3 channels); 1: grey.
         mean: Per-channel mean (0..1 scale) for Normalize.
         std: Per-channel std (0..1 scale).
     """
@@ -281,7 +285,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         return x, torch.from_numpy(out["mask"])[None].float()
 
 
-def seed_stats(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def reference_stats(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]]:
     from steelseg.model import normalisation
 
     mean, std = normalisation(args.encoder, args.in_channels)
@@ -308,12 +312,12 @@ def epoch_summary(epochs: list[dict[str, float]], fit_s: float) -> dict[str, Any
     }
 
 
-def project_seed_recipe(row: dict[str, Any] | None) -> float | None:
-    """Wall time of the seed recipe (800 x 30 epochs at batch 8, 100 validation images each
+def project_reference_recipe(row: dict[str, Any] | None) -> float | None:
+    """Wall time of the reference recipe (800 x 30 epochs at batch 8, 100 validation images each
     epoch) from a loop's measured images/s and per-epoch overhead."""
     if not row or not row.get("train_images_per_s") or not row.get("val_images_per_s"):
         return None
-    r = SEED_RECIPE
+    r = REFERENCE_RECIPE
     per_epoch = (
         r["train_images"] / row["train_images_per_s"]
         + r["val_images"] / row["val_images_per_s"]
@@ -417,7 +421,7 @@ class Benchmark:
         self.results["model_step"] = rows
 
     def batches(self) -> list[int]:
-        return sorted({self.args.batch, self.args.seed_batch})
+        return sorted({self.args.batch, self.args.reference_batch})
 
     # ------------------------------------------------------------------ (b) steelseg loop
     def steelseg_loop(self, batch: int, compile_mode: str | None) -> dict[str, Any]:
@@ -472,17 +476,17 @@ class Benchmark:
                 log.info("steelseg %s", rows[-1])
         self.results["steelseg_loop"] = rows
 
-    # ------------------------------------------------------------------ (c) seed-style loop
-    def seed_loop(self, batch: int) -> dict[str, Any]:
+    # ------------------------------------------------------------- (c) reference-style loop
+    def reference_loop(self, batch: int) -> dict[str, Any]:
         from steelseg.losses import WeightedLoss
         from steelseg.model import build_network
 
         a, d, dev = self.args, self.data(), self.device
-        torch.backends.cudnn.benchmark = False  # the framework default the seed ran with
-        mean, std = seed_stats(a)
+        torch.backends.cudnn.benchmark = False  # the framework default the reference ran with
+        mean, std = reference_stats(a)
 
         def loader(split: str, train: bool):
-            ds = SeedStyleDataset(
+            ds = ReferenceStyleDataset(
                 split_rows(d["prepared"], split), d["root"], self.size, train, a.in_channels,
                 mean, std,
             )  # fmt: skip
@@ -509,7 +513,7 @@ class Benchmark:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    losses.append(loss.item())  # the seed's per-step loss on the progress bar
+                    losses.append(loss.item())  # the reference's per-step loss on the progress bar
                     e["train_images"] += len(x)
                 val_start = now(dev)
                 net.eval()
@@ -529,12 +533,12 @@ class Benchmark:
         row["last_loss"] = round(losses[-1], 4) if losses else None
         return row
 
-    def section_seed(self) -> None:
+    def section_reference(self) -> None:
         rows = []
         for batch in self.batches():
-            rows.append(self.seed_loop(batch))
-            log.info("seed %s", rows[-1])
-        self.results["seed_loop"] = rows
+            rows.append(self.reference_loop(batch))
+            log.info("reference %s", rows[-1])
+        self.results["reference_loop"] = rows
 
     # ------------------------------------------------------------------ (d) inference
     def section_inference(self) -> None:
@@ -633,13 +637,13 @@ class Benchmark:
         n = min(a.data_samples, len(rows))
         rows = rows.iloc[:n]
         images, masks, idx = cache_arrays(d["prepared"], DATA_SIZE, "train")
-        mean, std = seed_stats(a)
+        mean, std = reference_stats(a)
         datasets = {
             "cached": SteelDataset(
                 rows, d["root"], DATA_SIZE, train_transform(**AUGMENT), (images, masks, idx[:n])
             ),
             "jpeg": SteelDataset(rows, d["root"], DATA_SIZE, train_transform(**AUGMENT)),
-            "seed_style": SeedStyleDataset(
+            "reference_style": ReferenceStyleDataset(
                 rows, d["root"], DATA_SIZE, True, a.in_channels, mean, std
             ),
         }
@@ -655,14 +659,14 @@ class Benchmark:
                     best = min(best, time.perf_counter() - t)
                 out[f"{name}_images_per_s"] = per_s(n, best)
         out["cached_over_jpeg"] = round(out["cached_images_per_s"] / out["jpeg_images_per_s"], 2)
-        out["cached_over_seed_style"] = round(
-            out["cached_images_per_s"] / out["seed_style_images_per_s"], 2
+        out["cached_over_reference_style"] = round(
+            out["cached_images_per_s"] / out["reference_style_images_per_s"], 2
         )
         out["what"] = (
             "one process, one thread: a DataLoader (num_workers=0, batch 8) over the train split "
             "with the training augmentations; cached = the uint8 memory-mapped cache, jpeg = "
-            "cv2 decode + INTER_AREA resize + RLE decode per sample, seed_style = colour decode "
-            "+ per-run RLE loop + albumentations Resize/flip/Normalize to float32"
+            "cv2 decode + INTER_AREA resize + RLE decode per sample, reference_style = colour "
+            "decode + per-run RLE loop + albumentations Resize/flip/Normalize to float32"
         )
         self.results["data_path"] = out
         log.info("data %s", out)
@@ -737,7 +741,7 @@ class Benchmark:
         ratios: dict[str, Any] = {}
         model = r.get("model_step")
         b = pick(r.get("steelseg_loop"), batch=a.batch, compile=None)
-        c = pick(r.get("seed_loop"), batch=a.batch)
+        c = pick(r.get("reference_loop"), batch=a.batch)
         a_fast = pick(model, batch=a.batch, variant=fast_name)
         if b and a_fast:
             ratios["b_over_a"] = round(b["train_images_per_s"] / a_fast["images_per_s"], 3)
@@ -754,22 +758,24 @@ class Benchmark:
             ratios["cached_over_jpeg"] = r["data_path"]["cached_over_jpeg"]
         r["ratios"] = ratios
 
-        sb = a.seed_batch
-        recipe: dict[str, Any] = {"recipe": SEED_RECIPE}
-        recipe["steelseg_s"] = project_seed_recipe(
+        sb = a.reference_batch
+        recipe: dict[str, Any] = {"recipe": REFERENCE_RECIPE}
+        recipe["steelseg_s"] = project_reference_recipe(
             pick(r.get("steelseg_loop"), batch=sb, compile=None)
         )
         if a.compile:
-            recipe["steelseg_compile_s"] = project_seed_recipe(
+            recipe["steelseg_compile_s"] = project_reference_recipe(
                 pick(r.get("steelseg_loop"), batch=sb, compile=a.compile)
             )
-        recipe["seed_style_s"] = project_seed_recipe(pick(r.get("seed_loop"), batch=sb))
+        recipe["reference_style_s"] = project_reference_recipe(
+            pick(r.get("reference_loop"), batch=sb)
+        )
         for v in fast:
             row = pick(model, batch=sb, variant=v["name"])
             if row:
-                n = SEED_RECIPE["train_images"] * SEED_RECIPE["epochs"]
+                n = REFERENCE_RECIPE["train_images"] * REFERENCE_RECIPE["epochs"]
                 recipe[f"pure_model_{v['name']}_s"] = round(n / row["images_per_s"], 1)
-        r["seed_recipe"] = recipe
+        r["reference_recipe"] = recipe
         r["peak"] = {
             "host_rss_mb": round(max(self.peaks.host_mb, peak_rss_mb() or 0.0), 1),
             "gpu_mb": round(self.peaks.gpu_mb, 1) if self.cuda else None,
@@ -851,8 +857,9 @@ def table(results: dict[str, Any]) -> str:
         add(name, row["batch"], fmt(row["train_images_per_s"], " img/s"),
             f"val {fmt(row['val_images_per_s'])} img/s, {row['precision']}, "
             f"+{row['epoch_overhead_s']} s/epoch")  # fmt: skip
-    for row in results.get("seed_loop", []):
-        add("(c) seed-style loop, train", row["batch"], fmt(row["train_images_per_s"], " img/s"),
+    for row in results.get("reference_loop", []):
+        add("(c) reference-style loop, train", row["batch"],
+            fmt(row["train_images_per_s"], " img/s"),
             f"val {fmt(row['val_images_per_s'])} img/s, fp32, {row['num_workers']} workers")  # fmt: skip
     inf = results.get("inference")
     if inf:
@@ -876,8 +883,9 @@ def table(results: dict[str, Any]) -> str:
             f"at {dp['size'][0]}x{dp['size'][1]}")  # fmt: skip
         add("data path per core, JPEG decode", 8, fmt(dp["jpeg_images_per_s"], " img/s"),
             f"cached/jpeg {dp['cached_over_jpeg']}x (target >= 3x)")  # fmt: skip
-        add("data path per core, seed-style", 8, fmt(dp["seed_style_images_per_s"], " img/s"),
-            f"cached/seed-style {dp['cached_over_seed_style']}x")  # fmt: skip
+        add("data path per core, reference-style", 8,
+            fmt(dp["reference_style_images_per_s"], " img/s"),
+            f"cached/reference-style {dp['cached_over_reference_style']}x")  # fmt: skip
     mem = results.get("memory")
     if mem:
         add(f"memory: 1 epoch over {mem['train_images']} cached images", None,
@@ -890,11 +898,11 @@ def table(results: dict[str, Any]) -> str:
     for k, target in targets.items():
         if k in ratios:
             add(f"ratio {k.replace('_over_', '/')}", None, fmt(ratios[k]), f"target {target}")
-    rec = results.get("seed_recipe", {})
+    rec = results.get("reference_recipe", {})
     for k, v in rec.items():
         if k.endswith("_s") and v is not None:
             target = " (target <= 60 s on one H100/H200)" if k == "steelseg_s" else ""
-            add(f"seed recipe (800 x 30 ep + val) {k[:-2]}", m["args"]["seed_batch"],
+            add(f"reference recipe (800 x 30 ep + val) {k[:-2]}", m["args"]["reference_batch"],
                 fmt(v, " s"), "projected" + target)  # fmt: skip
     peak = results.get("peak", {})
     add("peak host RSS / peak GPU memory", None, fmt(peak.get("host_rss_mb"), " MB"),
@@ -914,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiny",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="tiny model at 64x320 (default on CPU); --no-tiny: the seed's FPN/resnext50",
+        help="tiny model at 64x320 (default on CPU); --no-tiny: the reference's FPN/resnext50",
     )
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (tests)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
@@ -924,7 +932,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="smp encoder or tu-<timm model>")
     p.add_argument("--in-channels", type=int, choices=(1, 3))
     p.add_argument("--batch", type=int, help="batch of the ratios (GPU default 32)")
-    p.add_argument("--seed-batch", type=int, help="batch of the seed-recipe projection (8)")
+    p.add_argument(
+        "--reference-batch",
+        "--seed-batch",  # deprecated alias
+        dest="reference_batch",
+        type=int,
+        help="batch of the reference-recipe projection (8); --seed-batch: deprecated alias",
+    )
     p.add_argument("--height", type=int, help="training height (multiple of 32)")
     p.add_argument("--width", type=int, help="training width (multiple of 32)")
     p.add_argument("--images", type=int, help="synthetic images for (b), (c), data, rle")
@@ -961,7 +975,15 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
         args.arch_kwargs = {}  # the profile's decoder sizes belong to its own network
     check_size(args.height, args.width)
     compile_mode(args.compile)
-    for key in ("batch", "seed_batch", "images", "epochs", "steps", "infer_batch", "infer_steps"):
+    for key in (
+        "batch",
+        "reference_batch",
+        "images",
+        "epochs",
+        "steps",
+        "infer_batch",
+        "infer_steps",
+    ):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")
     if args.images < 10 or args.memory_images < 10:
@@ -970,6 +992,19 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; choose from {list(SECTIONS)}")
     return args
+
+
+def parse_sections(text: str) -> list[str]:
+    """The comma-separated ``--sections``, deprecated names mapped to the current ones (``seed``:
+    ``reference``); unknown names pass through for :func:`resolve_args` to reject."""
+    sections = []
+    for name in (s.strip() for s in str(text).split(",")):
+        if name in SECTION_ALIASES:
+            log.warning("--sections %s is deprecated; use %s", name, SECTION_ALIASES[name])
+            name = SECTION_ALIASES[name]
+        if name and name not in sections:
+            sections.append(name)
+    return sections
 
 
 def pick_device(name: str) -> torch.device:
@@ -986,7 +1021,7 @@ def pick_device(name: str) -> torch.device:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen sections and return the results (also written to ``--json``)."""
     device = pick_device(args.device)
-    args.sections = [s.strip() for s in str(args.sections).split(",") if s.strip()]
+    args.sections = parse_sections(args.sections)
     args.arch_kwargs = None
     args = resolve_args(args, device)
     if args.threads is None and device.type == "cpu" and args.tiny:
@@ -1034,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        from steelseg.prepare import atomic_write_text
+        from steelseg.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=2, default=str))
     print(table(results))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issue 6, sized for under 4 minutes on one H100/H200: the benchmark's GPU
-# sections (scripts/benchmark.py, FPN/resnext50_32x4d at 256x416, batch 32 and the seed's 8)
+# sections (scripts/benchmark.py, FPN/resnext50_32x4d at 256x416, batch 32 and the reference's 8)
 # and one short real training run on synthetic data with the GPU defaults (steelseg-train
 # trainer=gpu: bf16, channels_last, fused AdamW, pinned memory). A short table is printed last.
 #
@@ -89,10 +89,10 @@ else
         echo "gpu_check: no CUDA GPU visible to $PY; for a CPU dry run set STEELSEG_GPU_CHECK_CPU=1" >&2
         exit 2
     fi
-    # batch 32 for the ratios, 8 for the seed recipe; 320 images: 256 train, 32 val, 32 test
-    BENCH=(--device cuda --no-tiny --batch 32 --seed-batch 8 --images 320 --epochs 3
+    # batch 32 for the ratios, 8 for the reference recipe; 320 images: 256 train, 32 val, 32 test
+    BENCH=(--device cuda --no-tiny --batch 32 --reference-batch 8 --images 320 --epochs 3
         --memory-images 500)
-    # ~1 minute: 400 synthetic images (320 train), 4 epochs, the seed's network and size
+    # ~1 minute: 400 synthetic images (320 train), 4 epochs, the reference's network and size
     TRAIN=(trainer=gpu data.synthetic.n_images=400 trainer.max_epochs=4)
 fi
 if [[ -n $COMPILE ]]; then
@@ -107,7 +107,7 @@ echo "== benchmark: ${BENCH[*]}"
 
 echo "== training: steelseg-train ${TRAIN[*]}"
 start=$(date +%s)
-"$PY" -m steelseg.train "${TRAIN[@]}" model.encoder_weights=null data.synthetic.n_test=0 \
+"$PY" -m steelseg.cli.train "${TRAIN[@]}" model.encoder_weights=null data.synthetic.n_test=0 \
     paths.data_dir="$WORK/data" hydra.run.dir="$WORK/train" \
     callbacks.progress_bar=null +trainer.enable_progress_bar=false >"$OUTDIR/train.log" 2>&1 ||
     { tail -30 "$OUTDIR/train.log"; echo "gpu_check: the training run failed" >&2; exit 1; }
@@ -145,8 +145,8 @@ for r in b.get("model_step", []):
 for r in b.get("steelseg_loop", []):
     c = f" compile={r['compile']}" if r["compile"] else ""
     rows.append((f"(b) steelseg loop, batch {r['batch']}{c}", fmt(r["train_images_per_s"], " img/s"), r["precision"]))
-for r in b.get("seed_loop", []):
-    rows.append((f"(c) seed-style loop, batch {r['batch']}", fmt(r["train_images_per_s"], " img/s"), "fp32"))
+for r in b.get("reference_loop", []):
+    rows.append((f"(c) reference-style loop, batch {r['batch']}", fmt(r["train_images_per_s"], " img/s"), "fp32"))
 inf = b.get("inference") or {}
 for k, r in inf.get("model_only", {}).items():
     rows.append((f"(d) inference 256x1600 model only, {k}", fmt(r["images_per_s"], " img/s"), ""))
@@ -156,9 +156,9 @@ targets = {"b_over_a": ">= 0.9", "b_over_c": ">= 1.6", "predictor_over_model": "
 for k, target in targets.items():
     if k in b.get("ratios", {}):
         rows.append((f"ratio {k.replace('_over_', '/')}", fmt(b["ratios"][k]), f"target {target}"))
-for k, v in b.get("seed_recipe", {}).items():
+for k, v in b.get("reference_recipe", {}).items():
     if k.endswith("_s"):
-        rows.append((f"seed recipe projected, {k[:-2]}", fmt(v, " s"), "target <= 60 s" if k == "steelseg_s" else ""))
+        rows.append((f"reference recipe projected, {k[:-2]}", fmt(v, " s"), "target <= 60 s" if k == "steelseg_s" else ""))
 mem = b.get("memory") or {}
 if mem:
     rows.append(("memory: RSS growth / train cache", f"{mem['rss_growth_mb']} / {mem['train_cache_mb']} MB", f"heap +{mem['anon_growth_mb']} MB"))

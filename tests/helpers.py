@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -99,3 +99,12 @@ def combo(by_class: Labels) -> str:
 def grey_of(image_id: str) -> int:
     """A distinct grey level per image of :func:`standard_labels` (tells images apart in a cache)."""
     return 10 + 4 * int(image_id[:4])
+
+
+def exit_code(main: Callable[[list[str]], int | None], argv: Sequence[object]) -> int:
+    """A command's exit code: what its ``main`` returns, or argparse's ``SystemExit`` code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return 0 if code is None else int(code)

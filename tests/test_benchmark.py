@@ -30,13 +30,13 @@ KEYS = {
         "pin_memory",
         "peak_rss_mb",
     },  # fmt: skip
-    "seed_loop": {"batch", "train_images_per_s", "val_images_per_s", "epoch_overhead_s"},
+    "reference_loop": {"batch", "train_images_per_s", "val_images_per_s", "epoch_overhead_s"},
     "inference": {"size", "batch", "model_only", "predictor", "predictor_note"},
     "rle": {"decode_loop_us", "decode_us", "encode_where_us", "encode_us", "decode_speedup"},
     "data_path": {
         "cached_images_per_s",
         "jpeg_images_per_s",
-        "seed_style_images_per_s",
+        "reference_style_images_per_s",
         "cached_over_jpeg",
         "size",
         "threads",
@@ -51,7 +51,7 @@ KEYS = {
         "anon_growth_mb",
     },  # fmt: skip
     "ratios": {"b_over_a", "b_over_c", "predictor_over_model", "cached_over_jpeg"},
-    "seed_recipe": {"recipe", "steelseg_s", "seed_style_s", "pure_model_fp32_s"},
+    "reference_recipe": {"recipe", "steelseg_s", "reference_style_s", "pure_model_fp32_s"},
     "peak": {"host_rss_mb", "gpu_mb"},
 }
 
@@ -79,7 +79,7 @@ def test_data_path_and_rle_sections(benchmark, tmp_path: Path, capsys) -> None:
         assert KEYS[section] <= set(r[section]), section
     dp = r["data_path"]
     assert dp["size"] == [256, 416] and dp["threads"] == 1
-    for k in ("cached_images_per_s", "jpeg_images_per_s", "seed_style_images_per_s"):
+    for k in ("cached_images_per_s", "jpeg_images_per_s", "reference_style_images_per_s"):
         assert dp[k] > 0
     assert r["ratios"]["cached_over_jpeg"] == dp["cached_over_jpeg"]
     assert r["rle"]["rows"] > 0 and r["rle"]["decode_us"] > 0
@@ -88,25 +88,36 @@ def test_data_path_and_rle_sections(benchmark, tmp_path: Path, capsys) -> None:
     assert table[-1].startswith("peak host RSS")  # the table is printed last
 
 
-def test_seed_style_dataset_matches_the_split(benchmark, synth_root: Path, tmp_path: Path) -> None:
+def test_reference_style_dataset_matches_the_split(
+    benchmark, synth_root: Path, tmp_path: Path
+) -> None:
     from steelseg import rle
     from steelseg.dataset import SteelDataModule
 
     dm = SteelDataModule(str(synth_root), str(tmp_path / "p"), n_images=None, cache=False)
     dm.prepare_data()
     rows_ = benchmark.split_rows(tmp_path / "p", "val")
-    ds = benchmark.SeedStyleDataset(rows_, synth_root, (64, 320), False, 3, (0.5,) * 3, (0.25,) * 3)
+    ds = benchmark.ReferenceStyleDataset(
+        rows_, synth_root, (64, 320), False, 3, (0.5,) * 3, (0.25,) * 3
+    )
     x, y = ds[0]
     assert x.shape == (3, 64, 320) and x.dtype.is_floating_point
     assert y.shape == (1, 64, 320) and set(y.unique().tolist()) <= {0.0, 1.0}
     assert (y.sum() > 0) == (rle.area(rows_["EncodedPixels"][0]) > 0)
 
 
-def test_projection_of_the_seed_recipe(benchmark) -> None:
+def test_projection_of_the_reference_recipe(benchmark) -> None:
     row = {"train_images_per_s": 400.0, "val_images_per_s": 1000.0, "epoch_overhead_s": 0.5}
     # 30 x (800/400 + 100/1000 + 0.5) + 3 s of start-up
-    assert benchmark.project_seed_recipe(row | {"fixed_s": 3.0}) == pytest.approx(81.0)
-    assert benchmark.project_seed_recipe(None) is None
+    assert benchmark.project_reference_recipe(row | {"fixed_s": 3.0}) == pytest.approx(81.0)
+    assert benchmark.project_reference_recipe(None) is None
+
+
+def test_seed_is_a_deprecated_alias_of_the_reference_section(benchmark, caplog) -> None:
+    assert benchmark.parse_sections("seed") == ["reference"]
+    assert benchmark.parse_sections("model, seed,reference") == ["model", "reference"]
+    assert "deprecated" in caplog.text
+    assert benchmark.build_parser().parse_args(["--seed-batch", "2"]).reference_batch == 2
 
 
 @pytest.mark.parametrize(
@@ -150,9 +161,11 @@ def test_smoke_run_writes_every_section(benchmark, tmp_path: Path, capsys) -> No
     # the memory-mapped cache: an epoch costs its pages plus a constant, not a copy per sample
     assert mem["rss_growth_mb"] <= mem["train_cache_mb"] + 100, mem
     assert mem["anon_growth_mb"] < mem["cache_mb"] / 2, mem  # a 32 MB cache: never on the heap
-    for v in r["seed_recipe"].values():
+    for v in r["reference_recipe"].values():
         assert v is None or isinstance(v, dict) or v > 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("peak host RSS")
+    table = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("(c) reference-style loop, train") for line in table)
+    assert table[-1].startswith("peak host RSS")
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_overrides
+from helpers import exit_code
 from steelseg import compare, sweep
+from steelseg.cli.compare import main as compare_main
 
 # Two architectures x two tiny timm encoders; Unet takes no FPN decoder sizes.
 ARCHS = "model=unet,fpn"
@@ -23,7 +25,7 @@ ENCODERS = "model.encoder_name=tu-mobilenetv3_small_100,tu-mobilenetv3_small_050
 def run_sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """``steelseg-train -m ARGS`` in a fresh process, one thread per job."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "steelseg.train", "-m", *args]
+    cmd = [sys.executable, "-m", "steelseg.cli.train", "-m", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -83,7 +85,7 @@ def test_compare_lists_a_failed_run_and_still_shows_the_others(
     (runs / "3").mkdir()  # job 3 never got past its config
     (runs / "3" / "config.yaml").write_text("optimized_metric: val/iou\n")
 
-    compare.main([str(runs)])
+    assert exit_code(compare_main, [runs]) == 0
 
     printed = capsys.readouterr().out
     assert "RuntimeError: Tried to allocate 2.00 GiB" in printed  # the error's last line
@@ -99,11 +101,11 @@ def test_compare_run_folders_anywhere_write_into_their_common_folder(
     sweep_2x2: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "report"
-    compare.main([str(sweep_2x2 / "0"), str(sweep_2x2 / "3"), "--out", str(out)])
+    assert exit_code(compare_main, [sweep_2x2 / "0", sweep_2x2 / "3", "--out", out]) == 0
     table = pd.read_csv(out / "summary.csv")
     assert sorted(table["job"]) == [0, 3]
     assert {p.name for p in out.iterdir()} == {"summary.csv", "summary.md", "summary.png"}
-    compare.main([str(sweep_2x2 / "1"), "--metric", "test/iou"])
+    assert exit_code(compare_main, [sweep_2x2 / "1", "--metric", "test/iou"]) == 0
     assert "Sorted by test/iou" in capsys.readouterr().out
     assert (sweep_2x2 / "1" / "summary.md").exists()
 
@@ -115,9 +117,7 @@ def test_compare_without_runs_fails_with_a_clear_message(
     folder = tmp_path / "nothing"
     if make == "empty":
         (folder / "sub").mkdir(parents=True)
-    with pytest.raises(SystemExit) as e:
-        compare.main([str(folder)])
-    assert e.value.code == 2
+    assert exit_code(compare_main, [folder]) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("steelseg-compare: error: ") and str(folder) in message
     assert ("no runs found" if make == "empty" else "is not a folder") in message

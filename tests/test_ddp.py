@@ -61,7 +61,7 @@ def metrics_of(probs: torch.Tensor, masks: torch.Tensor, threshold: float) -> di
 
 def run(args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "steelseg.train", *args, f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", "steelseg.cli.train", *args, f"hydra.run.dir={out}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())

@@ -15,16 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import exit_code
 from steelseg import rle
-from steelseg.evaluate import (
-    Scorer,
-    _tta_arg,
-    counts_at_thresholds,
-    json_ready,
-    labelled_split,
-    main,
-)
-from steelseg.metric import threshold_sweep
+from steelseg.cli.common import parse_tta
+from steelseg.cli.eval import main
+from steelseg.evaluate import Scorer, labelled_split
+from steelseg.io import json_ready
+from steelseg.metric import counts_at_thresholds, threshold_sweep
 from steelseg.postprocess import PostProcess
 
 
@@ -210,7 +207,7 @@ def test_eval_cli_threshold_only_equals_model_threshold(tiny_ckpt: Path, tmp_pat
     ("args", "match"),
     [
         (["{missing}"], "does not exist"),
-        (["{ckpt}", "--split", "holdout"], "unknown split 'holdout'"),
+        (["{ckpt}", "--split", "holdout"], "invalid choice: 'holdout'"),
         (["{ckpt}", "--data-root", "{missing}"], "train_images"),
         (["{ckpt}", "--threshold", "1.5"], "threshold"),
         (["{ckpt}", "--tta", "rotate"], "unknown TTA 'rotate'"),
@@ -219,7 +216,7 @@ def test_eval_cli_threshold_only_equals_model_threshold(tiny_ckpt: Path, tmp_pat
 def test_eval_cli_bad_input_exits_non_zero(tiny_ckpt: Path, tmp_path: Path, capsys, args, match):
     fill = {"ckpt": str(tiny_ckpt), "missing": str(tmp_path / "missing")}
     argv = [a.format(**fill) for a in args] + ["--out", str(tmp_path / "o"), "--no-progress"]
-    assert main(argv) == 2
+    assert exit_code(main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("steelseg-eval: error:") and match in err
     assert len(err.splitlines()) == 1  # one clear line, no traceback
@@ -244,17 +241,23 @@ def test_eval_cli_skips_unreadable_images(tiny_ckpt: Path, synth_root: Path, tmp
     out = tmp_path / "eval"
     rc = main([str(tiny_ckpt), "--data-root", str(data), "--split-file", str(tmp_path / "split.csv"),
                "--out", str(out), "--no-progress"])  # fmt: skip
-    assert rc == 1  # finished, but says something was skipped
+    assert rc == 3  # finished, but says something was skipped
     result = json.loads((out / "eval.json").read_text())
     assert result["n_images"] == 1
     assert [s["image_id"] for s in result["skipped"]] == ["broken.jpg"]
 
 
 def test_parse_tta() -> None:
-    assert _tta_arg(None) is None  # absent: the tuned TTA, if any
-    assert _tta_arg("hflip,vflip") == ("hflip", "vflip")  # the bare --tta flag
-    assert _tta_arg("vflip") == ("vflip",)
-    assert _tta_arg("none") == ()
+    from steelseg.cli.eval import build_parser
+
+    def tta(*extra: str):
+        return build_parser().parse_args(["x.ckpt", *extra]).tta
+
+    assert tta() is None  # absent: the tuned TTA, if any
+    assert tta("--tta") == ("hflip", "vflip")  # the bare --tta flag
+    assert tta("--tta", "vflip") == ("vflip",)
+    assert tta("--tta", "none") == ()
+    assert parse_tta("hflip,vflip") == ("hflip", "vflip")
 
 
 def test_eval_cli_tta_flag(tiny_ckpt: Path, tmp_path: Path) -> None:

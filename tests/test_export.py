@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from steelseg.export import TOLERANCE, export, main, metadata_path
-from steelseg.predict import load_module
+from steelseg.cli.export import main
+from steelseg.export import TOLERANCE, export, metadata_path
+from steelseg.model import SteelSegModule
 
 # Run in a fresh interpreter where importing steelseg fails, so the file must stand alone.
 NO_STEELSEG = "import sys; sys.modules['steelseg'] = None\n"
@@ -61,7 +62,7 @@ def run_without_steelseg(
 
 
 def module_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
-    module = load_module(ckpt)
+    module = SteelSegModule.load_from_checkpoint(ckpt).eval()
     with torch.inference_mode():
         return module(torch.from_numpy(x)).numpy()
 
@@ -102,12 +103,10 @@ def test_dynamo_onnx_exporter(tiny_ckpt, tmp_path):
 
 def test_cli_and_errors(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "m.pt"
-    main([str(tiny_ckpt), "--format", "torchscript", "--out", str(out)])  # success: no exit
+    assert main([str(tiny_ckpt), "--format", "torchscript", "--out", str(out)]) == 0
     assert "max abs difference from the module" in capsys.readouterr().out
     assert out.is_file() and metadata_path(out) == tmp_path / "m.pt.json"
-    with pytest.raises(SystemExit) as e:
-        main([str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x.onnx")])
-    assert e.value.code == 2
+    assert main([str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"steelseg-export: error: checkpoint {tmp_path / 'none.ckpt'} does not exist"]
     with pytest.raises(

@@ -39,7 +39,7 @@ def test_wheel_carries_conf_and_composes_from_it(tmp_path):
     assert (
         "steelseg/conf/train.yaml" in names and "steelseg/conf/experiment/quickstart.yaml" in names
     )
-    assert "steelseg/splits/seed_split.csv" in names and "steelseg/py.typed" in names
+    assert "steelseg/splits/reference_split.csv" in names and "steelseg/py.typed" in names
     site = tmp_path / "site"
     subprocess.run(
         [

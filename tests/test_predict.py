@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from steelseg import rle
+from steelseg.cli.predict import main
+from steelseg.model import SteelSegModule
 from steelseg.postprocess import PostProcess, save_tuned
-from steelseg.predict import Predictor, load_module, main, read_grey
+from steelseg.predict import Predictor, read_grey
 
 
 @pytest.fixture(scope="module")
@@ -134,19 +136,20 @@ def test_bad_files_are_named(tmp_path, synth_root):
     with pytest.raises(ValueError, match="missing.png"):
         read_grey(tmp_path / "missing.png")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_module(tmp_path / "none.ckpt")
+        SteelSegModule.load_from_checkpoint(tmp_path / "none.ckpt")
     with pytest.raises(ValueError, match="junk.jpg is truncated or not a checkpoint"):
-        load_module(junk)
+        SteelSegModule.load_from_checkpoint(junk)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a steelseg checkpoint"):
-        load_module(tmp_path / "other.ckpt")
+        SteelSegModule.load_from_checkpoint(tmp_path / "other.ckpt")
 
 
 # ----------------------------------------------------------------------------- CLI
 def run_cli(*argv: str) -> int:
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    return e.value.code
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors
+        return e.code
 
 
 @pytest.fixture
@@ -243,7 +246,7 @@ def test_cli_bad_checkpoint_is_one_line(tiny_ckpt, synth_root, tmp_path, capsys)
 
 
 def test_without_a_trained_size_images_are_padded_to_32(tiny_ckpt, images):
-    module = load_module(tiny_ckpt)
+    module = SteelSegModule.load_from_checkpoint(tiny_ckpt)
     module.hparams.input_size = None  # as in a checkpoint from before input_size was stored
     p = Predictor(module, device="cpu")
     assert p.input_size is None

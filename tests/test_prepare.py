@@ -20,6 +20,7 @@ from helpers import (
     COMBOS,
     SHAPE,
     combo,
+    exit_code,
     grey_of,
     jpeg_bytes,
     standard_labels,
@@ -29,6 +30,7 @@ from helpers import (
 )
 from steelseg import prepare as prep
 from steelseg import rle
+from steelseg.cli.prepare import main as prepare_main
 
 N = sum(COMBOS.values())  # 60
 N_DEFECTIVE = N - COMBOS[""]  # 36
@@ -595,7 +597,7 @@ def test_cache_failure_leaves_no_cache_folder(data, out, monkeypatch):
     def boom(path):
         raise ValueError(f"cannot read image {path}")
 
-    monkeypatch.setattr(prep, "load_gray", boom)
+    monkeypatch.setattr(prep, "read_grey", boom)
     with pytest.raises(ValueError, match="cannot read image"):
         prep.prepare(data, out, n_images=6, cache_size=(64, 400))
     assert not [p for p in out.iterdir() if "cache" in p.name]
@@ -605,7 +607,7 @@ def test_cache_failure_leaves_no_split_csv(data, out, monkeypatch):
     def boom(path):
         raise ValueError(f"cannot read image {path}")
 
-    monkeypatch.setattr(prep, "load_gray", boom)
+    monkeypatch.setattr(prep, "read_grey", boom)
     with pytest.raises(ValueError):
         prep.prepare(data, out, n_images=6, cache_size=(64, 400))
     assert_nothing_written(out)
@@ -628,10 +630,7 @@ def test_bad_cache_size_is_rejected_before_writing(data, out):
 
 # ----------------------------------------------------------------------------- CLI
 def run_main(argv) -> int:
-    try:
-        return prep.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        return e.code
+    return exit_code(prepare_main, argv)
 
 
 def test_cli_success(data, out, capsys):

@@ -11,10 +11,12 @@ import pytest
 from omegaconf import open_dict
 
 from conftest import tiny_overrides
+from helpers import exit_code
 from steelseg import config, rle
+from steelseg.cli.pseudo import main
 from steelseg.dataset import SteelDataModule
 from steelseg.predict import Predictor, read_grey
-from steelseg.pseudo import main, pseudo_label, uncertain_fraction
+from steelseg.pseudo import pseudo_label, uncertain_fraction
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +104,11 @@ def test_cli_copies_and_reports_skips(tiny_ckpt, synth_root, tmp_path, capsys):
     junk.write_text("junk")
     out = tmp_path / "pseudo"
     argv = [str(tiny_ckpt), str(synth_root / "test_images"), str(junk), "--out", str(out)]
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--max-uncertain", "1", "--copy"])
-    assert e.value.code == 3
+    assert exit_code(main, [*argv, "--max-uncertain", "1", "--copy"]) == 3
     assert "junk.png: not an image" in capsys.readouterr().err
     files = list((out / "train_images").iterdir())
     assert len(files) == 3 and not any(p.is_symlink() for p in files)
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--low", "0.9"])
-    assert e.value.code == 2
+    assert exit_code(main, [*argv, "--low", "0.9"]) == 2
     assert capsys.readouterr().err.startswith("steelseg-pseudo: error: need 0 <= low < high")
 
 

@@ -28,7 +28,7 @@ CONF = config.conf_dir()
 
 def run_train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "steelseg.train", *args]
+    cmd = [sys.executable, "-m", "steelseg.cli.train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -191,7 +191,7 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path: Path, monkeypat
     )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = executor._executor._make_submission_file_text("python -m steelseg.train", "0")
+    script = executor._executor._make_submission_file_text("python -m steelseg.cli.train", "0")
     for line in ("--partition=gpu", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=720"):
         assert f"#SBATCH {line}" in script
     assert str(tmp_path / ".submitit") in script

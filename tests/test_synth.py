@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import exit_code
 from steelseg import synth
+from steelseg.cli.synth import main as synth_main
 from steelseg.rle import decode, read_annotations
 
 N_SAMPLES = 200  # make_image samples for the distribution tests (~6 s)
@@ -165,8 +167,8 @@ def test_generate_rejects_bad_args(tmp_path, kwargs):
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     assert (
-        synth.main(
-            ["--out", str(out), "--n-images", "2", "--n-test", "1", "--seed", "5", "--quiet"]
+        exit_code(
+            synth_main, ["--out", out, "--n-images", "2", "--n-test", "1", "--seed", "5", "--quiet"]
         )
         == 0
     )
@@ -187,18 +189,14 @@ def test_cli(tmp_path, capsys):
 )
 def test_cli_bad_args(tmp_path, capsys, args):
     argv = args if not args else ["--out", str(tmp_path / "x"), *args]
-    with pytest.raises(SystemExit) as exc:
-        synth.main(argv)
-    assert exc.value.code != 0
+    assert exit_code(synth_main, argv) != 0
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit) as exc:
-        synth.main(["--out", str(tmp_path), "--n-images", "1", "--quiet"])
-    assert exc.value.code == 2
+    assert exit_code(synth_main, ["--out", tmp_path, "--n-images", "1", "--quiet"]) == 2
     assert "not made by steelseg-synth" in capsys.readouterr().err
 
 

@@ -103,7 +103,7 @@ def test_cli_runs_and_reports_unknown_choices(synth_root, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "steelseg.train",
+        "steelseg.cli.train",
         *tiny_overrides(synth_root),
         f"data.prepared_dir={tmp_path / 'prepared'}",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -113,7 +113,7 @@ def test_cli_runs_and_reports_unknown_choices(synth_root, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["val/iou"] >= 0
     bad = subprocess.run(
-        [sys.executable, "-m", "steelseg.train", "model=fpnn"],
+        [sys.executable, "-m", "steelseg.cli.train", "model=fpnn"],
         capture_output=True,
         text=True,
         env=env,

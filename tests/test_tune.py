@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import exit_code
+from steelseg.cli.tune import main
 from steelseg.postprocess import PostProcess, load_tuned, sidecar_path
 from steelseg.predict import Predictor
-from steelseg.tune import Grid, GridScorer, main, rank, tune
+from steelseg.tune import Grid, GridScorer, rank, tune
 
 
 def per_image_dice(pred: np.ndarray, target: np.ndarray) -> float:
@@ -183,13 +185,13 @@ def test_tune_cli(own_ckpt: Path, capsys) -> None:
     ("args", "match"),
     [
         (["{missing}"], "does not exist"),
-        (["{ckpt}", "--split", "nope"], "unknown split"),
+        (["{ckpt}", "--split", "nope"], "invalid choice: 'nope'"),
         (["{ckpt}", "--thresholds", "0,0.5"], "thresholds"),
     ],
 )
 def test_tune_cli_bad_input(own_ckpt: Path, tmp_path: Path, capsys, args, match) -> None:
     fill = {"ckpt": str(own_ckpt), "missing": str(tmp_path / "missing.ckpt")}
-    assert main([a.format(**fill) for a in args] + ["--no-progress"]) == 2
+    assert exit_code(main, [a.format(**fill) for a in args] + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("steelseg-tune: error:") and match in err and len(err.splitlines()) == 1
     assert not sidecar_path(own_ckpt).exists()

@@ -1,9 +1,20 @@
 """steelseg: binary segmentation of steel surface defects (Kaggle Severstal layout).
 
-Modules follow the data path: ``rle`` (Kaggle run-length encoding, CSV reader) -> ``prepare``
-(stratified split, uint8 cache) -> ``dataset`` (Dataset, LightningDataModule) -> ``model``
-(LightningModule) -> ``metric`` (IoU, Dice). ``synth`` makes synthetic data in the Kaggle layout.
-Heavy modules (torch) are imported lazily, so ``import steelseg`` is cheap.
+Modules follow the data path, and none imports one further along it:
+
+* ``io`` (atomic writes, reading images), ``config`` (Hydra configs, metric names);
+* ``rle`` (Kaggle run-length encoding, train.csv) -> ``synth`` (synthetic data in the Kaggle
+  layout) -> ``prepare`` (stratified split, uint8 cache) -> ``dataset`` (Dataset,
+  LightningDataModule);
+* ``losses``, ``metric`` (IoU, Dice, per-image Dice, detection) -> ``checkpoint`` (atomic,
+  weights-only checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep``
+  -> ``train`` (fit, validate, test);
+* ``postprocess`` -> ``draw`` (overlays) -> ``predict`` (Predictor, the one loop over image
+  files) -> ``report`` (HTML) -> ``evaluate`` -> ``tune``, ``pseudo``, ``export``, ``compare``;
+* ``cli``: the ``steelseg-*`` commands, thin shells over the above.
+
+Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
+imports torch only when touched.
 """
 
 from __future__ import annotations
@@ -13,18 +24,67 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("config", "dataset", "losses", "metric", "model", "prepare", "rle", "synth", "train")
-__all__ = ["__version__", *_SUBMODULES]
+#: The public modules, in data-path order (see the module docstring).
+MODULES = (
+    "io",
+    "config",
+    "rle",
+    "synth",
+    "prepare",
+    "dataset",
+    "losses",
+    "metric",
+    "checkpoint",
+    "callbacks",
+    "model",
+    "sweep",
+    "train",
+    "postprocess",
+    "draw",
+    "predict",
+    "report",
+    "evaluate",
+    "tune",
+    "pseudo",
+    "export",
+    "compare",
+    "cli",
+)
+__all__ = list(MODULES)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steelseg import config, dataset, losses, metric, model, prepare, rle, synth, train
+    from steelseg import (
+        callbacks,
+        checkpoint,
+        cli,
+        compare,
+        config,
+        dataset,
+        draw,
+        evaluate,
+        export,
+        io,
+        losses,
+        metric,
+        model,
+        postprocess,
+        predict,
+        prepare,
+        pseudo,
+        report,
+        rle,
+        sweep,
+        synth,
+        train,
+        tune,
+    )
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in MODULES:
         return importlib.import_module(f"steelseg.{name}")
     raise AttributeError(f"module 'steelseg' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES])
+    return sorted(MODULES)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from steelseg.prepare import atomic_write
+from steelseg.io import atomic_write
 
 #: Hyper-parameters that decide the network's layers; a checkpoint only fits a module whose
 #: values are equal.
@@ -35,25 +35,9 @@ TRUST_HINT = (
 )
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
-    _fsync_dir(path.parent)
+    atomic_write(Path(path), lambda f: torch.save(obj, f), fsync=True)
 
 
 def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -179,12 +163,36 @@ def resolve(ckpt_path: str | os.PathLike | None, output_dir: str | os.PathLike) 
     return path
 
 
-def run_folder(ckpt: Path) -> Path | None:
-    """The steelseg run folder a checkpoint belongs to (``RUN/checkpoints/x.ckpt``), or None."""
-    run = ckpt.resolve().parent.parent
-    if ckpt.resolve().parent.name == "checkpoints" and (run / "config.yaml").is_file():
-        return run
-    return None
+def run_folder(checkpoint_or_run: str | os.PathLike) -> Path:
+    """The training run folder of a checkpoint (``RUN/checkpoints/x.ckpt``), or a run folder.
+
+    A checkpoint outside a ``checkpoints/`` folder belongs to the folder it is in.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+    """
+    path = Path(checkpoint_or_run)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or run folder {path} does not exist")
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def steelseg_parts(ckpt: Any, path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hyper-parameters and state dict of a loaded steelseg checkpoint.
+
+    Raises:
+        ValueError: ``ckpt`` was not written by steelseg (e.g. a ``torch.save`` of a plain dict).
+    """
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not {"arch", "encoder_name"} <= set(hp) or state is None:
+        raise ValueError(
+            f"{path} is not a steelseg checkpoint (no steelseg hyper-parameters and weights); "
+            "pass the .ckpt file from a steelseg-train run's checkpoints/ folder"
+        )
+    return dict(hp), state
 
 
 def check_compatible(

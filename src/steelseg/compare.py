@@ -13,12 +13,10 @@ DIR...`` rebuilds the report later from sweep folders or run folders::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from steelseg.metric import HEADLINE
-from steelseg.prepare import atomic_write, atomic_write_text
+from steelseg.config import HEADLINE
+from steelseg.io import atomic_write, atomic_write_text
 from steelseg.sweep import FAILED_FILE
 
 log = logging.getLogger(__name__)
@@ -324,34 +322,3 @@ class SweepSummary(Callback):
                 sweep_dir / "summary.md",
             )
             raise SystemExit(1)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console script ``steelseg-compare DIR... [--out DIR] [--metric NAME]``."""
-    parser = argparse.ArgumentParser(
-        prog="steelseg-compare",
-        description="Compare runs: summary.csv, summary.md and summary.png, one row per run.",
-    )
-    parser.add_argument("dirs", nargs="+", help="sweep folders or run folders")
-    parser.add_argument(
-        "--out", help="where to write the summary (default: the folder holding every run)"
-    )
-    parser.add_argument("--metric", help="sort by this metric (default: the runs' optimized one)")
-    args = parser.parse_args(argv)
-    try:
-        table, metric = collect(args.dirs, args.metric)
-        if args.out is None:
-            dirs = [Path(d).resolve() for d in args.dirs]
-            out = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0]
-        else:
-            out = Path(args.out)
-        markdown = write_summary(table, metric, out)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"steelseg-compare: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(markdown, end="")
-    print(f"written: {out / 'summary.csv'}, summary.md, summary.png")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,6 @@ A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, 1, H, W) float32, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -193,7 +192,11 @@ class SteelDataModule(pl.LightningDataModule):
         self.params = prep.prepare_params(
             n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
         )
-        self.prepared_dir = Path(prepared_dir) if prepared_dir else self._default_prepared_dir()
+        self.prepared_dir = (
+            Path(prepared_dir)
+            if prepared_dir
+            else prep.default_prepared_dir(self.root, self.params)
+        )
         self.kw = dict(
             n_images=n_images,
             split=split,
@@ -212,10 +215,6 @@ class SteelDataModule(pl.LightningDataModule):
         self.synthetic = synthetic
         self.extra_roots = [Path(r) for r in extra_roots or ()]
         self.datasets: dict[str, Dataset] = {}
-
-    def _default_prepared_dir(self) -> Path:
-        key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:10]
-        return self.root / "prepared" / f"split-{key}"
 
     # ------------------------------------------------------------------ prepare (rank 0 only)
     def prepare_data(self) -> None:

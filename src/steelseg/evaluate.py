@@ -20,45 +20,33 @@ runs the model at full resolution (256x1600) over the split and writes into ``--
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import torch
 
-from steelseg import metric, rle
-from steelseg.postprocess import PostProcess, add_cli_args, cli_overrides, parse_tta
-from steelseg.prepare import SPLITS, atomic_write_text
+from steelseg import metric, report, rle
+from steelseg import prepare as prep
+from steelseg.checkpoint import run_folder
+from steelseg.io import atomic_write_text, json_ready, read_grey
+from steelseg.postprocess import PostProcess, load_tuned, sidecar_path
+from steelseg.predict import Predictor, Source, log_skip
 
 log = logging.getLogger(__name__)
 
-SPLIT_CHOICES = (*SPLITS, "all")
 #: Thresholds of the threshold curve (the metrics at each, before any area filter).
-CURVE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+CURVE_THRESHOLDS = metric.SWEEP_THRESHOLDS
 VARIANTS = ("threshold_only", "postprocessed")
 
 
 # ----------------------------------------------------------------------------- labelled split
-def find_run_dir(checkpoint_or_run: str | os.PathLike) -> Path:
-    """The training run folder of a checkpoint (``<run>/checkpoints/x.ckpt``) or a run folder."""
-    path = Path(checkpoint_or_run)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint or run folder {path} does not exist")
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def _run_data_config(run: Path) -> dict[str, Any] | None:
     """The ``data`` section of the run's ``config.yaml`` (written by steelseg-train), or None."""
     from omegaconf import OmegaConf
@@ -77,11 +65,17 @@ def _prepared_split_csv(data: Mapping[str, Any], root: Path) -> Path:
     """Where the run's data module keeps split.csv (its prepared_dir, or the default one)."""
     if data.get("prepared_dir"):
         return Path(data["prepared_dir"]) / "split.csv"
-    from steelseg.dataset import SteelDataModule
-
-    kwargs = {k: v for k, v in data.items() if not k.startswith("_")}
-    kwargs.update(root=str(root), synthetic=None)
-    return SteelDataModule(**kwargs).prepared_dir / "split.csv"
+    split = data.get("split")
+    params = prep.prepare_params(
+        data.get("n_images"),
+        None if split is None else tuple(split),
+        data.get("seed", 42),
+        data.get("only_defective", False),
+        data.get("split_file"),
+        data.get("val_fraction", 0.1),
+        data.get("skip_bad", False),
+    )
+    return prep.default_prepared_dir(root, params) / "split.csv"
 
 
 def labelled_split(
@@ -93,7 +87,9 @@ def labelled_split(
     """Images and full-resolution masks of one split of the data a model was trained on.
 
     The data folder and the prepared ``split.csv`` come from the run's ``config.yaml`` (the
-    checkpoint lives in ``<run>/checkpoints/``) unless given.
+    checkpoint lives in ``<run>/checkpoints/``) unless given. ``split="all"`` with no split
+    file to read (none given and none prepared for ``data_root``) takes every labelled image
+    of the data folder: evaluating a Kaggle-layout folder needs no preparation step.
 
     Args:
         checkpoint_or_run: A checkpoint inside a run folder, or the run folder.
@@ -104,94 +100,36 @@ def labelled_split(
             ``steelseg-prepare``) to use instead of the run's.
 
     Returns:
-        ``(image_ids, image_paths, mask_of)``; ``mask_of(image_id)`` is the merged defect mask,
-        bool (256, 1600).
+        See :func:`steelseg.prepare.labelled_images`.
 
     Raises:
         FileNotFoundError: the run, data folder or split file is missing.
         ValueError: unknown split, malformed split file, or an empty split.
     """
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"unknown split {split!r}; choose from {list(SPLIT_CHOICES)}")
-    run = find_run_dir(checkpoint_or_run)
+    if split not in prep.SPLIT_CHOICES:
+        raise ValueError(f"unknown split {split!r}; choose from {list(prep.SPLIT_CHOICES)}")
+    run = run_folder(checkpoint_or_run)
     data = _run_data_config(run)
     if data_root is None and data is None:
         raise FileNotFoundError(
             f"{run} has no config.yaml (is the checkpoint inside a steelseg-train run folder?); "
-            "pass --data-root and --split-file"
+            "pass --data-root (and --split-file, or --split all)"
         )
     root = Path(data_root if data_root is not None else data["root"])
-    if not (root / "train_images").is_dir():
+    csv = Path(split_file) if split_file is not None else None
+    if csv is None and data is not None:
+        prepared = _prepared_split_csv(data, root)
+        if prepared.is_file() or split != "all":  # else: every labelled image of the folder
+            csv = prepared
+    if csv is None and split != "all" and (root / "train_images").is_dir():
         raise FileNotFoundError(
-            f"data folder {root} has no train_images/; pass --data-root with the Kaggle-layout "
-            "folder the model was trained on"
+            f"{run} has no config.yaml to find the prepared split in; pass --split-file, or "
+            "--split all for every labelled image of the folder"
         )
-    if split_file is not None:
-        csv = Path(split_file)
-    elif data is not None:
-        csv = _prepared_split_csv(data, root)
-    else:
-        raise FileNotFoundError(
-            f"{run} has no config.yaml to find the prepared split in; pass --split-file"
-        )
-    if not csv.is_file():
-        raise FileNotFoundError(
-            f"split file {csv} does not exist; pass --split-file (a split.csv written by "
-            "steelseg-prepare or steelseg-train)"
-        )
-    rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    missing = {"ImageId", "split", "EncodedPixels"} - set(rows.columns)
-    if missing:
-        raise ValueError(f"{csv} lacks columns {sorted(missing)}; expected a steelseg split.csv")
-    if split != "all":
-        rows = rows[rows["split"] == split]
-    if rows.empty:
-        raise ValueError(f"split {split!r} of {csv} holds no images")
-    ids = rows["ImageId"].tolist()
-    encoded = dict(zip(ids, rows["EncodedPixels"]))
-
-    def mask_of(image_id: str) -> np.ndarray:
-        return rle.decode(encoded[image_id], rle.SHAPE, where=f"{csv.name} ({image_id})") > 0
-
-    return ids, [root / "train_images" / i for i in ids], mask_of
+    return prep.labelled_images(root, csv, split)
 
 
 # ----------------------------------------------------------------------------- scoring
-def _f(v: Any) -> float:
-    return float(v) if not isinstance(v, torch.Tensor) else float(v.item())
-
-
-def pixel_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, float]:
-    """Dataset-level IoU / Dice and mean per-image Dice (Kaggle rule) from per-image counts."""
-    t, p, n = (torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (tp, fp, fn))
-    return {
-        "iou": _f(metric.iou(t, p, n)),
-        "dice": _f(metric.dice(t, p, n)),
-        "dice_per_image": _f(metric.dice_per_image(t, p, n).float().mean()) if len(t) else math.nan,
-        "tp": int(t.sum()),
-        "fp": int(p.sum()),
-        "fn": int(n.sum()),
-    }
-
-
-def counts_at_thresholds(
-    prob: np.ndarray, target: np.ndarray, thresholds: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """tp, fp, fn of one image at every threshold (``prob >= t``), from two histograms.
-
-    Returns:
-        Three int64 arrays of ``len(thresholds)`` (thresholds must be increasing).
-    """
-    t = np.asarray(thresholds, dtype=np.float64)
-    if np.any(np.diff(t) <= 0):
-        raise ValueError(f"thresholds must be increasing, got {list(thresholds)}")
-    idx = np.searchsorted(t, prob.ravel(), side="right")  # how many thresholds each pixel passes
-    target = target.ravel().astype(bool)
-    ge_all = np.cumsum(np.bincount(idx, minlength=len(t) + 1)[::-1])[::-1][1:]
-    tp = np.cumsum(np.bincount(idx[target], minlength=len(t) + 1)[::-1])[::-1][1:]
-    return tp, ge_all - tp, int(target.sum()) - tp
-
-
 class Scorer:
     """Accumulates every evaluation number image by image, so no probability map is kept.
 
@@ -229,21 +167,19 @@ class Scorer:
         }
         for name, pp in self.variants.items():
             pred = pp.apply(prob)
-            tp = int(np.count_nonzero(pred & target))
-            fp = int(np.count_nonzero(pred)) - tp
-            fn = row["gt_pixels"] - tp
+            tp, fp, fn = metric.mask_counts(pred, target)
             n_true, found, n_pred, matched = metric.defect_counts(pred, target, self.iou_threshold)
             row[name] = {
                 "pred_pixels": tp + fp,
                 "tp": tp,
                 "fp": fp,
                 "fn": fn,
-                "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,  # Kaggle rule
+                "dice": float(metric.dice_per_image(tp, fp, fn)),  # Kaggle rule
                 "defects": [n_true, found, n_pred, matched],
             }
             if name in self.masks:
                 self.masks[name][image_id] = rle.encode(pred)
-        self._curve.append(np.stack(counts_at_thresholds(prob, target, self.thresholds)))
+        self._curve.append(np.stack(metric.counts_at_thresholds(prob, target, self.thresholds)))
         self.images.append(row)
         return row
 
@@ -252,10 +188,7 @@ class Scorer:
         if not self._curve:
             return []
         c = np.stack(self._curve)  # (N, 3, T)
-        return [
-            {"threshold": t, **_drop_counts(pixel_scores(c[:, 0, i], c[:, 1, i], c[:, 2, i]))}
-            for i, t in enumerate(self.thresholds)
-        ]
+        return metric.threshold_curve(c[:, 0], c[:, 1], c[:, 2], self.thresholds)
 
     def summary(self, name: str) -> dict[str, Any]:
         """Pixel, image-level and defect-level metrics of one variant."""
@@ -275,64 +208,18 @@ class Scorer:
         defects = np.array([r["defects"] for r in rows], dtype=np.int64).reshape(-1, 4).sum(0)
         return {
             "postprocess": self.variants[name].to_dict(),
-            "pixel": pixel_scores(*(np.array([r[k] for r in rows]) for k in ("tp", "fp", "fn"))),
+            "pixel": metric.pixel_scores(
+                *(np.array([r[k] for r in rows]) for k in ("tp", "fp", "fn"))
+            ),
             "image": image,
             "defect": {"iou_threshold": self.iou_threshold, **metric.defect_scores(*defects)},
         }
 
 
-def _drop_counts(scores: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in scores.items() if k not in ("tp", "fp", "fn")}
-
-
-def json_ready(value: Any) -> Any:
-    """Replace NaN/inf with None (strict JSON) and numpy scalars with Python ones."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 # ----------------------------------------------------------------------------- evaluation
-def read_batches(
-    paths: Sequence[Path], ids: Sequence[str], batch_size: int, skipped: list[dict[str, str]]
-) -> Iterable[tuple[list[str], list[np.ndarray]]]:
-    """Full-size grey images in batches; unreadable or wrong-size ones are logged and skipped."""
-    from steelseg.predict import read_grey
-
-    batch_ids: list[str] = []
-    images: list[np.ndarray] = []
-    for iid, path in zip(ids, paths):
-        try:
-            img = read_grey(path)
-            if img.shape != rle.SHAPE:
-                raise ValueError(
-                    f"{path} is {img.shape[1]}x{img.shape[0]}, but its mask is "
-                    f"{rle.SHAPE[1]}x{rle.SHAPE[0]}"
-                )
-        except (ValueError, FileNotFoundError) as e:
-            log.warning("skipping %s: %s", iid, e)
-            skipped.append({"image_id": iid, "reason": str(e)})
-            continue
-        batch_ids.append(iid)
-        images.append(img)
-        if len(images) == batch_size:
-            yield batch_ids, images
-            batch_ids, images = [], []
-    if images:
-        yield batch_ids, images
-
-
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """``<run>/eval/<checkpoint name>-<split>``."""
-    return find_run_dir(checkpoint) / "eval" / f"{checkpoint.stem}-{split}"
+    return run_folder(checkpoint) / "eval" / f"{checkpoint.stem}-{split}"
 
 
 def evaluate(
@@ -349,7 +236,8 @@ def evaluate(
     iou_threshold: float = 0.5,
     max_panels: int = 50,
     panel_width: int = 800,
-    progress: bool = True,
+    progress: bool | None = True,
+    on_skip: Callable[[Source, str], None] = log_skip,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a labelled split; write ``eval.json`` and ``report.html``.
 
@@ -368,22 +256,15 @@ def evaluate(
         iou_threshold: Component IoU at which a true defect counts as found.
         max_panels: Per-image panels in the report (worst first).
         panel_width: Width in pixels of each panel picture (images are 1600 wide).
-        progress: Show a progress bar.
+        progress: Show a progress bar (None: on a terminal).
+        on_skip: Told each image that cannot be read (or is not 1600x256) and why.
 
     Returns:
         The content of ``eval.json`` (NaN as None).
     """
-    from tqdm import tqdm
-
-    from steelseg import report
-    from steelseg.postprocess import load_tuned, sidecar_path
-    from steelseg.predict import Predictor, read_grey
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
     out = Path(out) if out is not None else default_out_dir(checkpoint, split)
     tuned = load_tuned(checkpoint) if use_tuned else None  # validates the sidecar early
@@ -399,16 +280,20 @@ def evaluate(
     )
 
     skipped: list[dict[str, str]] = []
+
+    def skip(source: Source, reason: str) -> None:
+        skipped.append({"image_id": source.image_id, "reason": reason})
+        on_skip(source, reason)
+
     start = time.perf_counter()
-    with tqdm(total=len(ids), desc=f"eval {split}", unit="img", disable=not progress) as bar:
-        for batch_ids, images in read_batches(paths, ids, batch_size, skipped):
-            probs = predictor.predict_proba(images)  # (N, 256, 1600) float32
-            for iid, prob in zip(batch_ids, probs):
-                scorer.add(iid, prob, mask_of(iid))
-            bar.update(len(batch_ids))
+    sources = [Source(p, i) for i, p in zip(ids, paths)]
+    for p in predictor.predict_files(
+        sources, rle.SHAPE, on_skip=skip, progress=progress, desc=f"eval {split}"
+    ):
+        scorer.add(p.source.image_id, p.prob, mask_of(p.source.image_id))
     seconds = time.perf_counter() - start
     if not scorer.images:
-        raise ValueError(f"no image of split {split!r} could be read; see the warnings above")
+        raise ValueError(f"no image of split {split!r} could be read; see the messages above")
 
     result = json_ready(
         {
@@ -440,101 +325,3 @@ def evaluate(
 
     report.write_report(result, load_panel, out / "report.html", max_panels, panel_width)
     return result
-
-
-# ----------------------------------------------------------------------------- CLI
-def _tta_arg(text: str | None) -> tuple[str, ...] | None:
-    """``--tta``: the bare flag means both flips; absent: None (the tuned value)."""
-    return None if text is None else parse_tta(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``steelseg-eval``: see the module docstring."""
-    p = argparse.ArgumentParser(
-        prog="steelseg-eval",
-        description="Evaluate a checkpoint on a labelled split; write eval.json and report.html.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a .ckpt written by steelseg-train")
-    p.add_argument("--split", default="test", help=f"one of {', '.join(SPLIT_CHOICES)}")
-    p.add_argument("--data-root", type=Path, help="Kaggle-layout data folder (default: the run's)")
-    p.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's)")
-    p.add_argument("--out", type=Path, help="output folder (default <run>/eval/<ckpt>-<split>)")
-    p.add_argument(
-        "--tta",
-        nargs="?",
-        const="hflip,vflip",
-        metavar="FLIPS",
-        help="test-time flips, comma-separated from hflip, vflip, or none (--tta alone: both); "
-        "default: the tuned ones",
-    )
-    p.add_argument(
-        "--no-tuned",
-        action="store_true",
-        help="ignore the tuned post-processing stored beside the checkpoint",
-    )
-    add_cli_args(p, "post-processing (overrides the tuned or default values)")
-    p.add_argument("--iou-threshold", type=float, default=0.5, help="defect-level match IoU")
-    p.add_argument("--panels", type=int, default=50, help="per-image panels in the report")
-    p.add_argument("--panel-width", type=int, default=800, help="panel picture width (pixels)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        if args.panels < 0 or args.panel_width < 16:
-            raise ValueError("--panels must be >= 0 and --panel-width >= 16")
-        result = evaluate(
-            args.checkpoint,
-            split=args.split,
-            data_root=args.data_root,
-            split_file=args.split_file,
-            out=args.out,
-            tta=_tta_arg(args.tta),
-            overrides=cli_overrides(args),
-            use_tuned=not args.no_tuned,
-            device=args.device,
-            batch_size=args.batch_size,
-            iou_threshold=args.iou_threshold,
-            max_panels=args.panels,
-            panel_width=args.panel_width,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"steelseg-eval: error: {e}", file=sys.stderr)
-        return 2
-    print_summary(result)
-    out = args.out or default_out_dir(args.checkpoint, args.split)
-    print(f"wrote {out / 'eval.json'} and {out / 'report.html'}")
-    if result["skipped"]:
-        print(f"steelseg-eval: {len(result['skipped'])} image(s) skipped", file=sys.stderr)
-        return 1
-    return 0
-
-
-def print_summary(result: Mapping[str, Any]) -> None:
-    """The headline numbers of both variants, one table."""
-    rows = [
-        ("pixel IoU", "pixel", "iou"),
-        ("pixel Dice", "pixel", "dice"),
-        ("per-image Dice (Kaggle)", "pixel", "dice_per_image"),
-        ("image precision", "image", "precision"),
-        ("image recall", "image", "recall"),
-        ("image ROC AUC (max prob)", "image", "roc_auc_max_prob"),
-        ("defect recall", "defect", "recall"),
-        ("defect precision", "defect", "precision"),
-    ]
-    m = result["metrics"]
-    print(f"{result['split']}: {result['n_images']} images ({result['n_defective']} defective)")
-    print(f"{'':26s} {'threshold only':>15s} {'post-processed':>15s}")
-    for label, group, key in rows:
-        vals = [m[v][group][key] for v in VARIANTS]
-        print(f"{label:26s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,10 +18,8 @@ largest absolute difference from the PyTorch module measured on random inputs ri
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from steelseg.model import SteelSegModule
+from steelseg.dataset import STRIDE
+from steelseg.io import atomic_write_bytes, atomic_write_text, check_out_folder
+from steelseg.model import SteelSegModule, normalise
 from steelseg.postprocess import PostProcess, load_tuned
-from steelseg.predict import STRIDE, check_out_folder, load_module
-from steelseg.prepare import atomic_write_bytes, atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)
@@ -56,13 +54,9 @@ class ExportModule(nn.Module):
         self.net = module.net
         self.register_buffer("mean", module.mean.detach().clone())  # (C, 1, 1), pixel units
         self.register_buffer("std", module.std.detach().clone())
-        self.channels = int(module.hparams.in_channels)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float()
-        if self.channels == 3:
-            x = x.expand(-1, 3, -1, -1)  # grey -> the 3 equal channels the encoder expects
-        return self.net((x - self.mean) / self.std)
+        return self.net(normalise(image, self.mean, self.std))
 
 
 def _example(size: tuple[int, int], batch: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -189,7 +183,7 @@ def export(
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
     check_out_folder(Path(out).parent)
-    module = load_module(checkpoint, "cpu")
+    module = SteelSegModule.load_from_checkpoint(checkpoint).eval()
     model = ExportModule(module).eval()
     size = module.hparams.get("input_size")
     size = (int(size[0]), int(size[1])) if size else (256, 1600)
@@ -249,47 +243,3 @@ def export(
     }
     atomic_write_text(metadata_path(out), json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``steelseg-export CHECKPOINT --format onnx|torchscript --out FILE``."""
-    p = argparse.ArgumentParser(
-        prog="steelseg-export",
-        description="Export a steelseg checkpoint to ONNX or TorchScript (grey 0..255 images "
-        "(N,1,H,W) in, logits out, normalisation inside), check it against the PyTorch module "
-        "and write FILE.json with the metadata.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a steelseg .ckpt file")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--input-dtype", choices=list(INPUT_DTYPES), default="uint8")
-    p.add_argument(
-        "--onnx-exporter",
-        choices=ONNX_EXPORTERS,
-        default="dynamo",
-        help="dynamo (torch.export, default) or torchscript (older, faster, deprecated)",
-    )
-    p.add_argument("--no-tuned", action="store_true", help="ignore tuned post-processing")
-    args = p.parse_args(argv)
-    try:
-        meta = export(
-            args.checkpoint,
-            args.out,
-            args.format,
-            args.input_dtype,
-            args.onnx_exporter,
-            not args.no_tuned,
-        )
-    except (ValueError, OSError) as e:
-        print(f"steelseg-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(
-        f"steelseg-export: wrote {args.out} ({args.format}, input {meta['input']['dtype']} "
-        f"(N,1,H,W), trained at {meta['input_size'][0]}x{meta['input_size'][1]}); max abs "
-        f"difference from the module {meta['max_abs_diff']:.2e}; metadata "
-        f"{metadata_path(args.out)}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -10,6 +10,7 @@ its device as the encoder expects. Output: logits ``(N, 1, H, W)`` (no activatio
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from steelseg import checkpoint as ckpt_io
+from steelseg.dataset import STRIDE
 from steelseg.losses import WeightedLoss
 from steelseg.metric import SegMetrics
 
@@ -103,13 +105,28 @@ def build_network(
         encoder_weights: ``"imagenet"`` (or another smp weight name), None for random
             initialisation, or the path of a local file holding the encoder's state dict.
         in_channels: 1 (grey) or 3 (grey repeated, as ImageNet encoders expect).
-        arch_kwargs: Extra arguments of the smp architecture (e.g. decoder sizes).
+        arch_kwargs: Extra arguments of the smp architecture (e.g. decoder sizes): keywords of
+            its class's ``__init__`` other than those set here (encoder, weights, channels,
+            classes) and those that would change the output (``activation``, ``aux_params``).
 
     Raises:
-        ValueError: unknown architecture or encoder.
+        ValueError: unknown architecture, encoder or ``arch_kwargs`` key (smp would pass an
+            unknown key on to the encoder, which fails with a TypeError deep inside).
         RuntimeError: pretrained weights are requested but cannot be downloaded.
     """
     smp_arch = ARCHS[_choice("architecture", arch, ARCHS)]
+    arch_kwargs = dict(arch_kwargs or {})
+    params = inspect.signature(getattr(smp, smp_arch).__init__).parameters
+    own = {"self", "encoder_name", "encoder_weights", "in_channels", "classes"}
+    own |= {"activation", "aux_params"}  # the module needs one tensor of logits
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = sorted(k for k, p in params.items() if p.kind in named and k not in own)  # not **kwargs
+    unknown = sorted(set(arch_kwargs) - set(takes))
+    if unknown:
+        raise ValueError(
+            f"model.arch_kwargs {unknown} not accepted by architecture {arch!r} (smp.{smp_arch}); "
+            f"it takes {takes}"
+        )
     check_encoder(encoder_name)
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -132,7 +149,7 @@ def build_network(
         encoder_weights=encoder_weights if named else None,
         in_channels=in_channels,
         classes=1,
-        **dict(arch_kwargs or {}),
+        **arch_kwargs,
     )
     if local:
         state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
@@ -178,6 +195,17 @@ def normalisation(encoder_name: str, in_channels: int) -> tuple[torch.Tensor, to
     if in_channels == 1:  # grey input to a 1-channel stem: the average of the channels
         mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
     return mean.view(-1, 1, 1), std.view(-1, 1, 1)
+
+
+def normalise(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Grey pixel values -> the encoder's normalised input (also inside exported models).
+
+    Shape:
+        image: (N, 1, H, W) uint8 or float in 0..255; mean, std: (C, 1, 1) in pixel units,
+        C = 1 or 3. Returns float32 (N, C, H, W): grey repeated to the 3 equal channels an
+        ImageNet encoder expects when C = 3.
+    """
+    return (image.float().expand(-1, mean.shape[0], -1, -1) - mean) / std
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -241,7 +269,7 @@ class SteelSegModule(pl.LightningModule):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if input_size is not None and (
-            len(input_size) != 2 or any(int(v) <= 0 or int(v) % 32 for v in input_size)
+            len(input_size) != 2 or any(int(v) <= 0 or int(v) % STRIDE for v in input_size)
         ):
             raise ValueError(
                 f"input_size must be (height, width), multiples of 32, got {input_size}"
@@ -257,31 +285,51 @@ class SteelSegModule(pl.LightningModule):
         self.test_metrics = SegMetrics(threshold)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, weights_only=True, **kwargs):
-        """Load a trained module; pretrained encoder weights are not fetched again.
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> SteelSegModule:
+        """Load a trained module: the one way steelseg turns a checkpoint into a network.
 
-        Loading is weights-only (tensors and plain values: a file cannot run code while it
-        loads). ``weights_only=False`` reads any pickle, which can run code hidden in the file:
-        only for checkpoints you trust.
+        Training resumes and every inference command read checkpoints through the same
+        reader (:func:`steelseg.checkpoint.load`). Loading is weights-only (tensors and plain
+        values: a file cannot run code while it loads). ``weights_only=False`` reads any
+        pickle, which can run code hidden in the file: only for checkpoints you trust.
+        Pretrained encoder weights are not fetched again: the checkpoint holds every weight.
+
+        Args:
+            checkpoint_path: A ``.ckpt`` written by ``steelseg-train`` (a URL goes to
+                Lightning's own loader).
+            map_location: Device for the weights (default CPU).
+            weights_only: Refuse anything but tensors and plain values.
+            **kwargs: Hyper-parameters that replace the stored ones.
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: the file is truncated, not a checkpoint, needs unsafe loading, or
-                holds another architecture's weights.
+            ValueError: the file is truncated, not a checkpoint, not steelseg's, needs unsafe
+                loading, or holds weights that do not fit the network.
         """
-        kwargs.setdefault("encoder_weights", None)  # the checkpoint holds every weight
-        path = checkpoint_path
-        local = isinstance(path, (str, os.PathLike)) and "://" not in str(path)
-        if local and not Path(path).is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
+        if "://" in str(checkpoint_path):
             return super().load_from_checkpoint(
-                path, map_location=map_location, weights_only=weights_only, **kwargs
+                checkpoint_path, map_location=map_location, weights_only=weights_only, **kwargs
             )
-        except ckpt_io.LOAD_ERRORS as e:
-            if not ckpt_io.from_torch_load(e):
-                raise
-            raise ckpt_io.explain(path, e, weights_only) from None
+        ckpt = ckpt_io.load(checkpoint_path, "cpu", weights_only)
+        hp, state = ckpt_io.steelseg_parts(ckpt, checkpoint_path)
+        hp = {**hp, "encoder_weights": None, **kwargs}
+        try:
+            module = cls(**hp)
+        except TypeError as e:  # a hyper-parameter this version does not know
+            raise ValueError(
+                f"{checkpoint_path} does not match this steelseg version's model: {e}"
+            ) from None
+        ckpt_io.check_compatible(
+            hp, module.hparams, state, module.state_dict(), f"checkpoint {checkpoint_path}"
+        )
+        module.load_state_dict(state)
+        return module.to(map_location) if map_location is not None else module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, in one line, a checkpoint whose weights do not fit this network."""
@@ -302,10 +350,7 @@ class SteelSegModule(pl.LightningModule):
             image: (N, 1, H, W) uint8 or float in 0..255; H, W multiples of 32.
             Returns (N, 1, H, W) float32 logits (also under bf16/fp16 autocast).
         """
-        x = image.float()
-        if self.hparams.in_channels == 3:
-            x = x.expand(-1, 3, -1, -1)  # grey -> the 3 equal channels ImageNet encoders expect
-        x = (x - self.mean) / self.std
+        x = normalise(image, self.mean, self.std)
         if self.use_channels_last(x.device):
             x = x.contiguous(memory_format=torch.channels_last)
         if compile_mode(self.hparams.get("compile", False)) in CUDAGRAPH_MODES and x.is_cuda:

@@ -13,7 +13,6 @@ This module needs numpy and OpenCV only (no torch).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from steelseg.io import atomic_write_text
 
 #: Test-time augmentations understood by :mod:`steelseg.predict` (flips are their own inverse).
 TTA_CHOICES = ("hflip", "vflip")
@@ -37,36 +38,6 @@ def check_tta(tta: Sequence[str], where: str = "") -> tuple[str, ...]:
         if name not in TTA_CHOICES:
             raise ValueError(f"{ctx}unknown TTA {name!r}; choose from {list(TTA_CHOICES)}")
     return tuple(dict.fromkeys(tta))
-
-
-def parse_tta(text: str) -> tuple[str, ...]:
-    """A ``--tta`` value: ``hflip,vflip``, ``hflip``, ``none`` (or empty: no TTA)."""
-    if text.strip().lower() in ("", "none"):
-        return ()
-    return check_tta([t.strip() for t in text.split(",") if t.strip()], "--tta")
-
-
-def add_cli_args(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
-    """The command-line overrides of each :class:`PostProcess` field (absent: keep the value)."""
-    g = parser.add_argument_group(title)
-    g.add_argument("--threshold", type=float, help="probability threshold, in (0, 1)")
-    g.add_argument("--min-component-area", type=int, help="drop components below N pixels")
-    g.add_argument("--min-total-area", type=int, help="empty masks below N pixels in total")
-    g.add_argument("--dilate", type=int, help="dilation kernel size in pixels (0 = off)")
-    g.add_argument("--close", type=int, help="closing kernel size in pixels (0 = off)")
-    g.add_argument(
-        "--fill-holes", action=argparse.BooleanOptionalAction, default=None, help="fill holes"
-    )
-    return g
-
-
-def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`PostProcess` fields given on the command line (see :func:`add_cli_args`)."""
-    return {
-        f.name: getattr(args, f.name)
-        for f in fields(PostProcess)
-        if getattr(args, f.name, None) is not None
-    }
 
 
 def _kernel(size: int) -> np.ndarray:
@@ -231,8 +202,6 @@ def save_tuned(
     The file holds ``{"postprocess": {...}, "tta": [...], **info}``, where ``info`` says what
     the values were tuned on (split, score, grid).
     """
-    from steelseg.prepare import atomic_write_text
-
     info = dict(info or {})
     clash = sorted({"postprocess", "tta"} & set(info))
     if clash:

@@ -1,32 +1,36 @@
-"""Inference: a trained checkpoint applied to numpy images (notebook API) and image files (CLI).
+"""Inference: a trained checkpoint applied to numpy images or image files.
 
 Notebook use, no Hydra needed::
 
-    from steelseg.predict import Predictor, read_grey
+    from steelseg.predict import Predictor
+    from steelseg.io import read_grey
 
     predictor = Predictor.from_checkpoint("outputs/train/runs/<time>/checkpoints/last.ckpt")
     image = read_grey("data/severstal/train_images/0002cc93b.jpg")  # uint8 (256, 1600)
     prob = predictor.predict_proba(image)                          # float32 (256, 1600)
     mask = predictor.predict(image)                                # bool (256, 1600)
+    for p in predictor.predict_files(["a.jpg", "b.jpg"]):          # files, in batches
+        p.source.path, p.image, p.prob
 
 Each image is resized to the size the model was trained at (``hparams.input_size``), run in
 batches (with flip test-time augmentation when asked), and its probability map resized back
 (bilinear) to the image's own size before post-processing (:mod:`steelseg.postprocess`).
 
-Command line: ``steelseg-predict CHECKPOINT INPUT... --out DIR`` (see :func:`main`).
+:meth:`Predictor.predict_files` is the one loop over image files: it reads them in batches,
+names and skips the unreadable ones, and yields a :class:`Prediction` per image. Prediction,
+evaluation, tuning and pseudo-labelling all run through it; :func:`predict_to_folder` is
+``steelseg-predict``'s work (masks, overlays, panels, a Kaggle-format CSV).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,80 +38,82 @@ import cv2
 import numpy as np
 import torch
 
-from steelseg import checkpoint as ckpt_io
-from steelseg import rle
-from steelseg.model import SteelSegModule
-from steelseg.postprocess import (
-    TTA_CHOICES,
-    PostProcess,
-    add_cli_args,
-    check_tta,
-    cli_overrides,
-    load_tuned,
-    parse_tta,
+from steelseg import draw, metric, rle
+from steelseg.dataset import STRIDE
+from steelseg.io import (
+    ImageError,
+    atomic_write_text,
+    check_out_folder,
+    images_in,
+    read_grey,
+    write_png,
 )
-from steelseg.prepare import atomic_write_bytes, atomic_write_text
+from steelseg.model import SteelSegModule
+from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TTA_CHOICES", "Predictor", "load_module", "read_grey", "main"]
-
-STRIDE = 32  # the encoders downsample 5 times: network inputs are multiples of 32
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+__all__ = ["TTA_CHOICES", "Prediction", "Predictor", "Source", "collect_inputs", "read_grey"]
 
 
-# ----------------------------------------------------------------------------- loading
-def load_module(
-    checkpoint: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
-) -> SteelSegModule:
-    """Load a steelseg checkpoint into an eval-mode :class:`SteelSegModule` on ``device``.
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Source:
+    """One input image: its file, its ImageId (file name) and the train.csv that labels it."""
 
-    The file is read weights-only (tensors and plain values; nothing in it can run). A
-    checkpoint that needs full unpickling is refused unless ``trust_checkpoint``: a pickle
-    from a stranger is code, so pass it only for files you trust.
+    path: Path
+    image_id: str
+    labels: Path | None = None  # train.csv of a Kaggle-layout folder; images not in it are clean
 
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a PyTorch checkpoint, needs unsafe loading, or was not
-            written by steelseg.
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> Source:
+        """A file, labelled by the ``train.csv`` beside its folder when that is ``train_images/``."""
+        path = Path(path)
+        return cls(path, path.name, _kaggle_labels(path.parent))
+
+
+def _kaggle_labels(folder: Path) -> Path | None:
+    """train.csv beside a Kaggle ``train_images/`` folder, if any."""
+    csv = folder.parent / "train.csv"
+    return csv if folder.name == "train_images" and csv.is_file() else None
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
+    """Expand image files, folders and globs into image sources.
+
+    A folder holding ``train_images/`` (a Kaggle-layout folder) means its train images, with
+    ground truth from its ``train.csv``; one holding only ``test_images/`` means those. Files
+    in a folder are taken by image suffix; files named or matched by a glob are all tried.
+
+    Returns:
+        The sources in order (duplicate files once), and the inputs that matched nothing.
     """
-    path = Path(checkpoint)
-    ckpt = ckpt_io.load(path, "cpu", weights_only=not trust_checkpoint)
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or not {"arch", "encoder_name"} <= set(hp) or state is None:
-        raise ValueError(
-            f"{path} is not a steelseg checkpoint (no steelseg hyper-parameters and weights); "
-            "pass the .ckpt file from a steelseg-train run's checkpoints/ folder"
-        )
-    try:
-        module = SteelSegModule(**{**hp, "encoder_weights": None})  # the weights are all here
-        module.load_state_dict(state)
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{path} does not match this steelseg version's model: {e}") from None
-    return module.eval().to(device)
-
-
-def read_grey(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 grey (H, W).
-
-    Raises:
-        ValueError: the file is missing, not an image, unreadable, or a truncated JPEG (which
-            OpenCV would otherwise decode silently with grey filler); the message names it.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
-        raise ValueError(f"cannot read {path}: truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
-    if img is None:
-        raise ValueError(f"cannot read {path}: not an image, or a damaged one")
-    return img
+    found: list[Source] = []
+    empty: list[str] = []
+    for text in map(str, inputs):
+        path = Path(text)
+        if path.is_dir():
+            folder = path
+            if (path / "train_images").is_dir():
+                folder = path / "train_images"
+            elif (path / "test_images").is_dir() and not images_in(path):
+                folder = path / "test_images"
+            new = [Source.of(p) for p in images_in(folder)]
+        elif path.is_file():
+            new = [Source.of(path)]
+        else:
+            new = [Source.of(m) for m in sorted(glob.glob(text)) if Path(m).is_file()]
+        if not new:
+            empty.append(text)
+        found.extend(new)
+    seen: set[Path] = set()
+    unique = []
+    for s in found:
+        key = s.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return unique, empty
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -137,6 +143,25 @@ def _grey(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.float32)  # the model takes 0..255 floats too
     return image
+
+
+@dataclass
+class Prediction:
+    """One image file and its defect probabilities (see :meth:`Predictor.predict_files`).
+
+    Shape:
+        image: uint8 (H, W); prob, plain: float32 (H, W), at the image's own size.
+    """
+
+    source: Source
+    image: np.ndarray
+    prob: np.ndarray
+    plain: np.ndarray | None = None  # without test-time augmentation, when asked for
+
+
+def log_skip(source: Source, reason: str) -> None:
+    """The default report of a skipped input: a warning ``skipped <file>: <reason>``."""
+    log.warning("skipped %s: %s", source.path, reason)
 
 
 class Predictor:
@@ -175,6 +200,7 @@ class Predictor:
         self.postprocess = postprocess or PostProcess(threshold=float(module.hparams.threshold))
         self.tta = check_tta(tta)
         self.batch_size = int(batch_size)
+        self.checkpoint: Path | None = None  # the file it came from, if any
 
     @classmethod
     def from_checkpoint(
@@ -192,18 +218,21 @@ class Predictor:
         ``postprocess`` / ``tta`` left None take the values ``steelseg-tune`` stored beside the
         checkpoint (:func:`steelseg.postprocess.load_tuned`) when present and ``use_tuned``;
         otherwise a threshold at the module's and no TTA. ``trust_checkpoint`` allows
-        checkpoints that need full (code-running) unpickling; see :func:`load_module`.
+        checkpoints that need full (code-running) unpickling; see
+        :meth:`SteelSegModule.load_from_checkpoint`.
         """
         device = _device(device)
-        module = load_module(checkpoint, device, trust_checkpoint)
-        tuned = load_tuned(checkpoint) if use_tuned else None
+        tuned = load_tuned(checkpoint) if use_tuned else None  # a bad sidecar fails first
+        module = SteelSegModule.load_from_checkpoint(checkpoint, weights_only=not trust_checkpoint)
         if postprocess is None and tuned is not None:
             postprocess = tuned[0]
         if tta is None:
             tta = tuned[1] if tuned is not None else ()
-        return cls(module, device, postprocess, tta, batch_size)
+        predictor = cls(module, device, postprocess, tta, batch_size)
+        predictor.checkpoint = Path(checkpoint)
+        return predictor
 
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ arrays
     def _network_input(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape
         if self.input_size is not None:
@@ -212,7 +241,7 @@ class Predictor:
                 return image
             # INTER_AREA, as the training cache was made (steelseg.prepare.load_sample)
             return cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-        ph, pw = -h % STRIDE, -w % STRIDE  # no trained size: pad to a multiple of 32
+        ph, pw = -h % STRIDE, -w % STRIDE  # no trained size: pad to the network's stride
         return (
             cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101) if ph or pw else image
         )
@@ -226,16 +255,33 @@ class Predictor:
         return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 
     @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """TTA-averaged probabilities of a (N, h, w) batch at network size."""
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """TTA-averaged and plain probabilities of a (N, h, w) batch at network size."""
         x = torch.from_numpy(batch)[:, None].to(self.device, non_blocking=True)  # (N, 1, h, w)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            prob = self.module(x).float().sigmoid()
+            plain = self.module(x).float().sigmoid()
+            prob = plain.clone()
             for name in self.tta:
                 dim = -1 if name == "hflip" else -2
                 prob += self.module(x.flip(dim)).float().sigmoid().flip(dim)
         prob /= 1 + len(self.tta)
-        return prob[:, 0].float().cpu().numpy()  # (N, h, w)
+        return prob[:, 0].cpu().numpy(), plain[:, 0].cpu().numpy()  # (N, h, w) each
+
+    def _proba(self, grey: list[np.ndarray], with_plain: bool) -> list[tuple[np.ndarray, Any]]:
+        """(probabilities, plain probabilities or None) of each image, at its own size."""
+        net = [self._network_input(g) for g in grey]
+        out: list[Any] = [None] * len(grey)
+        by_shape: dict[tuple[tuple[int, int], np.dtype], list[int]] = {}
+        for i, a in enumerate(net):
+            by_shape.setdefault((a.shape, a.dtype), []).append(i)
+        for idx in by_shape.values():
+            for lo in range(0, len(idx), self.batch_size):
+                part = idx[lo : lo + self.batch_size]
+                probs, plains = self._forward(np.stack([net[i] for i in part]))
+                for i, p, q in zip(part, probs, plains):
+                    shape = grey[i].shape
+                    out[i] = (self._back(p, shape), self._back(q, shape) if with_plain else None)
+        return out
 
     def predict_proba(self, images: Any) -> np.ndarray | list[np.ndarray]:
         """Defect probabilities of each pixel, at each image's own size.
@@ -249,22 +295,12 @@ class Predictor:
             (H, W) arrays for several sizes.
         """
         grey, single = _as_images(images)
-        net = [self._network_input(g) for g in grey]
-        out: list[np.ndarray | None] = [None] * len(grey)
-        by_shape: dict[tuple[tuple[int, int], np.dtype], list[int]] = {}
-        for i, a in enumerate(net):
-            by_shape.setdefault((a.shape, a.dtype), []).append(i)
-        for idx in by_shape.values():
-            for lo in range(0, len(idx), self.batch_size):
-                part = idx[lo : lo + self.batch_size]
-                probs = self._forward(np.stack([net[i] for i in part]))
-                for i, p in zip(part, probs):
-                    out[i] = self._back(p, grey[i].shape)
+        out = [p for p, _ in self._proba(grey, with_plain=False)]
         if single:
             return out[0]
         if out and len({p.shape for p in out}) == 1:
             return np.stack(out)
-        return list(out) if out else np.zeros((0, 0, 0), np.float32)
+        return out if out else np.zeros((0, 0, 0), np.float32)
 
     def predict(
         self, images: Any, postprocess: PostProcess | None = None
@@ -279,6 +315,68 @@ class Predictor:
         probs = self.predict_proba(images)
         return [pp.apply(p) for p in probs] if isinstance(probs, list) else pp.apply(probs)
 
+    # ------------------------------------------------------------------ files
+    def predict_files(
+        self,
+        sources: Iterable[Source | str | os.PathLike],
+        shape: tuple[int, int] | None = None,
+        check: Callable[[Source, np.ndarray], None] | None = None,
+        on_skip: Callable[[Source, str], None] = log_skip,
+        with_plain: bool = False,
+        progress: bool | None = False,
+        desc: str = "predict",
+    ) -> Iterator[Prediction]:
+        """Read image files in batches and predict them; the unreadable ones are skipped.
+
+        Args:
+            sources: Image files (paths or :class:`Source`).
+            shape: The (height, width) every image must have (e.g. to match its mask), or None.
+            check: More conditions on a read image: raises ``ValueError`` to skip it.
+            on_skip: Told each skipped source and why (default: a logged warning).
+            with_plain: Also give the probabilities without TTA (free: the plain pass is
+                part of the TTA average).
+            progress: A progress bar: True, False, or None (only on a terminal).
+            desc: The progress bar's label.
+
+        Yields:
+            One :class:`Prediction` per readable image, in order.
+        """
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        sources = [s if isinstance(s, Source) else Source.of(s) for s in sources]
+        bar = tqdm(
+            total=len(sources),
+            desc=desc,
+            unit="img",
+            disable=None if progress is None else not progress,
+        )
+        with bar, logging_redirect_tqdm():
+            for lo in range(0, len(sources), self.batch_size):
+                batch = sources[lo : lo + self.batch_size]
+                good, images = [], []
+                for s in batch:
+                    try:
+                        image = read_grey(s.path)
+                        if shape is not None and image.shape != tuple(shape):
+                            raise ValueError(
+                                f"it is {image.shape[1]}x{image.shape[0]}, but this needs "
+                                f"{shape[1]}x{shape[0]} images"
+                            )
+                        if check is not None:
+                            check(s, image)
+                    except ImageError as e:
+                        on_skip(s, e.reason)
+                        continue
+                    except ValueError as e:
+                        on_skip(s, str(e))
+                        continue
+                    good.append(s)
+                    images.append(image)
+                for s, image, (prob, plain) in zip(good, images, self._proba(images, with_plain)):
+                    yield Prediction(s, image, prob, plain)
+                bar.update(len(batch))
+
 
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
@@ -289,153 +387,16 @@ def _device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-# ----------------------------------------------------------------------------- files
-@dataclass
-class Source:
-    """One input image: its file, its ImageId (file name) and the train.csv that labels it."""
-
-    path: Path
-    image_id: str
-    labels: Path | None = None  # train.csv of a Kaggle-layout folder; images not in it are clean
-
-
-def _kaggle_labels(folder: Path) -> Path | None:
-    """train.csv beside a Kaggle ``train_images/`` folder, if any."""
-    csv = folder.parent / "train.csv"
-    return csv if folder.name == "train_images" and csv.is_file() else None
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Source], list[str]]:
-    """Expand image files, folders and globs into image sources.
-
-    A folder holding ``train_images/`` (a Kaggle-layout folder) means its train images, with
-    ground truth from its ``train.csv``; one holding only ``test_images/`` means those. Files
-    in a folder are taken by image suffix; files named or matched by a glob are all tried.
-
-    Returns:
-        The sources in order (duplicate files once), and the inputs that matched nothing.
-    """
-    found: list[Source] = []
-    empty: list[str] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            folder = path
-            if (path / "train_images").is_dir():
-                folder = path / "train_images"
-            elif (path / "test_images").is_dir() and not _images_in(path):
-                folder = path / "test_images"
-            labels = _kaggle_labels(folder)
-            new = [Source(p, p.name, labels) for p in _images_in(folder)]
-        elif path.is_file():
-            new = [Source(path, path.name, _kaggle_labels(path.parent))]
-        else:
-            matches = sorted(Path(m) for m in glob.glob(text) if Path(m).is_file())
-            new = [Source(m, m.name, _kaggle_labels(m.parent)) for m in matches]
-        if not new:
-            empty.append(text)
-        found.extend(new)
-    seen: set[Path] = set()
-    unique = []
-    for s in found:
-        key = s.path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(s)
-    return unique, empty
-
-
-def check_out_folder(folder: Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be made: it, or a folder above it, is a file.
-
-    Raises:
-        ValueError: naming the file in the way and the option to change.
-    """
-    for path in (folder, *folder.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ValueError(
-                    f"cannot write {folder}: {path} is a file, not a folder; choose another "
-                    f"{option}"
-                )
-            return
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Save an image as PNG atomically."""
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"cannot encode {path} as PNG")
-    atomic_write_bytes(path, buf.tobytes())
-
-
-# ----------------------------------------------------------------------------- pictures
-PRED_BGR = (0, 0, 255)  # red: predicted defect
-TRUE_BGR = (0, 255, 0)  # green: ground-truth outline on the overlay
-LABEL_HEIGHT = 28  # pixels of the caption bar above each panel
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """The image in grey with the predicted mask tinted red (and the true outline in green).
-
-    Returns:
-        uint8 BGR (H, W, 3).
-    """
-    bgr = cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    m = mask.astype(bool)
-    tint = np.array(PRED_BGR, dtype=np.float32)
-    bgr[m] = (0.55 * bgr[m] + 0.45 * tint).astype(np.uint8)
-    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(bgr, contours, -1, PRED_BGR, 1)
-    if truth is not None and truth.any():
-        contours, _ = cv2.findContours(
-            truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
-        cv2.drawContours(bgr, contours, -1, TRUE_BGR, 2)
-    return bgr
-
-
-def _captioned(panel: np.ndarray, text: str) -> np.ndarray:
-    if panel.ndim == 2:
-        panel = cv2.cvtColor(panel, cv2.COLOR_GRAY2BGR)
-    bar = np.full((LABEL_HEIGHT, panel.shape[1], 3), 32, dtype=np.uint8)
-    cv2.putText(bar, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack([bar, panel])
-
-
-def four_panel(image: np.ndarray, mask: np.ndarray, truth: np.ndarray, title: str) -> np.ndarray:
-    """The seed demo's picture, stacked vertically: original / predicted / overlay / truth.
-
-    Returns:
-        uint8 BGR (4 * (H + 28), W, 3).
-    """
-    m, t = mask.astype(bool), truth.astype(bool)
-    inter, total = int((m & t).sum()), int(m.sum() + t.sum())
-    dice = 1.0 if total == 0 else 2 * inter / total  # Kaggle rule: empty and empty scores 1
-    panels = [
-        (image.astype(np.uint8), f"{title}: original"),
-        (m.astype(np.uint8) * 255, f"predicted mask ({int(m.sum())} px)"),
-        (overlay(image, m, t), "overlay: predicted red, ground-truth outline green"),
-        (t.astype(np.uint8) * 255, f"ground truth ({int(t.sum())} px), Dice {dice:.3f}"),
-    ]
-    return np.vstack([_captioned(p, text) for p, text in panels])
-
-
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- to a folder
 class _Truth:
     """Ground-truth masks from the train.csv files of Kaggle-layout inputs, read once each."""
 
-    def __init__(self) -> None:
-        self.tables: dict[Path, Any] = {}
-
-    def load(self, sources: Sequence[Source]) -> None:
+    def __init__(self, sources: Sequence[Source]) -> None:
         """Read (and validate) every train.csv first, so a bad one stops the run early."""
-        for csv in dict.fromkeys(s.labels for s in sources if s.labels is not None):
-            self.tables[csv] = rle.read_annotations(csv, any_class=True)
+        self.tables = {
+            csv: rle.read_annotations(csv, any_class=True)
+            for csv in dict.fromkeys(s.labels for s in sources if s.labels is not None)
+        }
 
     def mask(self, source: Source, shape: tuple[int, int]) -> np.ndarray | None:
         if source.labels is None or shape != rle.SHAPE:
@@ -443,124 +404,86 @@ class _Truth:
         return rle.image_mask(self.tables[source.labels], source.image_id).astype(bool)
 
 
-def _batches(sources: Sequence[Source], size: int) -> Iterator[list[Source]]:
-    for lo in range(0, len(sources), size):
-        yield list(sources[lo : lo + size])
+def predict_to_folder(
+    predictor: Predictor,
+    sources: Sequence[Source],
+    out: str | os.PathLike,
+    postprocess: PostProcess | None = None,
+    masks_only: bool = False,
+    on_skip: Callable[[Source, str], None] = log_skip,
+    progress: bool | None = None,
+    unmatched: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Predict image files into ``out``: ``steelseg-predict``'s work.
 
+    Writes ``masks/<stem>.png`` (0/255), ``overlays/<stem>.png`` (prediction red; with ground
+    truth: found green, false alarm red, missed blue), ``panels/<stem>.png`` (the reference
+    demo's four panels, where ground truth is known: a Kaggle-layout folder or its
+    ``train_images/`` with train.csv beside it), ``predictions.csv`` (``ImageId,ClassId,
+    EncodedPixels``: ClassId 0 = any defect class, EncodedPixels empty for no defect) and
+    ``predict.json`` (settings, counts, speed, skipped inputs).
 
-def _parse_tta(text: str) -> tuple[str, ...]:
-    try:
-        return parse_tta(text)
-    except ValueError as e:  # argparse names the option itself
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--tta: ")) from None
+    Args:
+        predictor: The model.
+        sources: The images (:func:`collect_inputs` expands files, folders and globs).
+        out: The output folder.
+        postprocess: Replaces the predictor's post-processing.
+        masks_only: Write masks and the CSV only.
+        on_skip: Told each skipped input and why.
+        progress: A progress bar (None: on a terminal).
+        unmatched: Inputs that named no image (recorded as skipped).
 
+    Returns:
+        The content of ``predict.json``; its ``skipped`` maps each skipped input to the reason.
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="steelseg-predict",
-        description="Predict defect masks with a steelseg checkpoint. Writes OUT/masks/<id>.png "
-        "(0/255), OUT/overlays/<id>.png, OUT/panels/<id>.png (when ground truth is known: a "
-        "Kaggle-layout folder or its train_images/ with train.csv beside it), "
-        "OUT/predictions.csv (ImageId,ClassId,EncodedPixels; ClassId 0 = any defect class, "
-        "EncodedPixels empty for no defect) and OUT/predict.json. Exit code 3 when an input "
-        "was skipped, 2 on a usage or checkpoint error.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a steelseg .ckpt file")
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="image file, folder (or Kaggle-layout folder) or quoted glob such as 'dir/*.jpg'",
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    g = add_cli_args(
-        p,
-        "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
-        "only the model's threshold); each option given replaces that one value",
-    )
-    g.add_argument(
-        "--tta",
-        type=_parse_tta,
-        help=f"flips averaged with the plain prediction, comma-separated from {list(TTA_CHOICES)}, "
-        "or 'none'",
-    )
-    g.add_argument(
-        "--no-tuned",
-        action="store_true",
-        help="ignore the tuned post-processing stored beside the checkpoint",
-    )
-    p.add_argument(
-        "--masks-only", action="store_true", help="write masks and the CSV, no overlays or panels"
-    )
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """The body of ``steelseg-predict`` once arguments are parsed; returns the exit code."""
-    from tqdm import tqdm
-
-    sources, empty = collect_inputs(args.inputs)
-    for text in empty:
-        print(f"steelseg-predict: skipped {text}: no image file matches it", file=sys.stderr)
+    Raises:
+        ValueError: no sources, or ``out`` cannot be a folder.
+    """
+    out = Path(out)
     if not sources:
-        print("steelseg-predict: error: no input images found", file=sys.stderr)
-        return 2
-    check_out_folder(args.out)
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint,
-        args.device,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        use_tuned=not args.no_tuned,
-    )
-    changes = cli_overrides(args)
-    pp = replace(predictor.postprocess, **changes) if changes else predictor.postprocess
-    out: Path = args.out
-    truth = _Truth()
-    truth.load(sources)
-    skipped: dict[str, str] = {s: "no image file matches it" for s in empty}
-    rows: list[tuple[str, str]] = []
+        raise ValueError("no input images found")
+    check_out_folder(out)
+    skipped = dict.fromkeys(unmatched, "no image file matches it")
+    pp = postprocess or predictor.postprocess
+    truth = _Truth(sources)
     stems: dict[str, Path] = {}
+
+    def unique_stem(s: Source, image: np.ndarray) -> None:
+        stem = Path(s.image_id).stem
+        if stem in stems:
+            raise ValueError(
+                f"same name as {stems[stem]} (outputs would collide); predict the two folders "
+                "into different --out folders"
+            )
+        stems[stem] = s.path
+
+    def skip(s: Source, reason: str) -> None:
+        skipped[str(s.path)] = reason
+        on_skip(s, reason)
+
+    rows: list[tuple[str, str]] = []
     n_panels, start = 0, time.perf_counter()
-    with tqdm(total=len(sources), unit="img", desc="predict", disable=None) as bar:
-        for batch in _batches(sources, args.batch_size):
-            good, images = [], []
-            for s in batch:
-                stem = Path(s.image_id).stem
-                try:
-                    if stem in stems:
-                        raise ValueError(
-                            f"{s.path}: same name as {stems[stem]} (outputs would collide); "
-                            "predict the two folders into different --out folders"
-                        )
-                    images.append(read_grey(s.path))
-                    stems[stem] = s.path
-                    good.append(s)
-                except ValueError as e:
-                    skipped[str(s.path)] = str(e)
-                    tqdm.write(f"steelseg-predict: skipped {e}", file=sys.stderr)
-            probs = predictor.predict_proba(images) if images else []
-            for s, image, prob in zip(good, images, probs):
-                mask = pp.apply(prob)
-                stem = Path(s.image_id).stem
-                write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
-                rows.append((s.image_id, rle.encode(mask)))
-                if args.masks_only:
-                    continue
-                gt = truth.mask(s, image.shape)
-                write_png(out / "overlays" / f"{stem}.png", overlay(image, mask, gt))
-                if gt is not None:
-                    write_png(
-                        out / "panels" / f"{stem}.png", four_panel(image, mask, gt, s.image_id)
-                    )
-                    n_panels += 1
-            bar.update(len(batch))
+    for p in predictor.predict_files(sources, check=unique_stem, on_skip=skip, progress=progress):
+        mask = pp.apply(p.prob)
+        stem = Path(p.source.image_id).stem
+        write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
+        rows.append((p.source.image_id, rle.encode(mask)))
+        if masks_only:
+            continue
+        gt = truth.mask(p.source, p.image.shape)
+        empty_truth = np.zeros_like(mask) if gt is None else gt
+        write_png(
+            out / "overlays" / f"{stem}.png", draw.to_bgr(draw.overlay(p.image, mask, empty_truth))
+        )
+        if gt is not None:
+            dice = float(metric.dice_per_image(*metric.mask_counts(mask, gt)))
+            panel = draw.four_panel(p.image, mask, gt, p.source.image_id, dice)
+            write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
+            n_panels += 1
     seconds = time.perf_counter() - start
     _write_csv(out / "predictions.csv", rows)
     summary = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(predictor.checkpoint) if predictor.checkpoint else None,
         "device": str(predictor.device),
         "input_size": predictor.input_size,
         "postprocess": pp.to_dict(),
@@ -573,16 +496,7 @@ def run(args: argparse.Namespace) -> int:
         "skipped": skipped,
     }
     atomic_write_text(out / "predict.json", json.dumps(summary, indent=2) + "\n")
-    print(
-        f"steelseg-predict: {len(rows)} image(s) predicted ({summary['with_defect']} with a "
-        f"defect, {n_panels} with ground truth) into {out}; {len(skipped)} skipped"
-        + (
-            f" ({', '.join(Path(k).name for k in list(skipped)[:5])}{' ...' if len(skipped) > 5 else ''})"
-            if skipped
-            else ""
-        )
-    )
-    return 3 if skipped else 0
+    return summary
 
 
 def _write_csv(path: Path, rows: Sequence[tuple[str, str]]) -> None:
@@ -592,25 +506,3 @@ def _write_csv(path: Path, rows: Sequence[tuple[str, str]]) -> None:
     df = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])
     df.insert(1, "ClassId", rle.ANY_CLASS)
     atomic_write_text(path, df.to_csv(index=False))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``steelseg-predict CHECKPOINT INPUT... --out DIR``; see ``--help``."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    if args.batch_size < 1:
-        print(
-            f"steelseg-predict: error: --batch-size must be >= 1, got {args.batch_size}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    try:
-        code = run(args)
-    except (ValueError, OSError) as e:
-        print(f"steelseg-predict: error: {e}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

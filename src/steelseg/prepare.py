@@ -14,69 +14,28 @@ split still matches its data.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from steelseg import rle
+from steelseg.io import IMAGE_SUFFIXES, atomic_dir, atomic_write_text, check_image, read_grey
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
+SPLIT_CHOICES = (*SPLITS, "all")  # "all": every image of a split file or folder
 SPLIT_COLUMNS = ["ImageId", "split", "EncodedPixels", "defect_pixels", "classes", "n_classes"]
 PREPARE_VERSION = 1  # bump when split.csv's content for the same inputs changes
-
-
-# ----------------------------------------------------------------------------- writing helpers
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
-    """Call ``write`` on a temporary file in ``path``'s folder, then rename it over ``path``.
-
-    A reader sees the old file or the whole new one, never a part. ``fsync`` also flushes the
-    data to disk before the rename (for files whose loss would cost hours, e.g. checkpoints).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------- labels
@@ -146,33 +105,14 @@ def _missing(names: list[str], what: str, skip_bad: bool) -> None:
 def check_images(data_dir: Path, image_ids: Sequence[str]) -> dict[str, str]:
     """Images that are missing, unreadable, truncated or not 1600x256, with the reason.
 
-    Reads each file's header and, for JPEGs, checks the end-of-image marker (a truncated
-    JPEG still decodes, silently, with grey filler).
+    Reads each file's header only (see :func:`steelseg.io.check_image`).
     """
-    from PIL import Image
-
     bad = {}
     for iid in image_ids:
-        path = data_dir / "train_images" / iid
-        try:
-            with Image.open(path) as im:
-                size, fmt = im.size, im.format
-            if size != (rle.SHAPE[1], rle.SHAPE[0]):
-                bad[iid] = f"size {size[0]}x{size[1]}, expected {rle.SHAPE[1]}x{rle.SHAPE[0]}"
-            elif fmt == "JPEG" and not _has_jpeg_end(path):
-                bad[iid] = "truncated JPEG"
-        except FileNotFoundError:
-            bad[iid] = "missing"
-        except Exception as e:  # PIL raises many types for broken files
-            bad[iid] = f"unreadable: {type(e).__name__}"
+        reason = check_image(data_dir / "train_images" / iid, rle.SHAPE)
+        if reason is not None:
+            bad[iid] = reason
     return bad
-
-
-def _has_jpeg_end(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64))
-        return b"\xff\xd9" in f.read()
 
 
 # ----------------------------------------------------------------------------- selection
@@ -330,12 +270,15 @@ def apply_split_file(
 
 # ----------------------------------------------------------------------------- prepare
 #: Split files shipped with steelseg, usable by name (see steelseg/splits/README.md).
-PACKAGED_SPLITS = {"seed": Path(__file__).parent / "splits" / "seed_split.csv"}
+PACKAGED_SPLITS = {"reference": Path(__file__).parent / "splits" / "reference_split.csv"}
+#: Deprecated names of packaged splits, still accepted: ``seed`` was the reference split's name.
+SPLIT_ALIASES = {"seed": "reference"}
 
 
 def resolve_split_file(split_file: str | os.PathLike) -> Path:
-    """A packaged split's name (``seed``) or a path -> an existing file."""
-    path = PACKAGED_SPLITS.get(str(split_file), Path(split_file))
+    """A packaged split's name (``reference``; old name ``seed``) or a path -> an existing file."""
+    name = SPLIT_ALIASES.get(str(split_file), str(split_file))
+    path = PACKAGED_SPLITS.get(name, Path(split_file))
     if not path.is_file():
         raise FileNotFoundError(
             f"split file {split_file} not found (packaged ones: {sorted(PACKAGED_SPLITS)})"
@@ -452,6 +395,72 @@ def prepare_params(n_images, split, seed, only_defective, split_file, val_fracti
     }
 
 
+def default_prepared_dir(root: str | os.PathLike, params: dict[str, Any]) -> Path:
+    """Where a split made with ``params`` (:func:`prepare_params`) lives by default:
+    ``root/prepared/split-<hash of the parameters>``."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(root) / "prepared" / f"split-{key}"
+
+
+def labelled_images(
+    root: str | os.PathLike, split_csv: str | os.PathLike | None = None, split: str = "all"
+) -> tuple[list[str], list[Path], Callable[[str], np.ndarray]]:
+    """The images of a split (or of a whole folder) with their full-resolution masks.
+
+    Args:
+        root: Kaggle-layout folder (``train_images/``, ``train.csv``).
+        split_csv: A prepared ``split.csv``; None: every image of ``root/train_images`` with
+            its mask from ``root/train.csv`` (no preparation needed; only with ``split="all"``).
+        split: ``train``, ``val``, ``test``, or ``all`` (every row).
+
+    Returns:
+        ``(image_ids, image_paths, mask_of)``; ``mask_of(image_id)`` is the merged defect mask,
+        bool (256, 1600).
+
+    Raises:
+        FileNotFoundError: the folder or split file is missing.
+        ValueError: unknown split, malformed split file, or an empty split.
+    """
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"unknown split {split!r}; choose from {list(SPLIT_CHOICES)}")
+    root = Path(root)
+    if not (root / "train_images").is_dir():
+        raise FileNotFoundError(
+            f"data folder {root} has no train_images/; pass --data-root with the Kaggle-layout "
+            "folder the model was trained on"
+        )
+    if split_csv is None:
+        if split != "all":
+            raise ValueError(f"split {split!r} needs a prepared split.csv; pass --split-file")
+        rows, where = image_labels(root, any_class=True), root / "train.csv"
+    else:
+        where = Path(split_csv)
+        if not where.is_file():
+            raise FileNotFoundError(
+                f"split file {where} does not exist; pass --split-file (a split.csv written by "
+                "steelseg-prepare or steelseg-train), or --split all for every labelled image"
+            )
+        rows = pd.read_csv(where, dtype=str, keep_default_na=False)
+        missing = {"ImageId", "split", "EncodedPixels"} - set(rows.columns)
+        if missing:
+            raise ValueError(
+                f"{where} lacks columns {sorted(missing)}; expected a steelseg split.csv"
+            )
+        if split != "all":
+            rows = rows[rows["split"] == split]
+    if rows.empty:
+        raise ValueError(f"split {split!r} of {where} holds no images")
+    ids = rows["ImageId"].tolist()
+    for i, iid in enumerate(ids):  # an edited split must not escape the data folder
+        rle.check_image_id(iid, f"{where.name} line {i + 2}")
+    encoded = dict(zip(ids, rows["EncodedPixels"]))
+
+    def mask_of(image_id: str) -> np.ndarray:
+        return rle.decode(encoded[image_id], rle.SHAPE, where=f"{where.name} ({image_id})") > 0
+
+    return ids, [root / "train_images" / i for i in ids], mask_of
+
+
 # ----------------------------------------------------------------------------- cache
 def cache_dir(out: Path, size: tuple[int, int]) -> Path:
     """Folder of the uint8 cache of a prepared split at ``size`` (height, width)."""
@@ -464,21 +473,13 @@ def cache_matches(folder: Path, split_digest: str) -> bool:
     return stamp.exists() and stamp.read_text() == split_digest and (folder / "masks.npy").exists()
 
 
-def load_gray(path: Path) -> np.ndarray:
-    """Read an image as uint8 grey (H, W); raise ``ValueError`` naming an unreadable file."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise ValueError(f"cannot read image {path}: missing, truncated or not an image")
-    return img
-
-
 def load_sample(data_dir: Path, image_id: str, encoded: str, size: tuple[int, int] | None):
     """Decode one image and its mask, resized to ``size`` (height, width) when given.
 
     Returns:
         (image uint8 (H, W), mask uint8 (H, W) in {0, 1}).
     """
-    img = load_gray(Path(data_dir) / "train_images" / image_id)
+    img = read_grey(Path(data_dir) / "train_images" / image_id)
     if img.shape != rle.SHAPE:
         raise ValueError(
             f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected "
@@ -514,8 +515,7 @@ def build_cache(
 
         shutil.rmtree(final)
     split = pd.read_csv(out / "split.csv", dtype={"EncodedPixels": str}, keep_default_na=False)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{final.name}."))
-    try:
+    with atomic_dir(final) as tmp:
         n, (h, w) = len(split), size
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, h, w))
@@ -538,109 +538,4 @@ def build_cache(
         images.flush()
         masks.flush()
         (tmp / "split.sha256").write_text(digest)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        os.replace(tmp, final)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
-
-
-# ----------------------------------------------------------------------------- CLI
-def _n_images(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer or 'all', got {text!r}"
-        ) from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}")
-    return n
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        h = w = 0
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 256x416, got {text!r}")
-    return h, w
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``steelseg-prepare``: see the module docstring."""
-    p = argparse.ArgumentParser(
-        prog="steelseg-prepare",
-        description="Select and split a Kaggle-layout Severstal folder into OUT/split.csv.",
-    )
-    p.add_argument(
-        "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--n-images", type=_n_images, default=1000, help="images to use, or 'all'")
-    p.add_argument(
-        "--split",
-        type=parse_split,
-        default=None,
-        help="train,val,test as counts (800,100,100) or fractions (default 0.8,0.1,0.1;"
-        " with --only-defective 0.9,0,0.1: val is --val-fraction of train)",
-    )
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument(
-        "--only-defective",
-        action="store_true",
-        help="the original task's protocol: defective images only, test by class count",
-    )
-    p.add_argument(
-        "--split-file",
-        help="CSV of ImageId,split reproducing a published split, or 'seed' for the "
-        "original test task's 900/100 split shipped with steelseg",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of train used as validation when the split has none",
-    )
-    p.add_argument(
-        "--cache",
-        type=_size,
-        metavar="HxW",
-        help="also store decoded uint8 images and masks resized to HxW (e.g. 256x416)",
-    )
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="drop missing/unreadable images with a warning instead of failing",
-    )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        path = prepare(
-            args.data_dir,
-            args.out,
-            args.n_images,
-            args.split,
-            args.seed,
-            args.only_defective,
-            args.split_file,
-            args.val_fraction,
-            args.skip_bad,
-            args.cache,
-        )
-    except (ValueError, OSError) as e:  # OSError: also an unwritable --out
-        print(f"steelseg-prepare: error: {e}", file=sys.stderr)
-        return 2
-    counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
-    print(f"wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,11 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg.prepare import atomic_write_text
+from steelseg.draw import FN_RGB, FP_RGB, TP_RGB, overlay
+from steelseg.io import atomic_write_text
 
-#: Overlay colours (RGB): found defect, false alarm, missed defect.
-TP_RGB, FP_RGB, FN_RGB = (34, 197, 94), (239, 68, 68), (59, 130, 246)
-TINT = 0.35  # weight of the colour over the steel: the texture under a defect stays visible
 VARIANT_LABELS = {"threshold_only": "threshold only", "postprocessed": "post-processed"}
 
 PanelLoader = Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -40,49 +38,6 @@ def png_data_uri(image: np.ndarray) -> str:
     if not ok:
         raise ValueError(f"cannot encode an image of shape {image.shape} as PNG")
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def _shrink_any(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Downscale a bool mask so that a cell is set when any pixel under it is (thin lines stay)."""
-    return cv2.resize(mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA) > 0
-
-
-def overlay(
-    image: np.ndarray, pred: np.ndarray, target: np.ndarray, width: int | None = None
-) -> np.ndarray:
-    """The grey image with found (green), false (red) and missed (blue) defect pixels tinted.
-
-    Args:
-        image: Grey uint8 image.
-        pred: Predicted mask (bool), same shape.
-        target: Ground-truth mask (bool), same shape.
-        width: Output width (height keeps the aspect ratio); None for the image's own.
-
-    Returns:
-        RGB uint8 (h, width, 3), each region tinted and outlined in its colour.
-
-    Shape:
-        image, pred, target: (H, W).
-    """
-    h, w = image.shape
-    size = (w, h) if width is None else (int(width), max(1, round(h * width / w)))
-    grey = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image
-    out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    pred, target = pred.astype(bool), target.astype(bool)
-    regions = ((pred & target, TP_RGB), (pred & ~target, FP_RGB), (~pred & target, FN_RGB))
-    outlines = []
-    for region, rgb in regions:
-        small = _shrink_any(region, size)
-        if small.any():
-            out[small] = (1 - TINT) * out[small] + TINT * np.array(rgb, np.float32)
-            contours, _ = cv2.findContours(
-                small.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-            )
-            outlines.append((contours, rgb))
-    canvas = np.ascontiguousarray(out.round().astype(np.uint8))
-    for contours, rgb in outlines:  # outlines last, so no tint dims them
-        cv2.drawContours(canvas, contours, -1, rgb, 1)
-    return canvas
 
 
 def _figure(width: float, height: float):

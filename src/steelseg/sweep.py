@@ -1,6 +1,6 @@
 """What a job of a Hydra multirun does besides training: take its own GPU, record its failure.
 
-``steelseg-train -m ...`` runs every job through ``steelseg.train._hydra_main``, which uses these:
+``steelseg-train -m ...`` runs every job through :func:`steelseg.train.run_job`, which uses these:
 
 * :func:`assign_gpu`: parallel jobs (``hydra/launcher=parallel``) on a machine with several GPUs
   each take a GPU no other job of the sweep holds. With one GPU or none nothing changes.
@@ -24,7 +24,8 @@ from typing import IO
 
 from omegaconf import DictConfig, open_dict
 
-from steelseg.prepare import atomic_write_text
+from steelseg.config import GPU_ACCELERATORS
+from steelseg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def assign_gpu(
         The GPU index the job will use, or None when nothing changed.
     """
     trainer = cfg.trainer
-    if str(trainer.get("accelerator", "auto")) not in ("auto", "gpu", "cuda"):
+    if str(trainer.get("accelerator", "auto")) not in GPU_ACCELERATORS:
         return None
     if str(trainer.get("devices", 1)) != "1":
         return None

@@ -20,12 +20,10 @@ visible defect, and classes never overlap.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
 import math
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
+from steelseg.io import atomic_write_bytes, atomic_write_text
 from steelseg.rle import SHAPE, encode
 
 H, W = SHAPE
@@ -503,19 +502,16 @@ def _write_jpeg(path: Path, image: np.ndarray) -> None:
     )
     if not ok:
         raise OSError(f"JPEG encoding failed for {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
     """Write a CSV under a temporary name, then move it into place in one step."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def generate(
@@ -602,57 +598,6 @@ def generate(
     # temporary file an interrupted run left.
     for folder, keep in ((train_dir, set(train_ids)), (test_dir, set(test_ids))):
         for path in folder.iterdir():
-            if path.suffix in (".jpg", ".tmp") and path.name not in keep:
+            if (path.suffix == ".jpg" or path.name.endswith(".tmp")) and path.name not in keep:
                 path.unlink()
     return out
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``steelseg-synth --out DIR [--n-images N] [--seed S] [--n-test M]``."""
-    parser = argparse.ArgumentParser(
-        prog="steelseg-synth",
-        description="Write synthetic steel images with defect masks in the Kaggle Severstal "
-        "layout (train_images/, train.csv, test_images/, sample_submission.csv).",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument(
-        "--n-images", type=_count(1), default=400, help="number of train images (default: 400)"
-    )
-    parser.add_argument("--seed", type=_count(0), default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--n-test",
-        type=_count(0),
-        default=None,
-        help="number of test images (default: n-images // 10, at least 1)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        out = generate(args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet)
-    except FileExistsError as err:
-        parser.error(str(err))
-    except (ValueError, OSError) as err:  # e.g. an unwritable --out
-        print(f"steelseg-synth: error: {err}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        print(f"synthetic Severstal-layout data set written to {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

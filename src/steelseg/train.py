@@ -1,7 +1,8 @@
-"""``steelseg-train``: fit, validate and test a model from a Hydra config.
+"""Training: fit, validate and test a model from a composed Hydra config.
 
 :func:`train` is a plain function (tests and notebooks call it with a config from
-:func:`steelseg.config.compose`); :func:`main` is the thin command-line wrapper.
+:func:`steelseg.config.compose`); :func:`run_job` adds what one job of a sweep needs; the
+``steelseg-train`` command (:mod:`steelseg.cli.train`) is the thin Hydra wrapper around it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from steelseg import checkpoint
-from steelseg.config import conf_dir
-from steelseg.metric import HEADLINE
-from steelseg.prepare import atomic_write_text
+from steelseg.config import HEADLINE
+from steelseg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +141,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             hparams, module.hparams, state, module.state_dict(), f"checkpoint {resume}"
         )
         del saved, state
-        run = checkpoint.run_folder(resume)
-        if run is not None and run != out.resolve():
+        run = checkpoint.run_folder(resume).resolve()
+        if (run / "config.yaml").is_file() and run != out.resolve():
             log.info("resuming %s in its run folder %s", resume, run)
             with open_dict(cfg):  # checkpoints, logs and metrics.json continue where they were
                 cfg.paths.output_dir = str(run)
@@ -230,16 +229,15 @@ def print_summary(metrics: dict[str, float], out: Path) -> None:
     log.info("results (best checkpoint):\n%s\nrun folder: %s", "\n".join(lines), out)
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun sweep; returns the optimised metric to the sweeper.
 
     A single run fails loudly: a bad input, config or environment (:data:`USER_ERRORS`)
     as one line ``steelseg-train: error: ...`` and exit code 2, anything else with a
-    traceback. A job of a multirun that fails writes
-    ``failed.json`` into its folder and returns None, so the sweep goes on with the next job and
-    its summary lists the failure; hydra-optuna-sweeper tells Optuna such a trial FAILED, which
-    the sampler leaves out (a number would mislead it; NaN stops optuna 2.10's sweeper).
+    traceback. A job of a multirun that fails writes ``failed.json`` into its folder and
+    returns None, so the sweep goes on with the next job and its summary lists the failure;
+    hydra-optuna-sweeper tells Optuna such a trial FAILED, which the sampler leaves out (a
+    number would mislead it; NaN stops optuna 2.10's sweeper).
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -259,12 +257,3 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         log.exception("job %s failed; the sweep goes on", hydra_cfg.job.num)
         return None
     return metrics.get(metric)
-
-
-def main() -> None:
-    """Console script ``steelseg-train [overrides] [-m]``."""
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

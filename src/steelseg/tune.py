@@ -18,13 +18,11 @@ overlaps with the ground truth.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +31,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg.postprocess import TTA_CHOICES, PostProcess
+from steelseg import metric, rle
+from steelseg.evaluate import labelled_split
+from steelseg.postprocess import PostProcess, check_tta, save_tuned
+from steelseg.predict import Predictor, Source, log_skip
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ class GridScorer:
             tp = np.where(empty, 0, tp[:, None])
             fp = np.where(empty, 0, area[:, None]) - tp
             fn = gt - tp
-            den = 2 * tp + fp + fn
-            self.dice_sum[ti] += np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+            self.dice_sum[ti] += metric.dice_per_image(tp, fp, fn)
             self.tp[ti] += tp
             self.fp[ti] += fp
             self.fn[ti] += fn
@@ -139,8 +139,7 @@ class GridScorer:
     def rows(self, tta: Sequence[str] = ()) -> list[dict[str, Any]]:
         """One dict per grid point: the settings, ``dice_per_image`` and pixel ``iou``."""
         dice = self.dice_sum / max(self.n_images, 1)
-        union = self.tp + self.fp + self.fn
-        iou = np.where(union > 0, self.tp / np.maximum(union, 1), 1.0)
+        iou = metric.iou_per_image(self.tp, self.fp, self.fn)  # of each grid point's summed counts
         out = []
         for (ti, ai, mi), d in np.ndenumerate(dice):
             out.append(
@@ -192,12 +191,13 @@ def tune(
     data_root: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
     grid: Grid | None = None,
-    try_tta: bool = False,
+    tta: Sequence[str] = (),
     base: PostProcess | None = None,
     device: str | None = None,
     batch_size: int = 8,
     save: bool = True,
-    progress: bool = True,
+    progress: bool | None = True,
+    on_skip: Callable[[Source, str], None] = log_skip,
 ) -> TuneResult:
     """Grid-search the post-processing of a checkpoint on a labelled split (see module doc).
 
@@ -208,47 +208,52 @@ def tune(
         split_file: A prepared split.csv, default the run's.
         grid: The values searched; the model's own threshold and the areas 0 are always added,
             so the plain model is among the candidates and tuning never scores below it.
-        try_tta: Also try horizontal + vertical flip TTA.
+        tta: Flips to try beside none (e.g. ``("hflip", "vflip")``); each image is predicted
+            once, the plain prediction being part of the flip average.
         base: Fixed close/dilate/fill_holes steps to tune around (default none).
         device: ``cpu``, ``cuda``, ...; None: a GPU when present.
         batch_size: Images per forward pass.
         save: Store the winner beside the checkpoint (:func:`steelseg.postprocess.save_tuned`).
-        progress: Show a progress bar.
+        progress: Show a progress bar (None: on a terminal).
+        on_skip: Told each image that cannot be read (or is not 1600x256) and why.
     """
-    from tqdm import tqdm
-
-    from steelseg.evaluate import labelled_split, read_batches
-    from steelseg.postprocess import save_tuned
-    from steelseg.predict import Predictor
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    tta = check_tta(tta)
     ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
-    plain = Predictor.from_checkpoint(
-        checkpoint, device=device, tta=(), batch_size=batch_size, use_tuned=False
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=False
     )
-    model_threshold = float(plain.module.hparams.threshold)
+    model_threshold = float(predictor.module.hparams.threshold)
     grid = (grid or Grid()).including(model_threshold)
-    options = [()] + ([TTA_CHOICES] if try_tta else [])
-    predictors = {
-        tta: Predictor(plain.module, plain.device, None, tta, batch_size) for tta in options
-    }
-    scorers = {tta: GridScorer(grid, base) for tta in options}
+    options = [()] + ([tta] if tta else [])
+    scorers = {t: GridScorer(grid, base) for t in options}
 
     skipped: list[dict[str, str]] = []
-    start = time.perf_counter()
-    with tqdm(total=len(ids), desc=f"tune on {split}", unit="img", disable=not progress) as bar:
-        for batch_ids, images in read_batches(paths, ids, batch_size, skipped):
-            masks = [mask_of(i) for i in batch_ids]
-            for tta, predictor in predictors.items():
-                for prob, mask in zip(predictor.predict_proba(images), masks):
-                    scorers[tta].add(prob, mask)
-            bar.update(len(batch_ids))
-    if scorers[()].n_images == 0:
-        raise ValueError(f"no image of split {split!r} could be read; see the warnings above")
 
-    rows = rank([r for tta, s in scorers.items() for r in s.rows(tta)], model_threshold)
+    def skip(source: Source, reason: str) -> None:
+        skipped.append({"image_id": source.image_id, "reason": reason})
+        on_skip(source, reason)
+
+    start = time.perf_counter()
+    sources = [Source(p, i) for i, p in zip(ids, paths)]
+    for p in predictor.predict_files(
+        sources,
+        rle.SHAPE,
+        on_skip=skip,
+        with_plain=True,
+        progress=progress,
+        desc=f"tune on {split}",
+    ):
+        mask = mask_of(p.source.image_id)
+        scorers[()].add(p.plain, mask)
+        if tta:
+            scorers[tta].add(p.prob, mask)
+    if scorers[()].n_images == 0:
+        raise ValueError(f"no image of split {split!r} could be read; see the messages above")
+
+    rows = rank([r for t, s in scorers.items() for r in s.rows(t)], model_threshold)
     best = rows[0]
     baseline = next(
         r["dice_per_image"]
@@ -288,110 +293,3 @@ def tune(
         }
         result.sidecar = save_tuned(checkpoint, chosen, result.tta, info)
     return result
-
-
-# ----------------------------------------------------------------------------- CLI
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def print_rows(result: TuneResult, top: int) -> None:
-    print(
-        f"{'threshold':>9s} {'min comp':>8s} {'min total':>9s} {'tta':>11s} {'Dice/img':>9s} {'IoU':>7s}"
-    )
-    for r in result.rows[:top]:
-        print(
-            f"{r['threshold']:9.2f} {r['min_component_area']:8d} {r['min_total_area']:9d} "
-            f"{'+'.join(r['tta']) or 'none':>11s} {r['dice_per_image']:9.4f} {r['iou']:7.4f}"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``steelseg-tune``: see the module docstring."""
-    p = argparse.ArgumentParser(
-        prog="steelseg-tune",
-        description="Grid-search threshold and minimum areas on the validation split "
-        "(maximising per-image Dice) and store them beside the checkpoint.",
-    )
-    p.add_argument("checkpoint", type=Path, help="a .ckpt written by steelseg-train")
-    p.add_argument("--split", default="val", help="split to tune on (default val)")
-    p.add_argument("--data-root", type=Path, help="Kaggle-layout data folder (default: the run's)")
-    p.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's)")
-    p.add_argument(
-        "--thresholds",
-        type=_floats,
-        default=list(THRESHOLDS),
-        help="comma-separated probability thresholds (default 0.10,0.15,...,0.90)",
-    )
-    p.add_argument(
-        "--min-component-areas",
-        type=_ints,
-        default=list(MIN_COMPONENT_AREAS),
-        help=f"comma-separated pixel counts (default {','.join(map(str, MIN_COMPONENT_AREAS))})",
-    )
-    p.add_argument(
-        "--min-total-areas",
-        type=_ints,
-        default=list(MIN_TOTAL_AREAS),
-        help=f"comma-separated pixel counts (default {','.join(map(str, MIN_TOTAL_AREAS))})",
-    )
-    p.add_argument("--try-tta", action="store_true", help="also try hflip+vflip TTA")
-    p.add_argument("--dilate", type=int, default=0, help="fixed dilation kernel (pixels)")
-    p.add_argument("--close", type=int, default=0, help="fixed closing kernel (pixels)")
-    p.add_argument("--fill-holes", action="store_true", help="fixed hole filling")
-    p.add_argument("--top", type=int, default=10, help="rows to print")
-    p.add_argument("--no-save", action="store_true", help="print only; write no sidecar")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", help="cpu, cuda, ... (default: a GPU when present)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        grid = Grid(args.thresholds, args.min_component_areas, args.min_total_areas)
-        base = PostProcess(dilate=args.dilate, close=args.close, fill_holes=args.fill_holes)
-        result = tune(
-            args.checkpoint,
-            split=args.split,
-            data_root=args.data_root,
-            split_file=args.split_file,
-            grid=grid,
-            try_tta=args.try_tta,
-            base=base,
-            device=args.device,
-            batch_size=args.batch_size,
-            save=not args.no_save,
-            progress=not args.no_progress,
-        )
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"steelseg-tune: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{result.n_images} images; {len(result.rows)} settings scored; best first:")
-    print_rows(result, args.top)
-    print(
-        f"chosen: {result.postprocess.to_dict()}, tta {list(result.tta) or 'none'}: per-image "
-        f"Dice {result.score:.4f} (plain model {result.baseline:.4f})"
-    )
-    if result.sidecar is not None:
-        print(f"saved {result.sidecar}")
-    if result.skipped:  # tuned on the others; as steelseg-eval, say so in the exit code
-        print(f"steelseg-tune: {len(result.skipped)} image(s) skipped", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

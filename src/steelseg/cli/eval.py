@@ -1,0 +1,108 @@
+"""``steelseg-eval CHECKPOINT [--split test]``: see :func:`steelseg.evaluate.evaluate`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from steelseg.cli import common
+
+PROG = "steelseg-eval"
+VARIANTS = ("threshold_only", "postprocessed")
+SUMMARY_ROWS = (
+    ("pixel IoU", "pixel", "iou"),
+    ("pixel Dice", "pixel", "dice"),
+    ("per-image Dice (Kaggle)", "pixel", "dice_per_image"),
+    ("image precision", "image", "precision"),
+    ("image recall", "image", "recall"),
+    ("image ROC AUC (max prob)", "image", "roc_auc_max_prob"),
+    ("defect recall", "defect", "recall"),
+    ("defect precision", "defect", "precision"),
+)
+
+
+def build_parser():
+    p = common.parser(
+        PROG,
+        "Evaluate a checkpoint on labelled images at full resolution, with and without "
+        "post-processing; write eval.json and a self-contained report.html.",
+    )
+    common.add_checkpoint(p)
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: <run>/eval/<checkpoint>-<split>)"
+    )
+    common.add_data(p, "test")
+    g = common.add_postprocess(p, "post-processing (overrides the tuned or default values)")
+    common.add_tta(g, "the tuned flips, else none")
+    r = p.add_argument_group("report")
+    r.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="component IoU at which a true defect counts as found (default 0.5)",
+    )
+    r.add_argument(
+        "--panels", type=common.at_least(0), default=50, help="per-image panels (default 50)"
+    )
+    r.add_argument(
+        "--panel-width",
+        type=common.at_least(16),
+        default=800,
+        help="panel picture width in pixels (default 800)",
+    )
+    common.add_runtime(p)
+    return p
+
+
+def print_summary(result: Mapping[str, Any]) -> None:
+    """The headline numbers of both variants, one table."""
+    m = result["metrics"]
+    print(f"{result['split']}: {result['n_images']} images ({result['n_defective']} defective)")
+    print(f"{'':26s} {'threshold only':>15s} {'post-processed':>15s}")
+    for label, group, key in SUMMARY_ROWS:
+        vals = [m[v][group][key] for v in VARIANTS]
+        print(f"{label:26s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from steelseg.evaluate import default_out_dir, evaluate
+
+        result = evaluate(
+            args.checkpoint,
+            split=args.split,
+            data_root=args.data_root,
+            split_file=args.split_file,
+            out=args.out,
+            tta=args.tta,
+            overrides=common.postprocess_overrides(args),
+            use_tuned=not args.no_tuned,
+            device=args.device,
+            batch_size=args.batch_size,
+            iou_threshold=args.iou_threshold,
+            max_panels=args.panels,
+            panel_width=args.panel_width,
+            progress=False if args.no_progress else None,
+        )
+        print_summary(result)
+        out = args.out or default_out_dir(args.checkpoint, args.split)
+        skipped = [s["image_id"] for s in result["skipped"]]
+        print(
+            f"{PROG}: wrote {out / 'eval.json'} and {out / 'report.html'}"
+            + common.skipped_note(skipped)
+        )
+        return common.SKIPPED if skipped else common.OK
+
+    return common.run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``steelseg-prepare --data-dir DIR --out OUT [...]``: see :func:`steelseg.prepare.prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from steelseg.cli import common
+
+PROG = "steelseg-prepare"
+
+
+def n_images(text: str) -> int | None:
+    """argparse type: a positive integer or ``all`` (None)."""
+    return None if text == "all" else common.positive_int(text)
+
+
+def size(text: str) -> tuple[int, int]:
+    """argparse type: ``HEIGHTxWIDTH``."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH, e.g. 256x416, got {text!r}")
+    return h, w
+
+
+def build_parser():
+    p = common.parser(
+        PROG,
+        "Select and split a Kaggle-layout Severstal folder into OUT/split.csv and "
+        "OUT/prepare.json (and, with --cache, decoded uint8 images and masks).",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--n-images", type=n_images, default=1000, help="images to use, or 'all' (default 1000)"
+    )
+    p.add_argument(
+        "--split",
+        help="train,val,test as counts (800,100,100) or fractions (default 0.8,0.1,0.1; with "
+        "--only-defective 0.9,0,0.1: val is --val-fraction of train)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="seed of selection and split (default 42)")
+    p.add_argument(
+        "--only-defective",
+        action="store_true",
+        help="the reference task's protocol: defective images only, test by class count",
+    )
+    p.add_argument(
+        "--split-file",
+        help="CSV of ImageId,split reproducing a published split, or 'reference' for the "
+        "reference task's 900/100 split shipped with steelseg",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train used as validation when the split has none (default 0.1)",
+    )
+    p.add_argument(
+        "--cache",
+        type=size,
+        metavar="HxW",
+        help="also store decoded uint8 images and masks resized to HxW (e.g. 256x416)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop missing/unreadable images with a warning instead of failing",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        import logging
+
+        import pandas as pd
+
+        from steelseg.prepare import SPLITS, prepare
+
+        logging.getLogger("steelseg").setLevel(logging.INFO)  # says what it prepares
+        path = prepare(
+            args.data_dir,
+            args.out,
+            args.n_images,
+            args.split,
+            args.seed,
+            args.only_defective,
+            args.split_file,
+            args.val_fraction,
+            args.skip_bad,
+            args.cache,
+        )
+        counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
+        print(f"{PROG}: wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))
+        return common.OK
+
+    return common.run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The package's shape: imports follow the data path, commands are thin and quick to answer."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+import steelseg
+
+SRC = Path(steelseg.__file__).parent
+REPO = SRC.parents[1]
+LIBRARY = [m for m in steelseg.MODULES if m != "cli"]
+COMMANDS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+#: what a command's --help must not load (seconds of start-up on a small machine)
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "segmentation_models_pytorch", "cv2")
+
+
+def steelseg_imports(path: Path) -> set[str]:
+    """The steelseg modules a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "steelseg":
+                if len(parts) > 1:
+                    found.add(parts[1])
+                else:  # from steelseg import a, b
+                    found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "steelseg" and len(parts) > 1:
+                    found.add(parts[1])
+    return found
+
+
+def test_every_module_is_listed_in_data_path_order() -> None:
+    files = {p.stem for p in SRC.glob("*.py") if p.stem != "__init__"} | {"cli"}
+    assert files == set(steelseg.MODULES)
+
+
+@pytest.mark.parametrize("module", LIBRARY)
+def test_imports_follow_the_data_path(module: str) -> None:
+    """No library module imports one further along the path (see steelseg/__init__.py)."""
+    here = steelseg.MODULES.index(module)
+    later = {m for m in steelseg_imports(SRC / f"{module}.py") if m != module}
+    assert not {m for m in later if steelseg.MODULES.index(m) > here}, (
+        f"{module} imports modules that come after it: "
+        f"{sorted(m for m in later if steelseg.MODULES.index(m) > here)}"
+    )
+
+
+def test_library_modules_hold_no_command_line_code() -> None:
+    offenders = [m for m in LIBRARY if "argparse" in (SRC / f"{m}.py").read_text()]
+    assert offenders == []
+
+
+def test_every_command_lives_in_cli() -> None:
+    assert sorted(COMMANDS) == sorted(
+        f"steelseg-{p.stem}"
+        for p in (SRC / "cli").glob("*.py")
+        if p.stem not in ("__init__", "common")
+    )
+    assert all(v.startswith("steelseg.cli.") and v.endswith(":main") for v in COMMANDS.values())
+
+
+def test_import_steelseg_gives_every_module_lazily() -> None:
+    code = (
+        "import sys, steelseg; assert dir(steelseg) == sorted(steelseg.MODULES), dir(steelseg);"
+        "assert 'torch' not in sys.modules, 'import steelseg loaded torch';"
+        "print(steelseg.postprocess.PostProcess.__name__, steelseg.predict.Predictor.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["PostProcess", "Predictor"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_loads_nothing_heavy(command: str) -> None:
+    """``--help`` answers before torch, Lightning or OpenCV is imported (timed: scripts/benchmark.py)."""
+    module = COMMANDS[command].split(":")[0]
+    code = (
+        f"import sys; sys.argv = [{command!r}, '--help']; import {module} as m\n"
+        "try:\n    m.main()\nexcept SystemExit:\n    pass\n"
+        f"print(' '.join(h for h in {HEAVY!r} if h in sys.modules) or 'none')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert "usage" in done.stdout.lower() or "== Config ==" in done.stdout
+    assert lines[-1] == "none", f"{command} --help imported {lines[-1]}"
+
+
+def test_command_choices_match_the_library() -> None:
+    """The commands name their choices without importing the library; they must agree."""
+    from steelseg import export, postprocess, prepare
+    from steelseg.cli import common
+    from steelseg.cli import export as export_cli
+
+    assert common.TTA_FLIPS == postprocess.TTA_CHOICES
+    assert common.SPLITS == prepare.SPLIT_CHOICES
+    assert export_cli.FORMATS == export.FORMATS
+    assert export_cli.ONNX_EXPORTERS == export.ONNX_EXPORTERS
+    assert tuple(export.INPUT_DTYPES) == export_cli.INPUT_DTYPES
+    fields = tuple(f.name for f in __import__("dataclasses").fields(postprocess.PostProcess))
+    assert fields == common.POSTPROCESS_FIELDS
+
+
+def test_train_help_says_what_it_does_first() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv=['steelseg-train','--help'];"
+            "from steelseg.cli.train import main; main()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.startswith("steelseg-train: fit, validate and test"), done.stdout[:300]
+    assert "== Config ==" in done.stdout  # then Hydra's own help: groups, config, overrides
+
+
+def test_modules_import_cleanly_in_order() -> None:
+    for name in steelseg.MODULES:
+        importlib.import_module(f"steelseg.{name}")

@@ -841,11 +841,11 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"steelseg benchmark on {m['device_name']} ({m['device']}, {m['cpu_count']} CPU cores, "
         f"torch {m['torch']}); model {m['model']}, training at {m['size'][0]}x{m['size'][1]}",
-        f"{'measurement':50s} {'batch':>5s}  {'value':>14s}  note",
+        f"{'measurement':55s} {'batch':>5s}  {'value':>14s}  note",
     ]
 
     def add(name: str, batch: Any, value: str, note: str = "") -> None:
-        lines.append(f"{name:50s} {fmt(batch):>5s}  {value:>14s}  {note}")
+        lines.append(f"{name:55s} {fmt(batch):>5s}  {value:>14s}  {note}")
 
     for row in results.get("model_step", []):
         add(f"(a) model-only train step, {row['variant']}", row["batch"],

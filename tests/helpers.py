@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
+import importlib.metadata
+import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 SHAPE = (256, 1600)  # (height, width) of a Severstal image
 
@@ -108,3 +113,46 @@ def exit_code(main: Callable[[list[str]], int | None], argv: Sequence[object]) -
     except SystemExit as e:
         code = e.code
     return 0 if code is None else int(code)
+
+
+#: console script -> "module:function", as the installed steelseg declares them (pyproject.toml)
+ENTRY_POINTS: dict[str, str] = {
+    e.name: e.value
+    for e in importlib.metadata.distribution("steelseg").entry_points
+    if e.group == "console_scripts"
+}
+
+
+def run_main(
+    command: str, args: Sequence[object], monkeypatch: pytest.MonkeyPatch, logs: bool = False
+) -> int:
+    """Run a console script's ``main()`` in this process, as the script would; its exit code.
+
+    ``sys.argv`` is set, so argparse and Hydra entry points both read their arguments from it.
+    A ``main()`` that returns its code is exited with it, as its console script does; a
+    ``SystemExit`` carrying a message prints it to stderr and gives 1, as the interpreter
+    does. ``logs``: the root logger starts without pytest's handlers, so the command's
+    ``logging.basicConfig`` logs to stderr.
+    """
+    module, func = ENTRY_POINTS[command].split(":")
+    main = getattr(importlib.import_module(module), func)
+    monkeypatch.setattr(sys, "argv", [command, *map(str, args)])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    if logs:
+        root.handlers[:] = []
+    try:
+        code = main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()  # a Hydra entry point leaves itself initialised
+        root.handlers[:], root.level = handlers, level  # and its logging set up
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1

@@ -14,9 +14,7 @@ command line.
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -34,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_overrides
-from helpers import jpeg_bytes, standard_labels, write_image, write_kaggle
+from helpers import jpeg_bytes, run_main, standard_labels, write_image, write_kaggle
 from steelseg import prepare, rle
 
 # ----------------------------------------------------------------------------- the runner
@@ -84,54 +82,6 @@ class Ctx:
     @property
     def tiny_ckpt(self) -> Path:  # built only by the cases that need it
         return self.request.getfixturevalue("tiny_ckpt")
-
-
-ENTRY_POINTS = {
-    "steelseg-prepare": "steelseg.cli.prepare:main",
-    "steelseg-synth": "steelseg.cli.synth:main",
-    "steelseg-train": "steelseg.cli.train:main",
-    "steelseg-predict": "steelseg.cli.predict:main",
-    "steelseg-eval": "steelseg.cli.eval:main",
-    "steelseg-tune": "steelseg.cli.tune:main",
-    "steelseg-pseudo": "steelseg.cli.pseudo:main",
-    "steelseg-export": "steelseg.cli.export:main",
-    "steelseg-compare": "steelseg.cli.compare:main",
-}
-
-
-def run_main(
-    command: str, args: list[str], monkeypatch: pytest.MonkeyPatch, logs: bool = False
-) -> int:
-    """Run a console script's ``main()`` in this process, as the script would; its exit code.
-
-    ``sys.argv`` is set, so argparse and Hydra entry points both read their arguments from it.
-    A ``main()`` that returns its code is exited with it, as its console script does; a
-    ``SystemExit`` carrying a message prints it to stderr and gives 1, as the interpreter
-    does. ``logs``: the root logger starts without pytest's handlers, so the command's
-    ``logging.basicConfig`` logs to stderr.
-    """
-    module, func = ENTRY_POINTS[command].split(":")
-    main = getattr(importlib.import_module(module), func)
-    monkeypatch.setattr(sys, "argv", [command, *args])
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    if logs:
-        root.handlers[:] = []
-    try:
-        code = main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        from hydra.core.global_hydra import GlobalHydra
-
-        GlobalHydra.instance().clear()  # a Hydra entry point leaves itself initialised
-        root.handlers[:], root.level = handlers, level  # and its logging set up
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
 
 
 def check_failure(case: Case, code: int, out: str, err: str, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import exit_code
+from helpers import exit_code, standard_labels, write_kaggle
 from steelseg import rle
 from steelseg.cli.common import parse_tta
 from steelseg.cli.eval import main
@@ -265,3 +265,21 @@ def test_eval_cli_tta_flag(tiny_ckpt: Path, tmp_path: Path) -> None:
     argv = [str(tiny_ckpt), "--split", "val", "--out", str(out), "--no-progress", "--panels", "0"]
     assert main([*argv, "--tta"]) == 0
     assert json.loads((out / "eval.json").read_text())["tta"] == ["hflip", "vflip"]
+
+
+def test_eval_all_labelled_images_of_a_folder_needs_no_preparation(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    """``--split all`` on a Kaggle-layout folder nobody prepared: every labelled image."""
+    labels = dict(list(standard_labels().items())[:5])
+    data = write_kaggle(tmp_path / "plant", labels)
+    assert not (data / "prepared").exists()
+    out = tmp_path / "eval"
+    argv = [tiny_ckpt, "--data-root", data, "--split", "all", "--out", out, "--no-progress"]
+    assert exit_code(main, [*argv, "--panels", "0"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["n_images"] == len(list((data / "train_images").iterdir())) == 5
+    assert result["n_defective"] == sum(1 for v in labels.values() if v)
+    assert not (data / "prepared").exists()  # nothing was prepared on the way
+    # a named split still needs a split file, and says how to get one
+    assert exit_code(main, [*argv[:4], "--split", "val", "--out", out]) == 2

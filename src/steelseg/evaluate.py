@@ -37,7 +37,7 @@ from steelseg import prepare as prep
 from steelseg.checkpoint import run_folder
 from steelseg.io import atomic_write_text, json_ready, read_grey
 from steelseg.postprocess import PostProcess, load_tuned, sidecar_path
-from steelseg.predict import Predictor, Source, log_skip
+from steelseg.predict import Predictor, Skipped, Source, log_skip
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ def _run_data_config(run: Path) -> dict[str, Any] | None:
 
 
 def _prepared_split_csv(data: Mapping[str, Any], root: Path) -> Path:
-    """Where the run's data module keeps split.csv (its prepared_dir, or the default one)."""
-    if data.get("prepared_dir"):
+    """Where split.csv of the run's data parameters is for ``root``: the run's prepared_dir
+    when ``root`` is the run's own data folder, else the default folder inside ``root``."""
+    same_root = Path(data.get("root", "")).resolve() == root.resolve()
+    if data.get("prepared_dir") and same_root:
         return Path(data["prepared_dir"]) / "split.csv"
     split = data.get("split")
     params = prep.prepare_params(
@@ -279,16 +281,11 @@ def evaluate(
         keep_masks=["postprocessed"],  # drawn in the report
     )
 
-    skipped: list[dict[str, str]] = []
-
-    def skip(source: Source, reason: str) -> None:
-        skipped.append({"image_id": source.image_id, "reason": reason})
-        on_skip(source, reason)
-
+    skipped = Skipped(on_skip)
     start = time.perf_counter()
     sources = [Source(p, i) for i, p in zip(ids, paths)]
     for p in predictor.predict_files(
-        sources, rle.SHAPE, on_skip=skip, progress=progress, desc=f"eval {split}"
+        sources, rle.SHAPE, on_skip=skipped, progress=progress, desc=f"eval {split}"
     ):
         scorer.add(p.source.image_id, p.prob, mask_of(p.source.image_id))
     seconds = time.perf_counter() - start
@@ -311,7 +308,7 @@ def evaluate(
             "metrics": {name: scorer.summary(name) for name in VARIANTS},
             "threshold_curve": scorer.curve(),
             "images": scorer.images,
-            "skipped": skipped,
+            "skipped": skipped.by_id(),
         }
     )
     out.mkdir(parents=True, exist_ok=True)

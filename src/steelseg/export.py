@@ -80,28 +80,18 @@ def export_onnx(model: ExportModule, example: torch.Tensor, path: Path, exporter
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 h = torch.export.Dim("h32", min=1, max=256)  # height / 32
                 w = torch.export.Dim("w32", min=1, max=256)
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    target,
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes={"image": {0: batch, 2: STRIDE * h, 3: STRIDE * w}},
-                )
+                dims = {"image": {0: batch, 2: STRIDE * h, 3: STRIDE * w}}
+                how = {"dynamo": True, "external_data": False, "dynamic_shapes": dims}
             else:
                 axes = {0: "batch", 2: "height", 3: "width"}
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    target,
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamo=False,
-                    opset_version=17,
-                    dynamic_axes={"image": axes, "logits": axes},
-                )
+                how = {
+                    "dynamo": False,
+                    "opset_version": 17,
+                    "dynamic_axes": {"image": axes, "logits": axes},
+                }
+            torch.onnx.export(
+                model, (example,), target, input_names=["image"], output_names=["logits"], **how
+            )
         atomic_write_bytes(path, target.read_bytes())
 
 

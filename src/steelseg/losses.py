@@ -1,7 +1,7 @@
 """Losses on logits, built from a plain spec: ``{name: weight}`` or ``{name: {weight, **kwargs}}``.
 
 Examples:
-    ``{"dice": 1.0}`` (the seed recipe), ``{"bce": 0.5, "dice": 0.5}``,
+    ``{"dice": 1.0}`` (the reference recipe), ``{"bce": 0.5, "dice": 0.5}``,
     ``{"tversky": {"weight": 1.0, "alpha": 0.3, "beta": 0.7}}``.
 
 Every loss takes logits ``(N, 1, H, W)`` and targets ``(N, 1, H, W)`` in {0, 1}.

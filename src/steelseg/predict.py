@@ -164,6 +164,29 @@ def log_skip(source: Source, reason: str) -> None:
     log.warning("skipped %s: %s", source.path, reason)
 
 
+class Skipped(list):
+    """The inputs :meth:`Predictor.predict_files` skipped: ``(source, reason)`` pairs.
+
+    Pass it as ``on_skip``; it records each skip and tells ``report`` (default: a warning).
+    """
+
+    def __init__(self, report: Callable[[Source, str], None] = log_skip) -> None:
+        super().__init__()
+        self.report = report
+
+    def __call__(self, source: Source, reason: str) -> None:
+        self.append((source, reason))
+        self.report(source, reason)
+
+    def by_path(self) -> dict[str, str]:
+        """``{file: reason}`` (predict.json, pseudo.json)."""
+        return {str(s.path): reason for s, reason in self}
+
+    def by_id(self) -> list[dict[str, str]]:
+        """``[{"image_id": ..., "reason": ...}]`` (eval.json, the tuned sidecar)."""
+        return [{"image_id": s.image_id, "reason": reason} for s, reason in self]
+
+
 class Predictor:
     """A trained model with its input size, post-processing and test-time augmentation.
 
@@ -443,7 +466,9 @@ def predict_to_folder(
     if not sources:
         raise ValueError("no input images found")
     check_out_folder(out)
-    skipped = dict.fromkeys(unmatched, "no image file matches it")
+    skipped = Skipped(on_skip)
+    for text in unmatched:
+        skipped.append((Source(Path(text), text), "no image file matches it"))
     pp = postprocess or predictor.postprocess
     truth = _Truth(sources)
     stems: dict[str, Path] = {}
@@ -457,13 +482,11 @@ def predict_to_folder(
             )
         stems[stem] = s.path
 
-    def skip(s: Source, reason: str) -> None:
-        skipped[str(s.path)] = reason
-        on_skip(s, reason)
-
     rows: list[tuple[str, str]] = []
     n_panels, start = 0, time.perf_counter()
-    for p in predictor.predict_files(sources, check=unique_stem, on_skip=skip, progress=progress):
+    for p in predictor.predict_files(
+        sources, check=unique_stem, on_skip=skipped, progress=progress
+    ):
         mask = pp.apply(p.prob)
         stem = Path(p.source.image_id).stem
         write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
@@ -493,7 +516,7 @@ def predict_to_folder(
         "panels": n_panels,
         "seconds": round(seconds, 3),
         "images_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
-        "skipped": skipped,
+        "skipped": skipped.by_path(),
     }
     atomic_write_text(out / "predict.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -36,7 +36,7 @@ import pandas as pd
 
 from steelseg import rle
 from steelseg.io import atomic_dir, atomic_write_text, check_out_folder
-from steelseg.predict import Predictor, Source, collect_inputs, log_skip
+from steelseg.predict import Predictor, Skipped, Source, collect_inputs, log_skip
 
 
 def uncertain_fraction(prob: np.ndarray, low: float, high: float) -> float:
@@ -90,14 +90,9 @@ def pseudo_label(
     sources, empty = collect_inputs([str(i) for i in images])
     if not sources:
         raise ValueError(f"no images found in {', '.join(map(str, images))}")
-    skipped: dict[str, str] = {}
-
-    def skip(source: Source, reason: str) -> None:
-        skipped[str(source.path)] = reason
-        on_skip(source, reason)
-
+    skipped = Skipped(on_skip)
     for text in empty:
-        skip(Source(Path(text), text), "no image file matches it")
+        skipped(Source(Path(text), text), "no image file matches it")
     seen: set[str] = set()
 
     def unique_id(source: Source, image: np.ndarray) -> None:
@@ -107,7 +102,7 @@ def pseudo_label(
 
     scores, labels, kept = [], [], {}
     for p in predictor.predict_files(
-        sources, rle.SHAPE, check=unique_id, on_skip=skip, progress=progress, desc="pseudo"
+        sources, rle.SHAPE, check=unique_id, on_skip=skipped, progress=progress, desc="pseudo"
     ):
         frac = uncertain_fraction(p.prob, low, high)
         mask = predictor.postprocess.apply(p.prob)
@@ -129,7 +124,7 @@ def pseudo_label(
         "tta": list(predictor.tta),
         "class_id": rle.ANY_CLASS,
         "images_linked": not copy,
-        "skipped": skipped,
+        "skipped": skipped.by_path(),
     }
     _write_folder(out, kept, labels, scores, summary, copy)
     return summary

@@ -34,7 +34,7 @@ import numpy as np
 from steelseg import metric, rle
 from steelseg.evaluate import labelled_split
 from steelseg.postprocess import PostProcess, check_tta, save_tuned
-from steelseg.predict import Predictor, Source, log_skip
+from steelseg.predict import Predictor, Skipped, Source, log_skip
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +230,13 @@ def tune(
     options = [()] + ([tta] if tta else [])
     scorers = {t: GridScorer(grid, base) for t in options}
 
-    skipped: list[dict[str, str]] = []
-
-    def skip(source: Source, reason: str) -> None:
-        skipped.append({"image_id": source.image_id, "reason": reason})
-        on_skip(source, reason)
-
+    skipped = Skipped(on_skip)
     start = time.perf_counter()
     sources = [Source(p, i) for i, p in zip(ids, paths)]
     for p in predictor.predict_files(
         sources,
         rle.SHAPE,
-        on_skip=skip,
+        on_skip=skipped,
         with_plain=True,
         progress=progress,
         desc=f"tune on {split}",
@@ -273,7 +268,7 @@ def tune(
     result = TuneResult(
         chosen, tuple(best["tta"]), best["dice_per_image"], baseline, scorers[()].n_images, rows
     )
-    result.skipped = skipped
+    result.skipped = skipped.by_id()
     if save:
         info = {
             "metric": "dice_per_image",
@@ -283,7 +278,7 @@ def tune(
             "tuned_on": {
                 "split": split,
                 "n_images": result.n_images,
-                "skipped": [s["image_id"] for s in skipped],
+                "skipped": [s.image_id for s, _ in skipped],
                 "data_root": str(paths[0].parent.parent.resolve()),
                 "split_file": str(split_file) if split_file else None,
             },

@@ -10,17 +10,6 @@ from typing import Any
 from steelseg.cli import common
 
 PROG = "steelseg-eval"
-VARIANTS = ("threshold_only", "postprocessed")
-SUMMARY_ROWS = (
-    ("pixel IoU", "pixel", "iou"),
-    ("pixel Dice", "pixel", "dice"),
-    ("per-image Dice (Kaggle)", "pixel", "dice_per_image"),
-    ("image precision", "image", "precision"),
-    ("image recall", "image", "recall"),
-    ("image ROC AUC (max prob)", "image", "roc_auc_max_prob"),
-    ("defect recall", "defect", "recall"),
-    ("defect precision", "defect", "precision"),
-)
 
 
 def build_parser():
@@ -57,13 +46,16 @@ def build_parser():
 
 
 def print_summary(result: Mapping[str, Any]) -> None:
-    """The headline numbers of both variants, one table."""
+    """The report's headline numbers, with and without post-processing, as one table."""
+    from steelseg.evaluate import VARIANTS
+    from steelseg.report import HEADLINE
+
     m = result["metrics"]
     print(f"{result['split']}: {result['n_images']} images ({result['n_defective']} defective)")
-    print(f"{'':26s} {'threshold only':>15s} {'post-processed':>15s}")
-    for label, group, key in SUMMARY_ROWS:
+    print(f"{'':54s} {'threshold only':>15s} {'post-processed':>15s}")
+    for section, group, key, label in HEADLINE:
         vals = [m[v][group][key] for v in VARIANTS]
-        print(f"{label:26s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
+        print(f"{section + ': ' + label:54.54s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
 
 
 def _fmt(v: float | None) -> str:

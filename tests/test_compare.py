@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import tiny_overrides
-from helpers import exit_code
+from helpers import exit_code, run_main
 from steelseg import compare, sweep
 from steelseg.cli.compare import main as compare_main
 
@@ -22,28 +19,25 @@ ARCHS = "model=unet,fpn"
 ENCODERS = "model.encoder_name=tu-mobilenetv3_small_100,tu-mobilenetv3_small_050"
 
 
-def run_sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """``steelseg-train -m ARGS`` in a fresh process, one thread per job."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "steelseg.cli.train", "-m", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def sweep_2x2(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sweep folder of a real 2x2 multirun (model x encoder) of tiny one-epoch jobs."""
+    """The sweep folder of a real 2x2 multirun (model x encoder) of tiny one-epoch jobs.
+
+    Run in-process through the console script's main (Hydra's basic launcher runs the jobs one
+    after the other in this process), so no new interpreter has to import torch again.
+    """
     tmp = tmp_path_factory.mktemp("sweep_2x2")
     overrides = [o for o in tiny_overrides(synth_root) if "arch_kwargs" not in o]
-    done = run_sweep(
-        [
-            *overrides,
-            f"data.prepared_dir={tmp / 'prepared'}",
-            f"hydra.sweep.dir={tmp / 'sweep'}",
-            ARCHS,
-            ENCODERS,
-        ]
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = [
+        "-m",
+        *overrides,
+        f"data.prepared_dir={tmp / 'prepared'}",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        ARCHS,
+        ENCODERS,
+    ]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_main("steelseg-train", args, monkeypatch) == 0
     return tmp / "sweep"
 
 

@@ -72,7 +72,8 @@ def module_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
     [
         ("onnx", "uint8", ONNX_RUNNER),
         ("onnx", "float32", ONNX_RUNNER),
-        ("torchscript", "uint8", TORCHSCRIPT_RUNNER),
+        # a fresh interpreter importing torch: 7 s on a 2-core machine
+        pytest.param("torchscript", "uint8", TORCHSCRIPT_RUNNER, marks=pytest.mark.slow),
     ],
 )
 def test_export_matches_module_without_steelseg(tiny_ckpt, tmp_path, fmt, dtype, runner):

@@ -42,11 +42,12 @@ def hydra_cfg(*overrides: str) -> DictConfig:
 def test_failed_jobs_are_recorded_and_the_sweep_goes_on(
     synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
-    # both sizes fail in the job (not multiples of 32); job 1 runs although job 0 failed
-    done = run_train(
-        ["-m", *tiny_overrides(synth_root), f"hydra.sweep.dir={tmp_path}", "data.height=250,100"]
-    )
-    assert done.returncode == 1, done.stderr[-3000:]  # after the summary: a job failed
+    # both sizes fail in the job (not multiples of 32); job 1 runs although job 0 failed.
+    # In-process (the console script's main, Hydra's basic launcher): no new interpreter.
+    sweep_args = ["-m", *tiny_overrides(synth_root), f"hydra.sweep.dir={tmp_path}"]
+    code = run_main("steelseg-train", [*sweep_args, "data.height=250,100"], monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 1, err[-3000:]  # after the summary: a job failed
     for job, height in ((0, 250), (1, 100)):
         record = json.loads((tmp_path / str(job) / "failed.json").read_text())
         assert record["error_type"] == "ValueError"
@@ -54,7 +55,7 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(
         assert "check_size" in record["traceback_tail"]
     table = pd.read_csv(tmp_path / "summary.csv")
     assert table["status"].tolist() == ["failed", "failed"]
-    assert "2 of 2 jobs did not end" in done.stdout + done.stderr
+    assert "2 of 2 jobs did not end" in out + err
 
     single = [*tiny_overrides(synth_root), f"hydra.run.dir={tmp_path / 'bad'}", "data.height=250"]
     code = run_main("steelseg-train", single, monkeypatch)  # in-process: quicker

@@ -3,8 +3,8 @@
 The fast suite runs each command's ``main()`` in-process (the same code, a real run, seconds);
 these start the installed scripts themselves, as a user does, so a broken entry point or an
 import that only fails in a fresh interpreter shows up. Each new interpreter imports torch, smp
-and Lightning (8-10 s on a 2-core machine), so they are slow-marked; steelseg-train, -prepare
-and -synth run as scripts in the fast suite (test_train.py, test_sweep.py, test_bad_inputs.py).
+and Lightning (8-10 s on a 2-core machine), so they are slow-marked; steelseg-prepare and
+-synth run as scripts in the fast suite too (test_bad_inputs.py, test_shared.py).
 """
 
 from __future__ import annotations
@@ -77,3 +77,12 @@ def test_export_and_compare(run_copy: Path, tmp_path: Path) -> None:
     done = run("steelseg-compare", run_copy, "--out", tmp_path / "cmp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cmp" / "summary.csv").is_file()
+
+
+def test_train(synth_root: Path, tmp_path: Path) -> None:
+    from conftest import tiny_overrides
+
+    done = run("steelseg-train", *tiny_overrides(synth_root), f"data.prepared_dir={tmp_path / 'p'}",
+               f"hydra.run.dir={tmp_path / 'run'}", "test=false", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["val/iou"] >= 0

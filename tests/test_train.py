@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -100,19 +97,15 @@ def test_split_that_does_not_match_the_data_fails(tiny_cfg):
 
 
 def test_cli_runs_and_reports_unknown_choices(synth_root, tmp_path, monkeypatch, capsys):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    """The console script's main, in-process (a new interpreter: tests/test_commands.py)."""
     args = [
-        sys.executable,
-        "-m",
-        "steelseg.cli.train",
         *tiny_overrides(synth_root),
         f"data.prepared_dir={tmp_path / 'prepared'}",
         f"hydra.run.dir={tmp_path / 'run'}",
         "test=false",
     ]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_main("steelseg-train", args, monkeypatch) == 0, capsys.readouterr().err[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["val/iou"] >= 0
-    assert run_main("steelseg-train", ["model=fpnn"], monkeypatch) != 0  # in-process: quicker
+    assert run_main("steelseg-train", ["model=fpnn"], monkeypatch) != 0
     err = capsys.readouterr().err
     assert "Available options in 'model'" in err and "unetplusplus" in err

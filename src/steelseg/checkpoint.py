@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from steelseg.io import atomic_write
+from steelseg.io import atomic_write, check_space
 
 #: Hyper-parameters that decide the network's layers; a checkpoint only fits a module whose
 #: values are equal.
@@ -37,7 +37,22 @@ TRUST_HINT = (
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    atomic_write(Path(path), lambda f: torch.save(obj, f), fsync=True)
+    path = Path(path)
+    # torch's zip writer aborts the process when a write fails in its destructor: refuse a
+    # checkpoint that cannot fit before torch starts writing (tensors, plus 1 MB of the rest)
+    check_space(path, tensor_bytes(obj) + (1 << 20))
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested structure (a checkpoint, a state dict)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def remove_temp_files(folder: str | os.PathLike) -> list[Path]:

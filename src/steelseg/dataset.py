@@ -12,7 +12,6 @@ A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, 1, H, W) float32, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from steelseg import prepare as prep
 from steelseg import rle
+from steelseg.io import locked
 
 log = logging.getLogger(__name__)
 
@@ -218,35 +218,48 @@ class SteelDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ prepare (rank 0 only)
     def prepare_data(self) -> None:
-        if self.synthetic is not None and not (self.root / "train.csv").exists():
+        """Generate (synthetic), prepare and cache what is missing; reuse what is whole.
+
+        Each shared artefact is built by one process at a time (:func:`steelseg.io.locked`):
+        parallel jobs on a fresh data root wait for the first and reuse its work. A split that
+        a killed run left incomplete is prepared again.
+        """
+        if self.synthetic is not None:
             from steelseg import synth
 
-            log.info("generating synthetic Severstal-format data in %s", self.root)
-            synth.generate(self.root, **self.synthetic)
+            if not synth.is_complete(self.root, **self.synthetic):
+                log.info("generating synthetic Severstal-format data in %s", self.root)
+                synth.generate(self.root, **self.synthetic)
         if not (self.root / "train.csv").exists():
             raise FileNotFoundError(
                 f"data.root={self.root} has no train.csv. Download the Kaggle data "
                 "(kaggle competitions download -c severstal-steel-defect-detection), unzip it "
                 "there, or use data=synthetic"
             )
-        split_csv = self.prepared_dir / "split.csv"
-        if split_csv.exists():
-            self._check_prepared()
-        else:
-            log.info("preparing split in %s", self.prepared_dir)
-            prep.prepare(self.root, self.prepared_dir, **self.kw)
-        if self.use_cache:
-            prep.build_cache(self.root, self.prepared_dir, self.size)
+        with locked(self.prepared_dir, "the prepared split"):
+            meta = prep.complete_split(self.prepared_dir)
+            if meta is not None:
+                if meta.get("split_sha256") != prep.file_digest(self.prepared_dir / "split.csv"):
+                    log.warning(
+                        "%s/split.csv was edited after it was prepared; using it as it is",
+                        self.prepared_dir,
+                    )
+                self._check_prepared(meta)
+            else:
+                if (self.prepared_dir / "split.csv").exists():
+                    log.warning(
+                        "%s holds an incomplete split (no matching prepare.json: a run was "
+                        "stopped while writing it); preparing it again",
+                        self.prepared_dir,
+                    )
+                else:
+                    log.info("preparing split in %s", self.prepared_dir)
+                prep.prepare(self.root, self.prepared_dir, **self.kw)
+            if self.use_cache:
+                prep.build_cache(self.root, self.prepared_dir, self.size)
 
-    def _check_prepared(self) -> None:
+    def _check_prepared(self, meta: dict) -> None:
         """Fail if an existing split was made with other parameters or from other data."""
-        meta_path = self.prepared_dir / "prepare.json"
-        if not meta_path.exists():
-            raise ValueError(
-                f"{self.prepared_dir} has split.csv but no prepare.json; delete the "
-                "folder or re-run steelseg-prepare"
-            )
-        meta = json.loads(meta_path.read_text())
         if meta.get("params") != self.params:
             raise ValueError(
                 f"the prepared split in {self.prepared_dir} was made with {meta.get('params')}, "

@@ -123,6 +123,12 @@ def labelled_split(
         prepared = _prepared_split_csv(data, root)
         if prepared.is_file() or split != "all":  # else: every labelled image of the folder
             csv = prepared
+        if prepared.is_file() and prep.complete_split(prepared.parent) is None:
+            raise ValueError(
+                f"the prepared split {prepared} is incomplete (no matching prepare.json: a run "
+                "was stopped while writing it); run steelseg-train or steelseg-prepare again, "
+                "or pass --split-file"
+            )
     if csv is None and split != "all" and (root / "train_images").is_dir():
         raise FileNotFoundError(
             f"{run} has no config.yaml to find the prepared split in; pass --split-file, or "

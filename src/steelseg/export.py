@@ -29,8 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from steelseg.checkpoint import tensor_bytes
 from steelseg.dataset import STRIDE
-from steelseg.io import atomic_write_bytes, atomic_write_text, check_out_folder
+from steelseg.io import (
+    DiskFullError,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_folder,
+    check_space,
+    disk_full,
+    file_digest,
+    locked,
+    remove_stale,
+)
 from steelseg.model import SteelSegModule, normalise
 from steelseg.postprocess import PostProcess, load_tuned
 
@@ -182,14 +193,58 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(size, 2, dtype, 0)
     inputs = _check_inputs(size, dtype)
+    with locked(out, "the export"):
+        remove_stale(out.parent, out.name)  # what a killed export left
+        # torch's writers abort the process when the disk fills up under them: check first
+        # (the weights, twice: the exporter's temporary copy and the checked file)
+        check_space(out, 2 * tensor_bytes(model.state_dict()) + (1 << 20))
+        staged = out.with_name(f".{out.name}.staged")  # checked here before it becomes ``out``
+        try:
+            diff, scale, tolerance = _write_checked(
+                model, example, inputs, staged, fmt, onnx_exporter
+            )
+            meta = _metadata(
+                module, checkpoint, out, fmt, onnx_exporter, input_dtype, size, use_tuned
+            )
+            meta |= {
+                "sha256": file_digest(staged),
+                "max_abs_diff": diff,
+                "max_abs_logit": scale,
+                "tolerance": tolerance,
+                "checked_on": [list(x.shape) for x in inputs],
+            }
+            # complete-or-absent: no metadata while the file changes; the metadata, written
+            # last, names the file's sha256 (see load_metadata)
+            metadata_path(out).unlink(missing_ok=True)
+            os.replace(staged, out)
+        finally:
+            staged.unlink(missing_ok=True)
+        atomic_write_text(metadata_path(out), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _write_checked(
+    model: ExportModule,
+    example: torch.Tensor,
+    inputs: list[torch.Tensor],
+    path: Path,
+    fmt: str,
+    onnx_exporter: str,
+) -> tuple[float, float, float]:
+    """Export to ``path`` and compare it with the module: (largest difference, largest logit,
+    tolerance). Raises ``ValueError`` when the export fails or differs too much."""
     try:
         if fmt == "onnx":
-            export_onnx(model, example, out, onnx_exporter)
-            diff = check_onnx(model, out, inputs)
+            export_onnx(model, example, path, onnx_exporter)
+            diff = check_onnx(model, path, inputs)
         else:
-            export_torchscript(model, example, out)
-            diff = check_torchscript(model, out, inputs)
+            export_torchscript(model, example, path)
+            diff = check_torchscript(model, path, inputs)
+    except DiskFullError:
+        raise
     except Exception as e:  # exporters raise many types; say which step failed, in one line
+        if disk_full(e):
+            raise DiskFullError(path) from None
         other = "another --onnx-exporter" if fmt == "onnx" else "--format onnx"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{fmt} export failed ({type(e).__name__}: {first}); try {other}") from e
@@ -197,15 +252,28 @@ def export(
         scale = max([1.0] + [float(model(x).abs().max()) for x in inputs])
     tolerance = TOLERANCE * scale
     if not diff <= tolerance:
-        out.unlink(missing_ok=True)
         raise ValueError(
             f"the exported model differs from the checkpoint by up to {diff:.3g} logits "
             f"(> {tolerance:.3g} = {TOLERANCE} x the largest logit {scale:.3g}); "
             "nothing was written. Try the other --onnx-exporter or --format"
         )
+    return diff, scale, tolerance
+
+
+def _metadata(
+    module: SteelSegModule,
+    checkpoint: str | os.PathLike,
+    out: Path,
+    fmt: str,
+    onnx_exporter: str,
+    input_dtype: str,
+    size: tuple[int, int],
+    use_tuned: bool,
+) -> dict[str, Any]:
+    """What ``<file>.json`` says of an export (the check's numbers are added by the caller)."""
     tuned = load_tuned(checkpoint) if use_tuned else None
     postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
-    meta = {
+    return {
         "format": fmt,
         "file": out.name,
         "onnx_exporter": onnx_exporter if fmt == "onnx" else None,
@@ -225,11 +293,31 @@ def export(
         "arch": module.hparams.arch,
         "encoder_name": module.hparams.encoder_name,
         "checkpoint": str(Path(checkpoint).resolve()),
-        "max_abs_diff": diff,
-        "max_abs_logit": scale,
-        "tolerance": tolerance,
-        "checked_on": [list(x.shape) for x in inputs],
         "torch": torch.__version__,
     }
-    atomic_write_text(metadata_path(out), json.dumps(meta, indent=2) + "\n")
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a whole export at ``path``, checked against the file.
+
+    Raises:
+        FileNotFoundError: no such export.
+        ValueError: the export is incomplete (no metadata: it was stopped while writing) or its
+            file is not the one the metadata describes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {path} does not exist")
+    try:
+        meta = json.loads(metadata_path(path).read_text())
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{path} has no valid {metadata_path(path).name}: the export was stopped before it "
+            "ended; run steelseg-export again"
+        ) from None
+    if meta.get("sha256") != file_digest(path):
+        raise ValueError(
+            f"{path} is not the file {metadata_path(path).name} describes (sha256 differs); "
+            "run steelseg-export again"
+        )
     return meta

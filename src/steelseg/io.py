@@ -4,7 +4,12 @@ The first stop of the data path: it imports nothing of steelseg and neither torc
 any module (and any command before it parses its arguments) may use it.
 
 * **Atomic writes** (:func:`atomic_write`, :func:`atomic_dir`): a reader sees the old file or
-  folder or the whole new one, never a part; a failed write leaves nothing behind.
+  folder or the whole new one, never a part; a failed write leaves nothing behind, and a full
+  disk is one :class:`DiskFullError` line naming the file and the space it needs.
+* **Locks** (:func:`locked`): one process builds a shared artefact (synthetic data, a prepared
+  split and its cache, a tuned sidecar) while the others wait, then reuse it. The locks are
+  ``flock`` locks (the ``filelock`` library): the system drops them when their process dies,
+  so a killed run never blocks the next one.
 * **Images** (:func:`read_grey`, :func:`check_image`): one reading of a file as uint8 grey, with
   the truncated-JPEG check OpenCV lacks (it decodes a cut-off JPEG silently, with grey filler).
 * **Outputs** (:func:`check_out_folder`, :func:`write_png`, :func:`json_ready`).
@@ -13,15 +18,21 @@ any module (and any command before it parses its arguments) may use it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: Image files steelseg reads (train_images/, prediction inputs); compared lower-case.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -50,11 +61,143 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.0f} kB"
+
+
+class DiskFullError(OSError):
+    """The disk of ``path`` has no room left; nothing of ``path`` was written.
+
+    Attributes:
+        path: The file or folder being written.
+        needed: Bytes it needs (at least; 0 when unknown).
+        free: Bytes free on its disk when the error was raised.
+    """
+
+    def __init__(self, path: Path, needed: int = 0, at_least: bool = True) -> None:
+        path = Path(path)
+        folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        self.path, self.needed = path, int(needed)
+        self.free = shutil.disk_usage(folder).free
+        need = ""
+        if needed:
+            need = f"it needs {'more than' if at_least else 'about'} {_megabytes(needed)}, "
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on device: cannot write {path} ({need}{_megabytes(self.free)} "
+            "free there); free some space or write to another disk. Earlier files are intact",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it: torch and numpy wrap OS errors) is a full disk."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def check_space(path: Path, needed: int) -> None:
+    """Refuse, before anything is written, a write of ``needed`` bytes that cannot fit.
+
+    Raises:
+        DiskFullError: the disk holding ``path`` has less than ``needed`` bytes free.
+    """
+    path = Path(path)
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if shutil.disk_usage(folder).free < needed:
+        raise DiskFullError(path, needed, at_least=False)
+
+
+_held: dict[str, tuple[Any, int]] = {}  # lock file -> (FileLock, depth): re-entrant per process
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str) -> Iterator[None]:
+    """Hold the lock of the shared artefact at ``path`` (file ``.<name>.lock`` beside it).
+
+    A process that finds it held says what it waits for and waits; the holder builds the
+    artefact, the waiters then find it built. Re-entrant within a process.
+
+    Args:
+        path: The artefact (a file or folder; it need not exist yet).
+        what: Names the artefact in the waiting message, e.g. ``"the prepared split"``.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path).resolve()
+    lock_file = path.parent / f".{path.name}.lock"
+    key = str(lock_file)
+    with _held_guard:
+        if key in _held:
+            lock, depth = _held[key]
+            _held[key] = (lock, depth + 1)
+            reentered = True
+        else:
+            reentered = False
+    if not reentered:
+        try:
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file where a folder must be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+        lock = FileLock(key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("waiting for %s in %s: another process is building it", what, path)
+            lock.acquire()
+        with _held_guard:
+            _held[key] = (lock, 1)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            lock, depth = _held[key]
+            if depth > 1:
+                _held[key] = (lock, depth - 1)
+            else:
+                del _held[key]
+                lock.release()
+
+
+def remove_stale(folder: Path, name: str) -> list[Path]:
+    """Delete what killed writers left of ``name`` in ``folder``: temporary files and folders
+    named ``.<name>.*`` (hold the artefact's :func:`locked` first: a live writer's are alike)."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".{name}.*")) if folder.is_dir() else []
+    stale = [p for p in stale if not p.name.endswith(".lock")]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes (16 hex digits: identifies a train.csv, split or model)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 
     ``fsync`` also flushes the data, and the rename, to disk (for files whose loss would cost
     hours, e.g. checkpoints).
+
+    Raises:
+        DiskFullError: the disk filled up; ``path`` is as it was before.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +210,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], fsync: bool = 
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(e):
+            raise DiskFullError(path, written) from None
         raise
     if fsync:
         fsync_dir(path.parent)
@@ -105,8 +251,10 @@ def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(path) from None
         raise
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg.io import atomic_write_text
+from steelseg.io import atomic_write_text, locked
 
 #: Test-time augmentations understood by :mod:`steelseg.predict` (flips are their own inverse).
 TTA_CHOICES = ("hflip", "vflip")
@@ -208,7 +208,8 @@ def save_tuned(
         raise ValueError(f"info must not contain the keys {clash}; they are written from arguments")
     data = {"postprocess": postprocess.to_dict(), "tta": list(check_tta(tta)), **info}
     path = sidecar_path(checkpoint)
-    atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
+    with locked(path, "the tuned post-processing"):  # two tunes of one model: one at a time
+        atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
     return path
 
 

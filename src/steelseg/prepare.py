@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,14 +29,24 @@ import numpy as np
 import pandas as pd
 
 from steelseg import rle
-from steelseg.io import IMAGE_SUFFIXES, atomic_dir, atomic_write_text, check_image, read_grey
+from steelseg.io import (
+    IMAGE_SUFFIXES,
+    atomic_dir,
+    atomic_write_text,
+    check_image,
+    check_space,
+    file_digest,
+    locked,
+    read_grey,
+    remove_stale,
+)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_CHOICES = (*SPLITS, "all")  # "all": every image of a split file or folder
 SPLIT_COLUMNS = ["ImageId", "split", "EncodedPixels", "defect_pixels", "classes", "n_classes"]
-PREPARE_VERSION = 1  # bump when split.csv's content for the same inputs changes
+PREPARE_VERSION = 2  # bump when split.csv's content for the same inputs changes (2: split_sha256)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -286,15 +297,6 @@ def resolve_split_file(split_file: str | os.PathLike) -> Path:
     return path
 
 
-def file_digest(path: Path) -> str:
-    """Short sha256 of a file's bytes (identifies the train.csv a split was made from)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def prepare(
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -349,7 +351,7 @@ def prepare(
     if not (chosen["split"] == "train").any():
         raise ValueError("the split has no training images; use more images or another --split")
     chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
-    atomic_write_text(out / "split.csv", chosen[SPLIT_COLUMNS].to_csv(index=False))
+    text = chosen[SPLIT_COLUMNS].to_csv(index=False)
     meta = {
         "version": PREPARE_VERSION,
         "data_dir": str(data_dir.resolve()),
@@ -358,16 +360,48 @@ def prepare(
             n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
         ),
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
+        "split_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],  # = file_digest(split.csv)
     }
-    atomic_write_text(out / "prepare.json", json.dumps(meta, indent=2))
+    with locked(out, "the prepared split"):
+        for name in ("split.csv", "prepare.json"):
+            remove_stale(out, name)  # what a killed writer left
+        if complete_split(out) == meta:
+            log.info("%s already holds this split; reusing it", out)
+        else:
+            _write_split(data_dir, out, text, meta, cache_size)
+        if cache_size is not None:
+            build_cache(data_dir, out, cache_size)  # reused too, when it matches
+    return out / "split.csv"
+
+
+def _write_split(
+    data_dir: Path, out: Path, text: str, meta: dict, cache_size: tuple[int, int] | None
+) -> None:
+    """split.csv, the cache, then prepare.json: the marker that the whole split is there."""
+    (out / "prepare.json").unlink(missing_ok=True)  # incomplete until it is written again
+    atomic_write_text(out / "split.csv", text)
     if cache_size is not None:
         try:
             build_cache(data_dir, out, cache_size)
         except BaseException:  # no split without the cache that was asked for
-            for name in ("split.csv", "prepare.json"):
-                (out / name).unlink(missing_ok=True)
+            (out / "split.csv").unlink(missing_ok=True)
             raise
-    return out / "split.csv"
+    atomic_write_text(out / "prepare.json", json.dumps(meta, indent=2))
+
+
+def complete_split(out: str | os.PathLike) -> dict | None:
+    """``prepare.json`` of the whole prepared split in ``out``, or None.
+
+    ``prepare.json`` is written last and removed first whenever the split is written again, so
+    a ``split.csv`` without it was cut short (a killed or failed run): readers prepare it again
+    or refuse it, never use it. Its ``split_sha256`` tells whether split.csv was edited since.
+    """
+    out = Path(out)
+    try:
+        meta = json.loads((out / "prepare.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and (out / "split.csv").is_file() else None
 
 
 def default_split(split: Sequence[float] | str | None, only_defective: bool) -> tuple[float, ...]:
@@ -501,24 +535,39 @@ def build_cache(
     Both are (N, H, W) uint8 in split.csv order, readable as memory maps. Written under a
     temporary folder name and renamed, so an interrupted build leaves no cache behind.
     """
-    from tqdm import tqdm
 
     out = Path(out)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"cache size must be (height, width) >= 1, got {size}")
     final = cache_dir(out, size)
-    digest = file_digest(out / "split.csv")
-    if cache_matches(final, digest):
-        return final
-    if final.exists():  # made for an earlier split.csv
-        import shutil
+    with locked(out, "the prepared split"):  # the split's lock: one process builds its caches
+        digest = file_digest(out / "split.csv")
+        if cache_matches(final, digest):
+            return final
+        remove_stale(out, final.name)  # a killed build's temporary folder
+        if final.exists():  # made for an earlier split.csv
+            shutil.rmtree(final)
+        split = pd.read_csv(out / "split.csv", dtype={"EncodedPixels": str}, keep_default_na=False)
+        _build_cache(data_dir, final, split, size, digest, workers)
+    return final
 
-        shutil.rmtree(final)
-    split = pd.read_csv(out / "split.csv", dtype={"EncodedPixels": str}, keep_default_na=False)
+
+def _build_cache(
+    data_dir: Path,
+    final: Path,
+    split: pd.DataFrame,
+    size: tuple[int, int],
+    digest: str,
+    workers: int | None,
+) -> None:
+    """Write the cache folder ``final`` (see :func:`build_cache`), under its lock."""
+    from tqdm import tqdm
+
+    n, (h, w) = len(split), size
+    check_space(final, 2 * n * h * w + 4096)  # images, masks, headers: say so up front
     with atomic_dir(final) as tmp:
-        n, (h, w) = len(split), size
-        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, h, w))
+        images = _allocated(tmp / "images.npy", (n, h, w))
+        masks = _allocated(tmp / "masks.npy", (n, h, w))
         ids, rles = split["ImageId"].tolist(), split["EncodedPixels"].tolist()
 
         def work(i: int) -> None:
@@ -538,4 +587,13 @@ def build_cache(
         images.flush()
         masks.flush()
         (tmp / "split.sha256").write_text(digest)
-    return final
+
+
+def _allocated(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """A uint8 ``.npy`` memory map whose disk blocks are reserved now: a full disk is an
+    ``OSError`` here, not a crash (SIGBUS) when a page of a sparse file is written later."""
+    array = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array

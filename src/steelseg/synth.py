@@ -33,7 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from steelseg.io import atomic_write_bytes, atomic_write_text
+from steelseg.io import atomic_write_bytes, atomic_write_text, locked
 from steelseg.rle import SHAPE, encode
 
 H, W = SHAPE
@@ -526,7 +526,10 @@ def generate(
     The output depends only on ``n_images``, ``n_test`` and ``seed``: the same arguments give
     byte-identical CSVs and identical pixels. Images are written first and the CSVs last, each
     CSV under a temporary name moved into place, so an interrupted run never leaves a CSV
-    naming missing images. A folder made by an earlier run is updated in place (its images
+    naming missing images, and ``synth.json`` says ``complete`` last (:func:`is_complete`).
+    Processes generating into one folder at once take turns (:func:`steelseg.io.locked`): the
+    first writes, the others find the data set complete and reuse it. A folder made by an
+    earlier run is updated in place (its images
     that the new data set does not have are deleted, since defect-free images are found by
     listing ``train_images/``); any other non-empty folder is refused, so real data is never
     overwritten.
@@ -554,22 +557,55 @@ def generate(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+    with locked(out, "the synthetic data"):  # parallel jobs on a fresh data root: one writes
+        if is_complete(out, n_images, seed, n_test):
+            return out  # another process made it while this one waited, or an earlier run
+        _generate(out, n_images, seed, n_test, progress)
+    return out
+
+
+def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = None) -> bool:
+    """Whether ``out`` holds a whole data set made by :func:`generate` with these arguments.
+
+    The marker says ``complete`` only once every image and both CSVs are written, so a run
+    killed halfway is never taken for a data set.
+    """
+    if n_test is None:
+        n_test = max(1, n_images // 10)
+    out = Path(out)
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    want = {"n_images": n_images, "n_test": n_test, "seed": seed, "complete": True}
+    return (
+        isinstance(marker, dict)
+        and all(marker.get(k) == v for k, v in want.items())
+        and (out / "train.csv").is_file()
+        and (out / "sample_submission.csv").is_file()
+    )
+
+
+def _write_marker(out: Path, n_images: int, seed: int, n_test: int, complete: bool) -> None:
+    args = {"n_images": n_images, "n_test": n_test, "seed": seed, "complete": complete}
+    atomic_write_text(
+        out / MARKER, json.dumps({"generator": "steelseg-synth", **args}, indent=2) + "\n"
+    )
+
+
+def _generate(out: Path, n_images: int, seed: int, n_test: int, progress: bool) -> None:
+    """The body of :func:`generate`, under its lock."""
+    ours = [p for p in out.iterdir() if not p.name.endswith(".tmp")] if out.exists() else []
+    if ours and not (out / MARKER).is_file():  # (.tmp: a killed run's marker, not yet written)
         raise FileExistsError(
             f"{out} is not empty and was not made by steelseg-synth "
             f"(no {MARKER}); choose a new or empty folder"
         )
-    train_dir, test_dir = out / "train_images", out / "test_images"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    test_dir.mkdir(exist_ok=True)
     # Claim the folder first, so that a run interrupted halfway can simply be run again.
-    (out / MARKER).write_text(
-        json.dumps(
-            {"generator": "steelseg-synth", "n_images": n_images, "n_test": n_test, "seed": seed},
-            indent=2,
-        )
-        + "\n"
-    )
+    _write_marker(out, n_images, seed, n_test, complete=False)
+    train_dir, test_dir = out / "train_images", out / "test_images"
+    train_dir.mkdir(exist_ok=True)
+    test_dir.mkdir(exist_ok=True)
 
     # One stream for the names, then one independent stream per image, so that image i is
     # the same whatever the number of images.
@@ -600,4 +636,6 @@ def generate(
         for path in folder.iterdir():
             if (path.suffix == ".jpg" or path.name.endswith(".tmp")) and path.name not in keep:
                 path.unlink()
-    return out
+    for path in out.glob(".*.tmp"):  # a CSV or marker a killed run was writing
+        path.unlink()
+    _write_marker(out, n_images, seed, n_test, complete=True)  # the data set is whole

@@ -170,6 +170,26 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in POSTPROCESS_FIELDS if getattr(args, k, None) is not None}
 
 
+def predictor(args: argparse.Namespace):
+    """The :class:`steelseg.predict.Predictor` the options ask for: the checkpoint, device,
+    batch size, TTA and tuned post-processing, with the post-processing options applied."""
+    import dataclasses
+
+    from steelseg.predict import Predictor
+
+    loaded = Predictor.from_checkpoint(
+        args.checkpoint,
+        args.device,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        use_tuned=not args.no_tuned,
+    )
+    changes = postprocess_overrides(args)
+    if changes:
+        loaded.postprocess = dataclasses.replace(loaded.postprocess, **changes)
+    return loaded
+
+
 # ----------------------------------------------------------------------------- running
 def run(prog: str, body: Callable[[], int], errors: Sequence[type] = (ValueError, OSError)) -> int:
     """Run a command's body; return its exit code. A listed error is one line and code 2.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from steelseg.io import check_out_folder
-        from steelseg.predict import Predictor, collect_inputs, predict_to_folder
+        from steelseg.predict import collect_inputs, predict_to_folder
 
         sources, unmatched = collect_inputs(args.inputs)
         for text in unmatched:
@@ -54,21 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         if not sources:  # before the model is loaded
             raise ValueError("no input images found")
         check_out_folder(args.out)
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint,
-            args.device,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            use_tuned=not args.no_tuned,
-        )
-        changes = common.postprocess_overrides(args)
-        pp = dataclasses.replace(predictor.postprocess, **changes) if changes else None
+        predictor = common.predictor(args)
         summary = predict_to_folder(
             predictor,
             sources,
             args.out,
-            pp,
-            args.masks_only,
+            masks_only=args.masks_only,
             progress=False if args.no_progress else None,
             unmatched=unmatched,
         )

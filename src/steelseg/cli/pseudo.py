@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,19 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.predict import Predictor
         from steelseg.pseudo import pseudo_label
 
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint,
-            args.device,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            use_tuned=not args.no_tuned,
-        )
-        changes = common.postprocess_overrides(args)
-        if changes:
-            predictor.postprocess = dataclasses.replace(predictor.postprocess, **changes)
+        predictor = common.predictor(args)
         summary = pseudo_label(
             predictor,
             args.images,

@@ -92,16 +92,6 @@ def load(
 LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, OSError)
 
 
-def from_torch_load(error: BaseException) -> bool:
-    """Whether ``error`` was raised inside ``torch.load`` (not by the code around it)."""
-    tb = error.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def explain(path: str | os.PathLike, error: BaseException, weights_only: bool) -> Exception:
     """The one-line error to show for ``error``, raised by ``torch.load(path)``."""
     text = str(error)

@@ -36,13 +36,11 @@ from steelseg import metric, report, rle
 from steelseg import prepare as prep
 from steelseg.checkpoint import run_folder
 from steelseg.io import atomic_write_text, json_ready, read_grey
-from steelseg.postprocess import PostProcess, load_tuned, sidecar_path
+from steelseg.postprocess import PostProcess
 from steelseg.predict import Predictor, Skipped, Source, log_skip
 
 log = logging.getLogger(__name__)
 
-#: Thresholds of the threshold curve (the metrics at each, before any area filter).
-CURVE_THRESHOLDS = metric.SWEEP_THRESHOLDS
 VARIANTS = ("threshold_only", "postprocessed")
 
 
@@ -152,7 +150,7 @@ class Scorer:
     def __init__(
         self,
         variants: Mapping[str, PostProcess],
-        thresholds: Sequence[float] = CURVE_THRESHOLDS,
+        thresholds: Sequence[float] = metric.SWEEP_THRESHOLDS,
         iou_threshold: float = 0.5,
         keep_masks: Sequence[str] = (),
     ) -> None:
@@ -275,7 +273,6 @@ def evaluate(
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
     out = Path(out) if out is not None else default_out_dir(checkpoint, split)
-    tuned = load_tuned(checkpoint) if use_tuned else None  # validates the sidecar early
     predictor = Predictor.from_checkpoint(
         checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
     )
@@ -307,7 +304,7 @@ def evaluate(
             "n_defective": sum(r["gt_pixels"] > 0 for r in scorer.images),
             "tta": list(predictor.tta),
             "device": str(predictor.device),
-            "tuned_sidecar": str(sidecar_path(checkpoint)) if tuned is not None else None,
+            "tuned_sidecar": str(predictor.tuned_sidecar) if predictor.tuned_sidecar else None,
             "overrides": dict(overrides or {}),
             "seconds": round(seconds, 2),
             "images_per_s": round(len(scorer.images) / max(seconds, 1e-9), 3),

@@ -49,7 +49,7 @@ from steelseg.io import (
     write_png,
 )
 from steelseg.model import SteelSegModule
-from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned
+from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class Predictor:
         self.tta = check_tta(tta)
         self.batch_size = int(batch_size)
         self.checkpoint: Path | None = None  # the file it came from, if any
+        self.tuned_sidecar: Path | None = None  # the steelseg-tune values it started from
 
     @classmethod
     def from_checkpoint(
@@ -253,6 +254,8 @@ class Predictor:
             tta = tuned[1] if tuned is not None else ()
         predictor = cls(module, device, postprocess, tta, batch_size)
         predictor.checkpoint = Path(checkpoint)
+        if tuned is not None:
+            predictor.tuned_sidecar = sidecar_path(checkpoint)
         return predictor
 
     # ------------------------------------------------------------------ arrays

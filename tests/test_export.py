@@ -105,13 +105,13 @@ def test_dynamo_onnx_exporter(tiny_ckpt, tmp_path):
 def test_cli_and_errors(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "m.pt"
     assert main([str(tiny_ckpt), "--format", "torchscript", "--out", str(out)]) == 0
-    assert "max abs difference from the module" in capsys.readouterr().out
+    assert "max abs logit difference from the module" in capsys.readouterr().out
     assert out.is_file() and metadata_path(out) == tmp_path / "m.pt.json"
     assert main([str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"steelseg-export: error: checkpoint {tmp_path / 'none.ckpt'} does not exist"]
     with pytest.raises(
-        ValueError, match=r"unknown format 'tflite'; choose from \['onnx', 'torchscript'\]"
+        ValueError, match=r"unknown format 'tflite'; choose from \['onnx', 'openvino', 'torchscript'\]"
     ):
         export(tiny_ckpt, tmp_path / "x", "tflite")
     assert not (tmp_path / "x.onnx").exists()

@@ -2,7 +2,8 @@
 
 Modules follow the data path, and none imports one further along it:
 
-* ``io`` (atomic writes, reading images), ``config`` (Hydra configs, metric names);
+* ``io`` (atomic writes, reading images), ``runtime`` (PyTorch / ONNX Runtime / OpenVINO
+  engines, no torch needed), ``config`` (Hydra configs, metric names);
 * ``rle`` (Kaggle run-length encoding, train.csv) -> ``synth`` (synthetic data in the Kaggle
   layout) -> ``prepare`` (stratified split, uint8 cache) -> ``dataset`` (Dataset,
   LightningDataModule);
@@ -10,7 +11,8 @@ Modules follow the data path, and none imports one further along it:
   weights-only checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep``
   -> ``train`` (fit, validate, test);
 * ``postprocess`` -> ``draw`` (overlays) -> ``predict`` (Predictor, the one loop over image
-  files) -> ``report`` (HTML) -> ``evaluate`` -> ``tune``, ``pseudo``, ``export``, ``compare``;
+  files) -> ``report`` (HTML) -> ``evaluate`` -> ``tune``, ``pseudo``, ``export`` -> ``deploy``
+  (which runtime a model runs on) -> ``compare``;
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
 
 Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 #: The public modules, in data-path order (see the module docstring).
 MODULES = (
     "io",
+    "runtime",
     "config",
     "rle",
     "synth",
@@ -47,6 +50,7 @@ MODULES = (
     "tune",
     "pseudo",
     "export",
+    "deploy",
     "compare",
     "cli",
 )
@@ -60,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
         compare,
         config,
         dataset,
+        deploy,
         draw,
         evaluate,
         export,
@@ -73,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
         pseudo,
         report,
         rle,
+        runtime,
         sweep,
         synth,
         train,

@@ -28,10 +28,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from steelseg import prepare as prep
 from steelseg import rle
 from steelseg.io import locked
+from steelseg.runtime import STRIDE
 
 log = logging.getLogger(__name__)
-
-STRIDE = 32  # every smp encoder downsamples 5 times
 
 
 def check_size(height: int, width: int) -> None:

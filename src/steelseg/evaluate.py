@@ -38,6 +38,7 @@ from steelseg.checkpoint import run_folder
 from steelseg.io import atomic_write_text, json_ready, read_grey
 from steelseg.postprocess import PostProcess
 from steelseg.predict import Predictor, Skipped, Source, log_skip
+from steelseg.runtime import DICE_TOLERANCE, FILE_FORMATS, installed, load_metadata
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,18 @@ def _prepared_split_csv(data: Mapping[str, Any], root: Path) -> Path:
         data.get("skip_bad", False),
     )
     return prep.default_prepared_dir(root, params) / "split.csv"
+
+
+def model_checkpoint(model: str | os.PathLike) -> Path:
+    """The checkpoint behind a model file, whose run holds the labelled splits: the file
+    itself, or the checkpoint an export was made from (named in its metadata)."""
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix.lower() in FILE_FORMATS:
+        source = load_metadata(path).get("checkpoint")
+        return Path(source) if source else path
+    return path
 
 
 def labelled_split(
@@ -133,6 +146,24 @@ def labelled_split(
             "--split all for every labelled image of the folder"
         )
     return prep.labelled_images(root, csv, split)
+
+
+def labelled_sources(
+    checkpoint: str | os.PathLike,
+    split: str,
+    data_root: str | os.PathLike | None,
+    split_file: str | os.PathLike | None,
+) -> tuple[list[Source], Any] | None:
+    """:func:`labelled_split` as sources and a mask reader, or None (logged) when the
+    checkpoint has no run to find them in and no ``data_root`` or ``split_file`` was given."""
+    try:
+        ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
+    except FileNotFoundError as e:
+        if data_root is not None or split_file is not None:
+            raise
+        log.debug("no labelled %s split (%s)", split, e)
+        return None
+    return [Source(p, i) for i, p in zip(ids, paths)], mask_of
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -222,6 +253,95 @@ class Scorer:
         }
 
 
+# ----------------------------------------------------------------------------- runtimes
+def score_predictor(
+    predictor: Predictor,
+    sources: Sequence[Source],
+    mask_of: Callable[[str], np.ndarray],
+    postprocess: PostProcess | None = None,
+    progress: bool | None = False,
+    desc: str = "score",
+) -> dict[str, Any]:
+    """Per-image Dice and pixel IoU of ``predictor`` on labelled images (the runtime checks).
+
+    Returns:
+        ``{"runtime", "precision", "n_images", "dice_per_image", "iou", "images_per_s"}``;
+        images/s includes reading the files.
+    """
+    pp = postprocess or predictor.postprocess
+    counts = []
+    start = time.perf_counter()
+    for p in predictor.predict_files(
+        sources, rle.SHAPE, on_skip=lambda s, r: None, progress=progress, desc=desc
+    ):
+        counts.append(metric.mask_counts(pp.apply(p.prob), mask_of(p.source.image_id)))
+    seconds = time.perf_counter() - start
+    if not counts:
+        raise ValueError("none of the labelled images could be read")
+    scores = metric.pixel_scores(*(np.array(c, dtype=np.int64) for c in zip(*counts)))
+    return {
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
+        "n_images": len(counts),
+        "dice_per_image": float(scores["dice_per_image"]),
+        "iou": float(scores["iou"]),
+        "images_per_s": round(len(counts) / max(seconds, 1e-9), 3),
+    }
+
+
+def runtime_check(
+    reference: Mapping[str, Any], scores: Mapping[str, Any], tolerance: float
+) -> dict[str, Any]:
+    """``scores`` against the PyTorch fp32 ``reference`` (both from :func:`score_predictor`):
+    the per-image Dice drop, and whether it is within ``tolerance``."""
+    drop = reference["dice_per_image"] - scores["dice_per_image"]
+    return {
+        **scores,
+        "reference_dice_per_image": reference["dice_per_image"],
+        "reference_iou": reference["iou"],
+        "dice_drop": drop,
+        "iou_drop": reference["iou"] - scores["iou"],
+        "tolerance": tolerance,
+        "ok": bool(drop <= tolerance),
+    }
+
+
+def reference_predictor(predictor: Predictor) -> Predictor | None:
+    """The same model on PyTorch fp32 (with the same post-processing and flips), to check
+    ``predictor`` against; None when it is that already, or when PyTorch or the checkpoint
+    behind an export is not here (logged)."""
+    if (predictor.runtime, predictor.precision) == ("torch", "fp32"):
+        return None
+    source = predictor.checkpoint
+    if source is None or not source.is_file() or not installed("torch"):
+        log.warning(
+            "no PyTorch fp32 check of %s: %s",
+            predictor.describe(),
+            "PyTorch is not installed"
+            if source and source.is_file()
+            else "no checkpoint behind it",
+        )
+        return None
+    return Predictor.from_checkpoint(
+        source,
+        "cpu",
+        postprocess=predictor.postprocess,
+        tta=predictor.tta,
+        batch_size=predictor.batch_size,
+        precision="fp32",
+    )
+
+
+def check_text(row: Mapping[str, Any], split: str) -> str:
+    """One line: a runtime's per-image Dice and IoU on ``split`` beside PyTorch fp32's."""
+    return (
+        f"{row['runtime']} {row['precision']}: per-image Dice {row['dice_per_image']:.4f} vs "
+        f"{row['reference_dice_per_image']:.4f} for PyTorch fp32 (drop {row['dice_drop']:+.4f}, "
+        f"tolerance {row['tolerance']}), IoU {row['iou']:.4f} vs {row['reference_iou']:.4f} on "
+        f"{row['n_images']} {split} images"
+    )
+
+
 # ----------------------------------------------------------------------------- evaluation
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """``<run>/eval/<checkpoint name>-<split>``."""
@@ -229,7 +349,7 @@ def default_out_dir(checkpoint: Path, split: str) -> Path:
 
 
 def evaluate(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Predictor,
     split: str = "test",
     data_root: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
@@ -244,11 +364,17 @@ def evaluate(
     panel_width: int = 800,
     progress: bool | None = True,
     on_skip: Callable[[Source, str], None] = log_skip,
+    check_fp32: bool = True,
+    tolerance: float = DICE_TOLERANCE,
+    load: Callable[[], Predictor] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a labelled split; write ``eval.json`` and ``report.html``.
+    """Evaluate a model on a labelled split; write ``eval.json`` and ``report.html``.
 
     Args:
-        checkpoint: A steelseg checkpoint (``.ckpt``).
+        checkpoint: A steelseg checkpoint (``.ckpt``, run on PyTorch) or exported file (with
+            ``load``), or a :class:`~steelseg.predict.Predictor` (any runtime: see
+            :func:`steelseg.deploy.load_predictor`); ``tta``, ``use_tuned``, ``device`` and
+            ``batch_size`` then come from it.
         split: ``train``, ``val``, ``test`` or ``all`` (see :func:`labelled_split`).
         data_root: Data folder, default the run's.
         split_file: A prepared split.csv, default the run's.
@@ -264,20 +390,29 @@ def evaluate(
         panel_width: Width in pixels of each panel picture (images are 1600 wide).
         progress: Show a progress bar (None: on a terminal).
         on_skip: Told each image that cannot be read (or is not 1600x256) and why.
+        check_fp32: When the model runs on another runtime or precision than PyTorch fp32,
+            score the split with PyTorch fp32 too (:func:`reference_predictor`); ``eval.json``
+            and the report then give both per-image Dice and IoU (``runtime_check``).
+        tolerance: The per-image Dice drop below the reference the check accepts.
+        load: Builds the predictor once the labelled images are found (a command's
+            runtime choice), instead of loading ``checkpoint`` on PyTorch.
 
     Returns:
         The content of ``eval.json`` (NaN as None).
     """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
-    out = Path(out) if out is not None else default_out_dir(checkpoint, split)
-    predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
-    )
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else None
+    checkpoint = Path(predictor.model_file if predictor is not None else checkpoint)
+    source = model_checkpoint(checkpoint)
+    ids, paths, mask_of = labelled_split(source, split, data_root, split_file)
+    out = Path(out) if out is not None else default_out_dir(source, split)
+    if predictor is None and load is not None:
+        predictor = load()
+    if predictor is None:
+        predictor = Predictor.from_checkpoint(
+            checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
+        )
     post = dataclasses.replace(predictor.postprocess, **dict(overrides or {}))
-    plain = PostProcess(threshold=float(predictor.module.hparams.threshold))
+    plain = PostProcess(threshold=predictor.model_threshold)
     scorer = Scorer(
         {"threshold_only": plain, "postprocessed": post},
         iou_threshold=iou_threshold,
@@ -304,6 +439,9 @@ def evaluate(
             "n_defective": sum(r["gt_pixels"] > 0 for r in scorer.images),
             "tta": list(predictor.tta),
             "device": str(predictor.device),
+            "runtime": predictor.runtime,
+            "precision": predictor.precision,
+            "model_file": str(checkpoint.resolve()),
             "tuned_sidecar": str(predictor.tuned_sidecar) if predictor.tuned_sidecar else None,
             "overrides": dict(overrides or {}),
             "seconds": round(seconds, 2),
@@ -314,6 +452,21 @@ def evaluate(
             "skipped": skipped.by_id(),
         }
     )
+    reference = reference_predictor(predictor) if check_fp32 else None
+    if reference is not None:
+        check = runtime_check(
+            score_predictor(reference, sources, mask_of, post, progress, f"{split}: fp32 check"),
+            {
+                "runtime": predictor.runtime,
+                "precision": predictor.precision,
+                "n_images": result["n_images"],
+                "dice_per_image": result["metrics"]["postprocessed"]["pixel"]["dice_per_image"],
+                "iou": result["metrics"]["postprocessed"]["pixel"]["iou"],
+                "images_per_s": result["images_per_s"],
+            },
+            tolerance,
+        )
+        result["runtime_check"] = json_ready(check)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
 

@@ -1,6 +1,8 @@
-"""Export a trained checkpoint to ONNX or TorchScript, for inference without steelseg.
+"""Export a trained checkpoint to ONNX, OpenVINO or TorchScript, checked for accuracy.
 
     steelseg-export CHECKPOINT --format onnx --out model.onnx
+    steelseg-export CHECKPOINT --format openvino --out model.xml          # + model.bin
+    steelseg-export CHECKPOINT --format onnx --precision int8 --out model-int8.onnx
     steelseg-export CHECKPOINT --format torchscript --out model.pt
 
 The exported graph is the module's forward with the normalisation inside it:
@@ -10,18 +12,30 @@ The exported graph is the module's forward with the normalisation inside it:
   ``input_size`` of the metadata, which the model was trained at);
 * output ``logits``: float32 ``(N, 1, H, W)``; ``sigmoid(logits) >= threshold`` is a defect.
 
+``--precision int8`` quantizes with ONNX Runtime's static post-training quantization (QDQ,
+weights per channel) calibrated on train-split images; OpenVINO runs the same quantized graph.
+
 Beside the file, ``<file>.json`` holds the metadata: input size, threshold, the tuned
-post-processing and TTA when ``steelseg-tune`` stored some, the source checkpoint, and the
-largest absolute difference from the PyTorch module measured on random inputs right after export
-(ONNX through onnxruntime, TorchScript through ``torch.jit.load``).
+post-processing and TTA when ``steelseg-tune`` stored some, the source checkpoint, the largest
+absolute logit difference from the PyTorch module on random inputs, and the accuracy check:
+per-image Dice and pixel IoU on the labelled test split for every installed runtime and
+precision that runs the file, beside PyTorch fp32's, with the fastest that passes as the file's
+``default``.
+
+Where a model runs when it is used (``--runtime auto``) is :mod:`steelseg.deploy`'s choice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +44,7 @@ import torch
 from torch import nn
 
 from steelseg.checkpoint import tensor_bytes
-from steelseg.dataset import STRIDE
+from steelseg.evaluate import labelled_sources
 from steelseg.io import (
     DiskFullError,
     atomic_write_bytes,
@@ -39,15 +53,36 @@ from steelseg.io import (
     check_space,
     disk_full,
     file_digest,
+    json_ready,
     locked,
+    read_grey,
     remove_stale,
 )
 from steelseg.model import SteelSegModule, normalise
 from steelseg.postprocess import PostProcess, load_tuned
+from steelseg.predict import Predictor, Source
+from steelseg.runtime import (
+    DICE_TOLERANCE,
+    FORMAT_RUNTIMES,
+    STRIDE,
+    check_tolerance,
+    installed,
+    metadata_path,
+    model_digest,
+    native_bf16,
+    open_engine,
+    weights_path,
+)
 
-FORMATS = ("onnx", "torchscript")
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "openvino", "torchscript")
+FORMAT_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+EXPORT_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: INT8 calibration: train-split images used by default, and the fewest accepted
+DEFAULT_CALIBRATION, MIN_CALIBRATION = 64, 16
 #: largest |exported - module| logit difference accepted, per unit of the largest |logit| (at
 #: least 1): float32 rounding grows with the logits' size (a trained model's reach 10-30)
 TOLERANCE = 1e-4
@@ -100,9 +135,10 @@ def export_onnx(model: ExportModule, example: torch.Tensor, path: Path, exporter
                     "opset_version": 17,
                     "dynamic_axes": {"image": axes, "logits": axes},
                 }
-            torch.onnx.export(
-                model, (example,), target, input_names=["image"], output_names=["logits"], **how
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+                torch.onnx.export(
+                    model, (example,), target, input_names=["image"], output_names=["logits"], **how
+                )
         atomic_write_bytes(path, target.read_bytes())
 
 
@@ -145,12 +181,6 @@ def check_torchscript(model: ExportModule, path: Path, inputs: list[torch.Tensor
     return diff
 
 
-def metadata_path(path: str | os.PathLike) -> Path:
-    """``<file>.json`` beside an exported file."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
 def export(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
@@ -158,24 +188,52 @@ def export(
     input_dtype: str = "uint8",
     onnx_exporter: str = "dynamo",
     use_tuned: bool = True,
+    precision: str = "auto",
+    tolerance: float = DICE_TOLERANCE,
+    calibration_images: int = DEFAULT_CALIBRATION,
+    data_root: str | os.PathLike | None = None,
+    split_file: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    progress: bool | None = False,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out``, check it against the module, write the metadata.
 
+    Two checks, both before anything is written:
+
+    * logits: the file against the module on random inputs (largest absolute difference);
+    * accuracy: per-image Dice and pixel IoU on the labelled test split of the checkpoint's
+      run, on every installed runtime and precision that runs the file, against PyTorch fp32.
+      The export is refused when none at the asked precision is within ``tolerance``; the
+      fastest one that is becomes the file's default runtime (``default`` in the metadata).
+
     Args:
         checkpoint: A steelseg ``.ckpt``.
-        out: The file to write (``.onnx`` or ``.pt`` by convention).
+        out: The file to write (``.onnx``, ``.xml`` for OpenVINO (with a ``.bin`` beside it)
+            or ``.pt`` for TorchScript).
         fmt: One of :data:`FORMATS`.
         input_dtype: ``uint8`` or ``float32`` input images (values 0..255 either way).
         onnx_exporter: ``dynamo`` (torch.export based, the default of torch.onnx) or
             ``torchscript`` (the older exporter: much faster, deprecated by PyTorch).
         use_tuned: Record the post-processing ``steelseg-tune`` stored beside the checkpoint.
+        precision: ``int8``: quantize (static, per channel, calibrated on train-split images);
+            ``fp32`` / ``bf16``: the default precision to run the fp32 file at (bf16 on a CPU
+            that has it, OpenVINO); ``auto``: the fastest that passes the check.
+        tolerance: Largest per-image Dice drop below PyTorch fp32 accepted, in (0, 1).
+        calibration_images: Train-split images to calibrate INT8 on (at least
+            :data:`MIN_CALIBRATION`).
+        data_root, split_file: Where the labelled images are (default: the run's).
+        batch_size: Images per forward pass of the accuracy check.
+        progress: Progress bars for the check.
+        check: Run the accuracy check (:func:`cached_export` leaves it to the runtime choice).
 
     Returns:
-        The metadata written to ``<out>.json``, with ``max_abs_diff``.
+        The metadata written to ``<out>.json``, with ``max_abs_diff`` and ``accuracy``.
 
     Raises:
-        ValueError: an unknown option, a bad checkpoint, or an export that differs from the
-            module by more than :data:`TOLERANCE` times its largest logit.
+        ValueError: an unknown option, a runtime that is not installed, a bad checkpoint, too
+            few calibration images, an export that differs from the module by more than
+            :data:`TOLERANCE` times its largest logit, or one that fails the accuracy check.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
@@ -183,44 +241,266 @@ def export(
         raise ValueError(f"unknown input dtype {input_dtype!r}; choose from {list(INPUT_DTYPES)}")
     if onnx_exporter not in ONNX_EXPORTERS:
         raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(EXPORT_PRECISIONS)}")
+    tolerance = check_tolerance(tolerance)
+    if fmt == "torchscript" and precision in ("bf16", "int8"):
+        raise ValueError(
+            f"torchscript exports run fp32; use --format onnx or openvino for {precision}"
+        )
+    _require_tools(fmt, precision)
     check_out_folder(Path(out).parent)
+    out = Path(out)
+    wanted = {".onnx": "onnx", ".xml": "openvino", ".pt": "torchscript"}.get(out.suffix)
+    if wanted != fmt:
+        raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
     module = SteelSegModule.load_from_checkpoint(checkpoint).eval()
     model = ExportModule(module).eval()
     size = module.hparams.get("input_size")
     size = (int(size[0]), int(size[1])) if size else (256, 1600)
     dtype = INPUT_DTYPES[input_dtype]
-    out = Path(out)
+    tuned = load_tuned(checkpoint) if use_tuned else None
+    postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
+    reference = Predictor(module, "cpu", postprocess, tuned[1] if tuned else (), batch_size, "fp32")
+    test = labelled_sources(checkpoint, "test", data_root, split_file) if check else None
+    calibration = None
+    if precision == "int8":
+        calibration = _calibration(checkpoint, reference, calibration_images, data_root, split_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _example(size, 2, dtype, 0)
     inputs = _check_inputs(size, dtype)
     with locked(out, "the export"):
         remove_stale(out.parent, out.name)  # what a killed export left
         # torch's writers abort the process when the disk fills up under them: check first
-        # (the weights, twice: the exporter's temporary copy and the checked file)
-        check_space(out, 2 * tensor_bytes(model.state_dict()) + (1 << 20))
-        staged = out.with_name(f".{out.name}.staged")  # checked here before it becomes ``out``
+        # (the weights, three times: the exporter's copy, the checked file, a converted one)
+        check_space(out, 3 * tensor_bytes(model.state_dict()) + (1 << 20))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            diff, scale, tolerance = _write_checked(
-                model, example, inputs, staged, fmt, onnx_exporter
+            staged = staging / out.name  # checked here before it becomes ``out``
+            onnx_file = staging / f"{out.stem}.fp32.onnx" if fmt != "torchscript" else staged
+            diff, scale, logit_tolerance = _write_checked(
+                model,
+                example,
+                inputs,
+                onnx_file,
+                "onnx" if fmt != "torchscript" else fmt,
+                onnx_exporter,
             )
+            if calibration is not None:
+                quantized = staging / f"{out.stem}.int8.onnx"
+                quantize_int8(onnx_file, quantized, calibration)
+                onnx_file = quantized
+            if fmt == "openvino":
+                convert_openvino(onnx_file, staged)
+            elif fmt == "onnx":
+                os.replace(onnx_file, staged)
             meta = _metadata(
-                module, checkpoint, out, fmt, onnx_exporter, input_dtype, size, use_tuned
+                module, checkpoint, out, fmt, onnx_exporter, input_dtype, size, postprocess, tuned
             )
             meta |= {
-                "sha256": file_digest(staged),
+                "precision": "int8" if precision == "int8" else "fp32",
+                "calibration_images": len(calibration) if calibration is not None else None,
+                "sha256": model_digest(staged),
                 "max_abs_diff": diff,
                 "max_abs_logit": scale,
-                "tolerance": tolerance,
+                "tolerance": logit_tolerance,
                 "checked_on": [list(x.shape) for x in inputs],
             }
-            # complete-or-absent: no metadata while the file changes; the metadata, written
-            # last, names the file's sha256 (see load_metadata)
+            meta |= _accuracy(staged, meta, reference, test, precision, tolerance, progress)
+            # complete-or-absent: no metadata while the files change; the metadata, written
+            # last, names their sha256 (see steelseg.runtime.load_metadata)
             metadata_path(out).unlink(missing_ok=True)
+            weights = weights_path(staged)
+            if weights is not None:
+                os.replace(weights, weights_path(out))
             os.replace(staged, out)
         finally:
-            staged.unlink(missing_ok=True)
-        atomic_write_text(metadata_path(out), json.dumps(meta, indent=2) + "\n")
+            shutil.rmtree(staging, ignore_errors=True)
+        atomic_write_text(metadata_path(out), json.dumps(json_ready(meta), indent=2) + "\n")
     return meta
+
+
+def _require_tools(fmt: str, precision: str) -> None:
+    """One line naming the extra when a tool the export needs is missing."""
+    needs = []
+    if fmt in ("onnx", "openvino"):
+        needs += ["onnx", "onnxscript", "onnxruntime"]  # the exporter, and the logit check
+    if fmt == "openvino":
+        needs.append("openvino")
+    import importlib.util
+
+    for name in needs:
+        if importlib.util.find_spec(name) is None:
+            extra = "openvino" if name == "openvino" else "onnxruntime"
+            raise ValueError(
+                f"{name} is not installed; a {fmt} export needs it: pip install 'steelseg[{extra}]'"
+            )
+
+
+def _calibration(
+    checkpoint: str | os.PathLike,
+    reference: Predictor,
+    n: int,
+    data_root: str | os.PathLike | None,
+    split_file: str | os.PathLike | None,
+) -> list[np.ndarray]:
+    """``n`` train-split images at the network's input size, to calibrate INT8 on."""
+    if n < MIN_CALIBRATION:
+        raise ValueError(f"INT8 needs at least {MIN_CALIBRATION} calibration images, asked for {n}")
+    train = labelled_sources(checkpoint, "train", data_root, split_file)
+    found = len(train[0]) if train else 0
+    if found < MIN_CALIBRATION:
+        raise ValueError(
+            f"INT8 needs at least {MIN_CALIBRATION} calibration images from the train split; "
+            f"found {found} (pass --data-root / --split-file of the training data, or export "
+            "--precision fp32)"
+        )
+    step = max(1, found // n)  # spread over the split (it is shuffled already)
+    chosen = train[0][::step][:n]
+    images = []
+    for source in chosen:
+        try:
+            images.append(reference.network_input(read_grey(source.path)))
+        except ValueError as e:
+            log.warning("calibration: skipped %s: %s", source.path, e)
+    if len(images) < MIN_CALIBRATION:
+        raise ValueError(
+            f"INT8 needs at least {MIN_CALIBRATION} calibration images; only {len(images)} of "
+            "the train split could be read"
+        )
+    return images
+
+
+def quantize_int8(source: Path, target: Path, images: Sequence[np.ndarray]) -> None:
+    """ONNX Runtime static INT8 quantization (QDQ, weights per channel) of ``source``,
+    calibrated on ``images`` (uint8 (H, W) at the network's input size)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = _input_name(source)
+    dtype = np.uint8 if _input_is_uint8(source) else np.float32
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.batches, None)
+            return None if image is None else {name: image[None, None].astype(dtype)}
+
+    pre = source.with_name(source.stem + ".pre.onnx")
+    quiet = logging.getLogger()  # the quantizer logs a warning per 1-D weight it skips
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        quiet.setLevel(level)
+        pre.unlink(missing_ok=True)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def _input_is_uint8(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def convert_openvino(source: Path, target: Path) -> None:
+    """An ONNX file as OpenVINO IR: ``target`` (.xml) and its .bin, weights kept in fp32 (the
+    CPU plugin picks the inference precision when it compiles)."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=False)
+
+
+def _accuracy(
+    path: Path,
+    meta: dict[str, Any],
+    reference: Predictor,
+    test: tuple[list[Source], Any] | None,
+    precision: str,
+    tolerance: float,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The accuracy check of the staged export (see :func:`export`): ``accuracy`` and
+    ``default`` entries of the metadata. Raises ``ValueError`` when it fails."""
+    from steelseg.evaluate import check_text, runtime_check, score_predictor
+
+    own = meta["precision"]
+    runs = [
+        (runtime, p)
+        for runtime in FORMAT_RUNTIMES[meta["format"]]
+        if installed(runtime)
+        for p in ([own] if own == "int8" else ["fp32", "bf16"])
+        if p != "bf16" or (runtime == "openvino" and native_bf16())
+    ]
+    if test is None:
+        runtime, p = next((r for r in runs if precision in ("auto", r[1])), runs[0])
+        return {
+            "accuracy": {
+                "checked": False,
+                "reason": "no labelled test split found (the checkpoint is not in its run "
+                "folder, or the run's data moved): pass --data-root and --split-file",
+            },
+            "default": {"runtime": runtime, "precision": p},
+        }
+    sources, mask_of = test
+    ref = score_predictor(reference, sources, mask_of, progress=progress, desc="check: torch fp32")
+    rows = []
+    for runtime, p in runs:
+        predictor = Predictor(
+            open_engine(path, runtime, p),
+            postprocess=reference.postprocess,
+            tta=reference.tta,
+            batch_size=reference.batch_size,
+            input_size=meta["input_size"],
+            threshold=reference.model_threshold,
+        )
+        scores = score_predictor(
+            predictor, sources, mask_of, progress=progress, desc=f"check: {runtime} {p}"
+        )
+        rows.append(runtime_check(ref, scores, tolerance))
+    asked = [r for r in rows if precision == "auto" or r["precision"] == precision]
+    passed = [r for r in asked if r["ok"]]
+    if not passed:
+        worst = min(asked, key=lambda r: r["dice_drop"])
+        raise ValueError(
+            f"the {own} export fails the accuracy check: {check_text(worst, 'test')}; nothing "
+            "was written"
+            + (". Try more --calibration-images or --precision fp32" if own == "int8" else "")
+        )
+    best = max(passed, key=lambda r: r["images_per_s"])
+    return {
+        "accuracy": {
+            "checked": True,
+            "split": "test",
+            "tolerance": tolerance,
+            "reference": ref,
+            "runs": rows,
+        },
+        "default": {"runtime": best["runtime"], "precision": best["precision"]},
+    }
 
 
 def _write_checked(
@@ -268,11 +548,10 @@ def _metadata(
     onnx_exporter: str,
     input_dtype: str,
     size: tuple[int, int],
-    use_tuned: bool,
+    postprocess: PostProcess,
+    tuned: tuple[PostProcess, tuple[str, ...]] | None,
 ) -> dict[str, Any]:
-    """What ``<file>.json`` says of an export (the check's numbers are added by the caller)."""
-    tuned = load_tuned(checkpoint) if use_tuned else None
-    postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
+    """What ``<file>.json`` says of an export (the checks' numbers are added by the caller)."""
     return {
         "format": fmt,
         "file": out.name,
@@ -287,37 +566,13 @@ def _metadata(
         "input_size": list(size),
         "size_multiple": STRIDE,
         "threshold": postprocess.threshold,
+        "model_threshold": float(module.hparams.threshold),
         "postprocess": postprocess.to_dict(),
         "postprocess_tuned": tuned is not None,
         "tta": list(tuned[1]) if tuned else [],
         "arch": module.hparams.arch,
         "encoder_name": module.hparams.encoder_name,
         "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": file_digest(Path(checkpoint)),
         "torch": torch.__version__,
     }
-
-
-def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a whole export at ``path``, checked against the file.
-
-    Raises:
-        FileNotFoundError: no such export.
-        ValueError: the export is incomplete (no metadata: it was stopped while writing) or its
-            file is not the one the metadata describes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} does not exist")
-    try:
-        meta = json.loads(metadata_path(path).read_text())
-    except (OSError, ValueError):
-        raise ValueError(
-            f"{path} has no valid {metadata_path(path).name}: the export was stopped before it "
-            "ended; run steelseg-export again"
-        ) from None
-    if meta.get("sha256") != file_digest(path):
-        raise ValueError(
-            f"{path} is not the file {metadata_path(path).name} describes (sha256 differs); "
-            "run steelseg-export again"
-        )
-    return meta

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from steelseg import checkpoint as ckpt_io
-from steelseg.dataset import STRIDE
 from steelseg.losses import WeightedLoss
 from steelseg.metric import SegMetrics
+from steelseg.runtime import STRIDE
 
 #: config name -> smp architecture name
 ARCHS: dict[str, str] = {

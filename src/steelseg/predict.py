@@ -36,10 +36,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from steelseg import draw, metric, rle
-from steelseg.dataset import STRIDE
+from steelseg import draw, rle
 from steelseg.io import (
     ImageError,
     atomic_write_text,
@@ -48,8 +46,16 @@ from steelseg.io import (
     read_grey,
     write_png,
 )
-from steelseg.model import SteelSegModule
 from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned, sidecar_path
+from steelseg.runtime import (
+    STRIDE,
+    Engine,
+    TorchEngine,
+    export_runtime,
+    load_metadata,
+    open_engine,
+    sigmoid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +134,7 @@ def _as_images(images: Any) -> tuple[list[np.ndarray], bool]:
             f"images must be (H, W), (H, W, 3), (N, H, W) or a list of images, got shape "
             f"{images.shape}"
         )
-    if isinstance(images, torch.Tensor):
+    if type(images).__module__.startswith("torch"):
         raise ValueError("images must be numpy arrays (convert with tensor.cpu().numpy())")
     return [_grey(np.asarray(a)) for a in images], False
 
@@ -188,78 +194,168 @@ class Skipped(list):
 
 
 class Predictor:
-    """A trained model with its input size, post-processing and test-time augmentation.
+    """A trained model on a runtime, with its input size, post-processing and test-time flips.
 
     Args:
-        module: A trained :class:`SteelSegModule`.
-        device: Where to run; None: CUDA when available, else CPU.
-        postprocess: How probabilities become masks; None: a threshold at the module's.
+        model: A trained :class:`~steelseg.model.SteelSegModule` (runs on PyTorch), or an
+            :class:`~steelseg.runtime.Engine` (an exported file on ONNX Runtime, OpenVINO or
+            TorchScript; see :meth:`from_export`).
+        device: For a module: where to run; None: CUDA when available, else CPU.
+        postprocess: How probabilities become masks; None: a threshold at the model's.
         tta: Flips to average with the plain prediction, from :data:`TTA_CHOICES`.
         batch_size: Images per forward pass.
-        bf16: Run under bf16 autocast; None: on a CUDA GPU that supports it (as training does),
-            fp32 elsewhere. Probabilities are always returned as float32.
+        precision: For a module: ``fp32`` or ``bf16`` (autocast); None: bf16 on a CUDA GPU that
+            supports it (as training does), fp32 elsewhere. Probabilities are always float32.
+        input_size: The (H, W) images are resized to; None: the module's trained size.
+        threshold: The model's own threshold; None: the module's.
     """
 
     def __init__(
         self,
-        module: SteelSegModule,
-        device: str | torch.device | None = None,
+        model: Any,
+        device: Any = None,
         postprocess: PostProcess | None = None,
         tta: Sequence[str] = (),
         batch_size: int = 8,
-        bf16: bool | None = None,
+        precision: str | None = None,
+        input_size: Sequence[int] | None = None,
+        threshold: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = _device(device)
-        self.module = module.eval().to(self.device)
-        if module.use_channels_last(self.device):  # as in training: NHWC convolutions on CUDA
-            self.module.net.to(memory_format=torch.channels_last)
-        if bf16 is None:
-            bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.bf16 = bool(bf16)
-        size = module.hparams.get("input_size")
+        if isinstance(model, Engine):
+            self.engine, self.module = model, None
+        else:
+            self.engine = TorchEngine(model, device, precision)
+            self.module = self.engine.module
+            hp = getattr(model, "hparams", {})
+            input_size = input_size if input_size is not None else hp.get("input_size")
+            threshold = threshold if threshold is not None else hp.get("threshold")
+        fixed = self.engine.fixed_size
+        if input_size is not None and fixed is not None and tuple(input_size) != fixed:
+            raise ValueError(
+                f"the model takes {fixed[1]}x{fixed[0]} images only, not the input size "
+                f"{input_size[1]}x{input_size[0]} its metadata names"
+            )
+        size = input_size if input_size is not None else fixed
         self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
-        self.postprocess = postprocess or PostProcess(threshold=float(module.hparams.threshold))
+        #: the model's own threshold (what training scored at)
+        self.model_threshold = float(threshold) if threshold is not None else 0.5
+        self.postprocess = postprocess or PostProcess(threshold=self.model_threshold)
         self.tta = check_tta(tta)
         self.batch_size = int(batch_size)
-        self.checkpoint: Path | None = None  # the file it came from, if any
+        self.model_file: Path | None = None  # the .ckpt or exported file it came from, if any
+        self.checkpoint: Path | None = None  # the checkpoint behind it (an export's source)
         self.tuned_sidecar: Path | None = None  # the steelseg-tune values it started from
+        self.metadata: dict[str, Any] | None = None  # an export's <file>.json
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (``cpu``, ``cuda:0``)."""
+        return self.engine.device
+
+    @property
+    def runtime(self) -> str:
+        return self.engine.runtime
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def describe(self) -> str:
+        """``<runtime> <precision> on <device>``."""
+        return self.engine.describe()
 
     @classmethod
     def from_checkpoint(
         cls,
         checkpoint: str | os.PathLike,
-        device: str | torch.device | None = None,
+        device: Any = None,
         postprocess: PostProcess | None = None,
         tta: Sequence[str] | None = None,
         batch_size: int = 8,
         use_tuned: bool = True,
         trust_checkpoint: bool = False,
+        precision: str | None = None,
     ) -> Predictor:
-        """Load a checkpoint once; post-processing and TTA default to the tuned ones.
+        """Load a checkpoint once, on PyTorch; post-processing and TTA default to the tuned ones.
 
         ``postprocess`` / ``tta`` left None take the values ``steelseg-tune`` stored beside the
         checkpoint (:func:`steelseg.postprocess.load_tuned`) when present and ``use_tuned``;
         otherwise a threshold at the module's and no TTA. ``trust_checkpoint`` allows
         checkpoints that need full (code-running) unpickling; see
-        :meth:`SteelSegModule.load_from_checkpoint`.
+        :meth:`SteelSegModule.load_from_checkpoint`. Other runtimes run exports
+        (:meth:`from_export`; :func:`steelseg.export.load_predictor` makes them on demand).
         """
-        device = _device(device)
+        from steelseg.model import SteelSegModule
+
         tuned = load_tuned(checkpoint) if use_tuned else None  # a bad sidecar fails first
         module = SteelSegModule.load_from_checkpoint(checkpoint, weights_only=not trust_checkpoint)
         if postprocess is None and tuned is not None:
             postprocess = tuned[0]
         if tta is None:
             tta = tuned[1] if tuned is not None else ()
-        predictor = cls(module, device, postprocess, tta, batch_size)
-        predictor.checkpoint = Path(checkpoint)
+        predictor = cls(module, device, postprocess, tta, batch_size, precision)
+        predictor.model_file = predictor.checkpoint = Path(checkpoint)
         if tuned is not None:
             predictor.tuned_sidecar = sidecar_path(checkpoint)
         return predictor
 
+    @classmethod
+    def from_export(
+        cls,
+        path: str | os.PathLike,
+        runtime: str | None = None,
+        precision: str | None = None,
+        postprocess: PostProcess | None = None,
+        tta: Sequence[str] | None = None,
+        batch_size: int = 8,
+        use_tuned: bool = True,
+        threads: int = 0,
+    ) -> Predictor:
+        """Run a file written by ``steelseg-export`` (no PyTorch needed for ONNX or OpenVINO).
+
+        Args:
+            path: The ``.onnx``, ``.xml`` (OpenVINO) or ``.pt`` (TorchScript) file; its
+                ``<file>.json`` gives the input size, threshold and post-processing.
+            runtime: None: the export's checked default when installed, else the first
+                installed runtime that runs the format.
+            precision: None: the export's checked default for that runtime, else the file's
+                own (``int8`` for a quantized file, ``fp32`` otherwise).
+            postprocess, tta: None: a ``steelseg-tune`` sidecar beside the file, else the
+                metadata's.
+            threads: CPU threads of the runtime (0: its default, every core).
+        """
+        meta = load_metadata(path)
+        runtime, precision = export_runtime(path, meta, runtime, precision)
+        engine = open_engine(path, runtime, precision, threads)
+        tuned = load_tuned(path) if use_tuned else None
+        if tuned is None and use_tuned:
+            tuned = (PostProcess.from_dict(meta["postprocess"]), check_tta(meta.get("tta", [])))
+        if postprocess is None and tuned is not None:
+            postprocess = tuned[0]
+        if tta is None:
+            tta = tuned[1] if tuned is not None else ()
+        predictor = cls(
+            engine,
+            postprocess=postprocess,
+            tta=tta,
+            batch_size=batch_size,
+            input_size=meta.get("input_size"),
+            threshold=meta.get("model_threshold", meta.get("threshold")),
+        )
+        predictor.model_file = Path(path)
+        predictor.metadata = meta
+        source = meta.get("checkpoint")
+        predictor.checkpoint = Path(source) if source else None
+        if use_tuned and sidecar_path(path).is_file():
+            predictor.tuned_sidecar = sidecar_path(path)
+        return predictor
+
     # ------------------------------------------------------------------ arrays
-    def _network_input(self, image: np.ndarray) -> np.ndarray:
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        """A grey (H, W) image as the network takes it: resized to the trained input size, or
+        padded to the network's stride when there is none."""
         h, w = image.shape
         if self.input_size is not None:
             th, tw = self.input_size
@@ -280,22 +376,25 @@ class Predictor:
             return prob
         return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 
-    @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TTA-averaged and plain probabilities of a (N, h, w) batch at network size."""
-        x = torch.from_numpy(batch)[:, None].to(self.device, non_blocking=True)  # (N, 1, h, w)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            plain = self.module(x).float().sigmoid()
-            prob = plain.clone()
-            for name in self.tta:
-                dim = -1 if name == "hflip" else -2
-                prob += self.module(x.flip(dim)).float().sigmoid().flip(dim)
-        prob /= 1 + len(self.tta)
-        return prob[:, 0].cpu().numpy(), plain[:, 0].cpu().numpy()  # (N, h, w) each
+        x = batch[:, None]  # (N, 1, h, w)
+        want = self.engine.input_dtype
+        if want is not None and x.dtype != want:
+            x = np.rint(x).astype(want) if want == np.uint8 else x.astype(want)
+        plain = sigmoid(self.engine(np.ascontiguousarray(x)))
+        prob = plain.copy() if self.tta else plain
+        for name in self.tta:
+            axis = -1 if name == "hflip" else -2
+            flipped = np.ascontiguousarray(np.flip(x, axis))
+            prob += np.flip(sigmoid(self.engine(flipped)), axis)
+        if self.tta:
+            prob /= 1 + len(self.tta)
+        return prob[:, 0], plain[:, 0]  # (N, h, w) each
 
     def _proba(self, grey: list[np.ndarray], with_plain: bool) -> list[tuple[np.ndarray, Any]]:
         """(probabilities, plain probabilities or None) of each image, at its own size."""
-        net = [self._network_input(g) for g in grey]
+        net = [self.network_input(g) for g in grey]
         out: list[Any] = [None] * len(grey)
         by_shape: dict[tuple[tuple[int, int], np.dtype], list[int]] = {}
         for i, a in enumerate(net):
@@ -404,15 +503,6 @@ class Predictor:
                 bar.update(len(batch))
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available; use cpu")
-    return device
-
-
 # ----------------------------------------------------------------------------- to a folder
 class _Truth:
     """Ground-truth masks from the train.csv files of Kaggle-layout inputs, read once each."""
@@ -502,6 +592,8 @@ def predict_to_folder(
             out / "overlays" / f"{stem}.png", draw.to_bgr(draw.overlay(p.image, mask, empty_truth))
         )
         if gt is not None:
+            from steelseg import metric  # ground truth: a labelled folder (needs torch)
+
             dice = float(metric.dice_per_image(*metric.mask_counts(mask, gt)))
             panel = draw.four_panel(p.image, mask, gt, p.source.image_id, dice)
             write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
@@ -510,6 +602,9 @@ def predict_to_folder(
     _write_csv(out / "predictions.csv", rows)
     summary = {
         "checkpoint": str(predictor.checkpoint) if predictor.checkpoint else None,
+        "model_file": str(predictor.model_file) if predictor.model_file else None,
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
         "device": str(predictor.device),
         "input_size": predictor.input_size,
         "postprocess": pp.to_dict(),

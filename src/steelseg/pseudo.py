@@ -44,6 +44,21 @@ def uncertain_fraction(prob: np.ndarray, low: float, high: float) -> float:
     return float(np.count_nonzero((prob > low) & (prob < high))) / prob.size
 
 
+def check_settings(out: str | os.PathLike, low: float, high: float, max_uncertain: float) -> None:
+    """Raise ``ValueError`` for bad thresholds or an ``out`` folder that is not ours to
+    replace (before a model is loaded)."""
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
+    if not 0.0 <= max_uncertain <= 1.0:
+        raise ValueError(f"max_uncertain must be a fraction in [0, 1], got {max_uncertain}")
+    out = Path(out)
+    check_out_folder(out)
+    if out.exists() and any(out.iterdir()) and not (out / "pseudo.json").exists():
+        raise ValueError(
+            f"{out} is not empty and not an earlier steelseg-pseudo output; choose another --out"
+        )
+
+
 def pseudo_label(
     predictor: Predictor,
     images: Sequence[str | os.PathLike],
@@ -77,16 +92,8 @@ def pseudo_label(
         ValueError: bad thresholds, no images, or ``out`` is a non-empty folder that is not
             an earlier pseudo-label set.
     """
-    if not 0.0 <= low < high <= 1.0:
-        raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
-    if not 0.0 <= max_uncertain <= 1.0:
-        raise ValueError(f"max_uncertain must be a fraction in [0, 1], got {max_uncertain}")
+    check_settings(out, low, high, max_uncertain)
     out = Path(out)
-    check_out_folder(out)
-    if out.exists() and any(out.iterdir()) and not (out / "pseudo.json").exists():
-        raise ValueError(
-            f"{out} is not empty and not an earlier steelseg-pseudo output; choose another --out"
-        )
     sources, empty = collect_inputs([str(i) for i in images])
     if not sources:
         raise ValueError(f"no images found in {', '.join(map(str, images))}")

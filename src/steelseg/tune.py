@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from steelseg import metric, rle
-from steelseg.evaluate import labelled_split
+from steelseg.evaluate import labelled_split, model_checkpoint
 from steelseg.postprocess import PostProcess, check_tta, save_tuned
 from steelseg.predict import Predictor, Skipped, Source, log_skip
 
@@ -186,7 +186,7 @@ class TuneResult:
 
 
 def tune(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | Predictor,
     split: str = "val",
     data_root: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
@@ -198,11 +198,15 @@ def tune(
     save: bool = True,
     progress: bool | None = True,
     on_skip: Callable[[Source, str], None] = log_skip,
+    load: Callable[[], Predictor] | None = None,
 ) -> TuneResult:
     """Grid-search the post-processing of a checkpoint on a labelled split (see module doc).
 
     Args:
-        checkpoint: A steelseg checkpoint.
+        checkpoint: A steelseg checkpoint (run on PyTorch), or a
+            :class:`~steelseg.predict.Predictor` on any runtime (its TTA and tuned values are
+            ignored; ``device`` and ``batch_size`` are its own). The winner is stored beside
+            the checkpoint or exported file it came from.
         split: The split to tune on (``val``; see :func:`steelseg.evaluate.labelled_split`).
         data_root: Data folder, default the run's.
         split_file: A prepared split.csv, default the run's.
@@ -216,16 +220,23 @@ def tune(
         save: Store the winner beside the checkpoint (:func:`steelseg.postprocess.save_tuned`).
         progress: Show a progress bar (None: on a terminal).
         on_skip: Told each image that cannot be read (or is not 1600x256) and why.
+        load: Builds the predictor once the labelled images are found (a command's runtime
+            choice; its TTA and tuned values are replaced), instead of loading ``checkpoint``
+            on PyTorch.
     """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else None
+    checkpoint = Path(predictor.model_file if predictor is not None else checkpoint)
     tta = check_tta(tta)
-    ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
-    predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=False
-    )
-    model_threshold = float(predictor.module.hparams.threshold)
+    ids, paths, mask_of = labelled_split(model_checkpoint(checkpoint), split, data_root, split_file)
+    if predictor is None and load is not None:
+        predictor = load()
+    if predictor is None:
+        predictor = Predictor.from_checkpoint(
+            checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=False
+        )
+    else:
+        predictor.tta = tta
+    model_threshold = predictor.model_threshold
     grid = (grid or Grid()).including(model_threshold)
     options = [()] + ([tta] if tta else [])
     scorers = {t: GridScorer(grid, base) for t in options}
@@ -272,6 +283,7 @@ def tune(
     if save:
         info = {
             "metric": "dice_per_image",
+            "runtime": f"{predictor.runtime} {predictor.precision}",
             "score": best["dice_per_image"],
             "iou": best["iou"],
             "baseline": {"threshold": model_threshold, "dice_per_image": baseline},

@@ -25,6 +25,8 @@ EXIT_CODES = (
     "inputs were skipped (each named); 1 failed"
 )
 TTA_FLIPS = ("hflip", "vflip")  # steelseg.postprocess.TTA_CHOICES, without importing it
+RUNTIMES = ("torch", "onnxruntime", "openvino")  # steelseg.runtime.RUNTIMES
+PRECISIONS = ("fp32", "bf16", "int8")  # steelseg.runtime.PRECISIONS
 SPLITS = ("train", "val", "test", "all")  # steelseg.prepare.SPLIT_CHOICES
 
 
@@ -61,6 +63,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
 def parse_tta(text: str) -> tuple[str, ...]:
     """A ``--tta`` value: flips separated by commas (``hflip,vflip``), or ``none``."""
     if text.strip().lower() in ("", "none"):
@@ -88,9 +101,15 @@ def comma_list(kind: type) -> Callable[[str], list]:
 
 
 # ----------------------------------------------------------------------------- option groups
-def add_checkpoint(p: argparse.ArgumentParser) -> None:
-    """The positional checkpoint argument."""
-    p.add_argument("checkpoint", type=Path, help="a .ckpt file written by steelseg-train")
+def add_checkpoint(p: argparse.ArgumentParser, exports: bool = False) -> None:
+    """The positional checkpoint argument (or, with ``exports``, an exported model file)."""
+    what = "a .ckpt file written by steelseg-train"
+    if exports:
+        what += (
+            ", or a model file written by steelseg-export (.onnx, .xml for OpenVINO, .pt): "
+            "ONNX and OpenVINO files need no PyTorch"
+        )
+    p.add_argument("checkpoint", type=Path, metavar="MODEL" if exports else "CHECKPOINT", help=what)
 
 
 def add_data(p: argparse.ArgumentParser, split: str) -> None:
@@ -110,8 +129,33 @@ def add_data(p: argparse.ArgumentParser, split: str) -> None:
 
 
 def add_runtime(p: argparse.ArgumentParser, progress: bool = True) -> None:
-    """``--device``, ``--batch-size`` (and ``--no-progress``): where and how the model runs."""
+    """``--runtime``, ``--precision``, ``--tolerance``, ``--device``, ``--batch-size`` (and
+    ``--no-progress``): where and how the model runs."""
     g = p.add_argument_group("model run")
+    g.add_argument(
+        "--runtime",
+        choices=("auto",) + RUNTIMES,
+        default="auto",
+        help="auto (default): on a CPU the fastest installed runtime and precision whose "
+        "per-image Dice on the model's validation images stays within --tolerance of PyTorch "
+        "fp32 (measured once, cached beside the checkpoint); on a GPU torch. onnxruntime and "
+        "openvino need their extra: pip install 'steelseg[onnxruntime]' / 'steelseg[openvino]'",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("auto",) + PRECISIONS,
+        default="auto",
+        help="auto (default), fp32, bf16 (CPUs with AMX/AVX512-BF16, CUDA GPUs) or int8 "
+        "(onnxruntime/openvino; a quantized export); --runtime torch --precision fp32 is plain "
+        "PyTorch",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=fraction,
+        default=0.005,
+        help="largest per-image Dice drop below PyTorch fp32 that --runtime auto accepts, in "
+        "(0, 1) (default 0.005)",
+    )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     g.add_argument(
         "--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)"
@@ -170,24 +214,46 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in POSTPROCESS_FIELDS if getattr(args, k, None) is not None}
 
 
-def predictor(args: argparse.Namespace):
-    """The :class:`steelseg.predict.Predictor` the options ask for: the checkpoint, device,
-    batch size, TTA and tuned post-processing, with the post-processing options applied."""
+def predictor(
+    args: argparse.Namespace,
+    prog: str = "steelseg",
+    use_tuned: bool | None = None,
+    tta: tuple[str, ...] | None = None,
+):
+    """The :class:`steelseg.predict.Predictor` the options ask for (via
+    :func:`steelseg.deploy.load_predictor`): the model file, runtime, precision, device, batch
+    size, TTA and tuned post-processing, with the post-processing options applied. Says on
+    stderr where the model runs."""
     import dataclasses
 
-    from steelseg.predict import Predictor
+    from steelseg.deploy import load_predictor
 
-    loaded = Predictor.from_checkpoint(
+    loaded = load_predictor(
         args.checkpoint,
+        args.runtime,
+        args.precision,
         args.device,
-        tta=args.tta,
+        tta=args.tta if tta is None else tta,
         batch_size=args.batch_size,
-        use_tuned=not args.no_tuned,
+        use_tuned=not getattr(args, "no_tuned", False) if use_tuned is None else use_tuned,
+        tolerance=args.tolerance,
+        progress=not getattr(args, "no_progress", False),
     )
     changes = postprocess_overrides(args)
     if changes:
         loaded.postprocess = dataclasses.replace(loaded.postprocess, **changes)
+    print(f"{prog}: model on {loaded.describe()}{_why(loaded.choice)}", file=sys.stderr)
     return loaded
+
+
+def _why(choice: dict | None) -> str:
+    """`` (auto: ...)`` for a runtime chosen automatically."""
+    if not choice:
+        return ""
+    return (
+        f" (auto: {choice['speedup']:.1f}x PyTorch fp32; {choice['reason']}; --runtime torch "
+        "--precision fp32 for plain PyTorch)"
+    )
 
 
 # ----------------------------------------------------------------------------- running

@@ -18,7 +18,7 @@ def build_parser():
         "Evaluate a checkpoint on labelled images at full resolution, with and without "
         "post-processing; write eval.json and a self-contained report.html.",
     )
-    common.add_checkpoint(p)
+    common.add_checkpoint(p, exports=True)
     p.add_argument(
         "--out", type=Path, help="output folder (default: <run>/eval/<checkpoint>-<split>)"
     )
@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.evaluate import default_out_dir, evaluate
+        from steelseg.evaluate import check_text, default_out_dir, evaluate, model_checkpoint
+
+        loaded = []
+
+        def load():
+            loaded.append(common.predictor(args, PROG))
+            return loaded[0]
 
         result = evaluate(
             args.checkpoint,
@@ -76,16 +82,17 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             tta=args.tta,
             overrides=common.postprocess_overrides(args),
-            use_tuned=not args.no_tuned,
-            device=args.device,
-            batch_size=args.batch_size,
             iou_threshold=args.iou_threshold,
             max_panels=args.panels,
             panel_width=args.panel_width,
             progress=False if args.no_progress else None,
+            load=load,
+            tolerance=args.tolerance,
         )
         print_summary(result)
-        out = args.out or default_out_dir(args.checkpoint, args.split)
+        if "runtime_check" in result:
+            print(check_text(result["runtime_check"], args.split))
+        out = args.out or default_out_dir(model_checkpoint(args.checkpoint), args.split)
         skipped = [s["image_id"] for s in result["skipped"]]
         print(
             f"{PROG}: wrote {out / 'eval.json'} and {out / 'report.html'}"

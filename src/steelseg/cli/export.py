@@ -1,4 +1,4 @@
-"""``steelseg-export CHECKPOINT --format onnx|torchscript --out FILE``: see
+"""``steelseg-export CHECKPOINT --format onnx|openvino|torchscript --out FILE``: see
 :func:`steelseg.export.export`."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 from steelseg.cli import common
 
 PROG = "steelseg-export"
-FORMATS = ("onnx", "torchscript")  # steelseg.export.FORMATS
+FORMATS = ("onnx", "openvino", "torchscript")  # steelseg.export.FORMATS
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # steelseg.export.EXPORT_PRECISIONS
 ONNX_EXPORTERS = ("dynamo", "torchscript")
 INPUT_DTYPES = ("uint8", "float32")
 
@@ -17,13 +18,43 @@ INPUT_DTYPES = ("uint8", "float32")
 def build_parser():
     p = common.parser(
         PROG,
-        "Export a steelseg checkpoint to ONNX or TorchScript (grey 0..255 images (N,1,H,W) in, "
-        "logits out, normalisation inside), check it against the PyTorch module and write "
-        "FILE.json with the metadata (input size, threshold, tuned post-processing).",
+        "Export a steelseg checkpoint to ONNX, OpenVINO IR or TorchScript (grey 0..255 images "
+        "(N,1,H,W) in, logits out, normalisation inside), optionally quantized to INT8 "
+        "(calibrated on train-split images). Checks the logits against the PyTorch module, then "
+        "per-image Dice and IoU on the labelled test split on every installed runtime that runs "
+        "the file, against PyTorch fp32; refuses an export that falls more than --tolerance "
+        "below it. Writes FILE and FILE.json (input size, threshold, tuned post-processing, the "
+        "checks, the default runtime).",
     )
     common.add_checkpoint(p)
-    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write: model.onnx, model.xml (OpenVINO; model.bin beside it) or model.pt",
+    )
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="int8: quantize (onnx, openvino); fp32 / bf16: the precision the file runs at by "
+        "default (bf16: OpenVINO on a CPU with AMX/AVX512-BF16); auto (default): the fastest "
+        "that passes the accuracy check",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=common.fraction,
+        default=0.005,
+        help="largest per-image Dice drop below PyTorch fp32 on the test split, in (0, 1) "
+        "(default 0.005)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=common.positive_int,
+        default=64,
+        help="train-split images INT8 is calibrated on (default 64, at least 16)",
+    )
     p.add_argument(
         "--input-dtype", choices=INPUT_DTYPES, default="uint8", help="input images (default uint8)"
     )
@@ -36,6 +67,15 @@ def build_parser():
     p.add_argument(
         "--no-tuned", action="store_true", help="ignore the tuned post-processing in the metadata"
     )
+    g = p.add_argument_group("labelled images (default: the checkpoint's run)")
+    g.add_argument(
+        "--data-root", type=Path, help="Kaggle-layout data folder (default: the run's data.root)"
+    )
+    g.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's own)")
+    g.add_argument(
+        "--batch-size", type=common.positive_int, default=8, help="images per pass (default 8)"
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -43,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.export import export, metadata_path
+        from steelseg.evaluate import check_text
+        from steelseg.export import export
+        from steelseg.runtime import metadata_path
 
         meta = export(
             args.checkpoint,
@@ -52,13 +94,28 @@ def main(argv: list[str] | None = None) -> int:
             args.input_dtype,
             args.onnx_exporter,
             not args.no_tuned,
+            precision=args.precision,
+            tolerance=args.tolerance,
+            calibration_images=args.calibration_images,
+            data_root=args.data_root,
+            split_file=args.split_file,
+            batch_size=args.batch_size,
+            progress=False if args.no_progress else None,
         )
         print(
-            f"{PROG}: wrote {args.out} ({args.format}, input {meta['input']['dtype']} "
-            f"(N,1,H,W), trained at {meta['input_size'][0]}x{meta['input_size'][1]}); max abs "
-            f"difference from the module {meta['max_abs_diff']:.2e}; metadata "
-            f"{metadata_path(args.out)}"
+            f"{PROG}: wrote {args.out} ({args.format} {meta['precision']}, input "
+            f"{meta['input']['dtype']} (N,1,H,W), trained at {meta['input_size'][0]}x"
+            f"{meta['input_size'][1]}); max abs logit difference from the module "
+            f"{meta['max_abs_diff']:.2e}; metadata {metadata_path(args.out)}"
         )
+        accuracy = meta["accuracy"]
+        if accuracy["checked"]:
+            for row in accuracy["runs"]:
+                print(("  ok    " if row["ok"] else "  over  ") + check_text(row, "test"))
+        else:
+            print(f"{PROG}: accuracy not checked: {accuracy['reason']}", file=sys.stderr)
+        default = meta["default"]
+        print(f"{PROG}: runs by default on {default['runtime']} {default['precision']}")
         return common.OK
 
     return common.run(PROG, body)

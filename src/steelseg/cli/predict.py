@@ -13,13 +13,13 @@ PROG = "steelseg-predict"
 def build_parser():
     p = common.parser(
         PROG,
-        "Predict defect masks with a steelseg checkpoint. Writes OUT/masks/<id>.png (0/255), "
+        "Predict defect masks with a steelseg checkpoint or exported model (ONNX / OpenVINO files run without PyTorch). Writes OUT/masks/<id>.png (0/255), "
         "OUT/overlays/<id>.png, OUT/panels/<id>.png (original / prediction / overlay / ground "
         "truth, when ground truth is known: a Kaggle-layout folder or its train_images/ with "
         "train.csv beside it), OUT/predictions.csv (ImageId,ClassId,EncodedPixels; ClassId 0 = "
         "any defect class, EncodedPixels empty for no defect) and OUT/predict.json.",
     )
-    common.add_checkpoint(p)
+    common.add_checkpoint(p, exports=True)
     p.add_argument(
         "inputs",
         nargs="+",
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sources:  # before the model is loaded
             raise ValueError("no input images found")
         check_out_folder(args.out)
-        predictor = common.predictor(args)
+        predictor = common.predictor(args, PROG)
         summary = predict_to_folder(
             predictor,
             sources,

@@ -17,7 +17,7 @@ def build_parser():
         "a Kaggle-layout folder (train.csv with ClassId 0 = any class, train_images/) to add "
         "to training with '++data.extra_roots=[DIR]'.",
     )
-    common.add_checkpoint(p)
+    common.add_checkpoint(p, exports=True)
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or globs")
     p.add_argument("--out", type=Path, required=True, help="output folder (Kaggle layout)")
     k = p.add_argument_group("which images are kept")
@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.pseudo import pseudo_label
+        from steelseg.pseudo import check_settings, pseudo_label
 
-        predictor = common.predictor(args)
+        check_settings(args.out, args.low, args.high, args.max_uncertain)
+        predictor = common.predictor(args, PROG)
         summary = pseudo_label(
             predictor,
             args.images,

@@ -17,7 +17,7 @@ def build_parser():
         "labelled split (maximising per-image Dice, Kaggle rule) and store the best beside the "
         "checkpoint, where steelseg-predict, -eval, -pseudo and -export pick them up.",
     )
-    common.add_checkpoint(p)
+    common.add_checkpoint(p, exports=True)
     common.add_data(p, "val")
     g = p.add_argument_group("grid")
     g.add_argument(
@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             grid=grid,
             tta=args.tta or (),
             base=base,
-            device=args.device,
-            batch_size=args.batch_size,
             save=not args.no_save,
+            load=lambda: common.predictor(args, PROG, use_tuned=False, tta=()),
             progress=False if args.no_progress else None,
         )
         print(f"{result.n_images} images; {len(result.rows)} settings scored; best first:")

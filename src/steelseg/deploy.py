@@ -1,0 +1,289 @@
+"""Where a model runs: the runtime and precision every command predicts with.
+
+:func:`load_predictor` takes a checkpoint or a file written by ``steelseg-export`` and the
+``--runtime`` / ``--precision`` asked for. ``auto`` on a CPU picks the fastest runtime and
+precision installed here whose per-image Dice on the model's own validation images stays within
+the tolerance of PyTorch fp32's (:func:`choose_runtime`, measured once and cached beside the
+checkpoint in ``<name>.runtime.json``; ONNX Runtime and OpenVINO run a checkpoint through an
+ONNX export made once in ``<name>.exports/``). An exported file runs on the default its export
+checked. On a GPU, PyTorch.
+
+Importing this module, and predicting from an ONNX or OpenVINO file, needs no PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelseg.io import atomic_write_text, file_digest, json_ready, locked, read_grey
+from steelseg.postprocess import load_tuned, sidecar_path
+from steelseg.predict import Predictor, Source
+from steelseg.runtime import (
+    DICE_TOLERANCE,
+    check_precision,
+    check_runtime,
+    check_tolerance,
+    cpu_name,
+    installed,
+    load_metadata,
+    native_bf16,
+    throughput,
+    versions,
+)
+
+log = logging.getLogger(__name__)
+
+#: exported model files (:data:`steelseg.export.FORMAT_SUFFIX`)
+EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")
+
+
+#: validation images the automatic runtime choice checks accuracy on
+AUTO_IMAGES = 16
+
+
+def load_predictor(
+    model: str | os.PathLike,
+    runtime: str = "auto",
+    precision: str = "auto",
+    device: str | None = None,
+    tta: Sequence[str] | None = None,
+    batch_size: int = 8,
+    use_tuned: bool = True,
+    tolerance: float = DICE_TOLERANCE,
+    progress: bool | None = False,
+) -> Predictor:
+    """The model of a checkpoint or exported file, on the runtime and precision asked for.
+
+    ``auto`` on a CPU: the fastest installed runtime and precision whose per-image Dice on the
+    checkpoint's validation images stays within ``tolerance`` of PyTorch fp32's
+    (:func:`choose_runtime`); on a GPU, PyTorch. An exported file runs on its checked default
+    (see :func:`export`). ``runtime="torch", precision="fp32"`` is the plain PyTorch module.
+    ONNX Runtime and OpenVINO run a checkpoint through an export made once beside it.
+
+    The returned predictor's ``choice`` says how ``auto`` chose (None when it did not).
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    tolerance = check_tolerance(tolerance)
+    rt = None if runtime == "auto" else check_runtime(runtime)
+    pr = None if precision == "auto" else check_precision(precision)
+    if path.suffix.lower() in EXPORT_SUFFIXES:
+        predictor = Predictor.from_export(
+            path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned
+        )
+        predictor.choice = None
+        return predictor
+    gpu = str(device).startswith("cuda") if device else _cuda_available()
+    choice = None
+    if rt is None:
+        if gpu:
+            rt = "torch"
+        else:
+            choice = choose_runtime(path, tolerance, pr, batch_size, progress)
+            rt, pr = choice["runtime"], choice["precision"]
+    if rt == "torch":
+        predictor = Predictor.from_checkpoint(
+            path, device, tta=tta, batch_size=batch_size, use_tuned=use_tuned, precision=pr
+        )
+    else:
+        if gpu:
+            raise ValueError(
+                f"{rt} runs on the CPU here; use --runtime torch on {device or 'cuda'}"
+            )
+        predictor = _on_export(path, rt, pr or "fp32", tta, batch_size, use_tuned)
+    predictor.choice = choice
+    return predictor
+
+
+def _on_export(
+    checkpoint: Path,
+    runtime: str,
+    precision: str,
+    tta: Sequence[str] | None,
+    batch_size: int,
+    use_tuned: bool,
+) -> Predictor:
+    """A checkpoint on ONNX Runtime / OpenVINO, through its cached export; the post-processing
+    and TTA are the checkpoint's tuned ones (read now, so later tuning counts)."""
+    tuned = load_tuned(checkpoint) if use_tuned else None
+    file = cached_export(checkpoint, "int8" if precision == "int8" else "fp32")
+    predictor = Predictor.from_export(
+        file,
+        runtime,
+        precision,
+        postprocess=tuned[0] if tuned else None,
+        tta=tta if tta is not None else (tuned[1] if tuned else ()),
+        batch_size=batch_size,
+        use_tuned=False,
+    )
+    predictor.model_file = predictor.checkpoint = checkpoint
+    predictor.tuned_sidecar = sidecar_path(checkpoint) if tuned else None
+    return predictor
+
+
+def cached_export(checkpoint: str | os.PathLike, precision: str = "fp32") -> Path:
+    """The ONNX export of ``checkpoint`` in ``<name>.exports/`` (made when missing or made from
+    other weights). INT8 ones are calibrated on the run's train split and accuracy-checked."""
+    checkpoint = Path(checkpoint)
+    file = checkpoint.with_suffix(".exports") / f"{precision}.onnx"
+    with locked(file, "the export"):
+        try:
+            meta = load_metadata(file)
+            if meta.get("checkpoint_sha256") == file_digest(checkpoint):
+                return file
+        except (OSError, ValueError):
+            pass
+        from steelseg.export import export
+
+        log.warning("exporting %s to %s (once; later runs reuse it)", checkpoint.name, file)
+        export(
+            checkpoint,
+            file,
+            "onnx",
+            onnx_exporter="torchscript",  # seconds, where dynamo takes a minute on a big model
+            use_tuned=False,
+            precision="int8" if precision == "int8" else "auto",
+            check=precision == "int8",
+        )
+    return file
+
+
+def runtime_candidates(precision: str | None = None) -> list[tuple[str, str]]:
+    """The (runtime, precision) pairs a CPU here can run a checkpoint on, PyTorch fp32 first."""
+    pairs = [("torch", "fp32")]
+    if native_bf16():
+        pairs.append(("torch", "bf16"))
+    for runtime in ("onnxruntime", "openvino"):
+        if installed(runtime):
+            pairs.append((runtime, "fp32"))
+            if runtime == "openvino" and native_bf16():
+                pairs.append((runtime, "bf16"))
+    return [p for p in pairs if precision is None or p[1] == precision]
+
+
+def choose_runtime(
+    checkpoint: str | os.PathLike,
+    tolerance: float = DICE_TOLERANCE,
+    precision: str | None = None,
+    batch_size: int = 8,
+    progress: bool | None = False,
+) -> dict[str, Any]:
+    """The fastest (runtime, precision) on this CPU that keeps per-image Dice within
+    ``tolerance`` of PyTorch fp32's on the checkpoint's validation images.
+
+    Measured once (model-only images/s on a batch of validation images, and per-image Dice
+    on up to :data:`AUTO_IMAGES` of them, with the tuned post-processing) and cached in
+    ``<name>.runtime.json``, which is measured again when the checkpoint, its tuned values,
+    the CPU, the installed runtimes or the tolerance change. Without validation images (a
+    checkpoint outside its run folder), PyTorch fp32.
+
+    Returns:
+        ``{"runtime", "precision", "speedup", "reason", "runs": [...]}``.
+    """
+    checkpoint = Path(checkpoint)
+    cache = checkpoint.with_suffix(".runtime.json")
+    tuned = sidecar_path(checkpoint)
+    key = {
+        "checkpoint_sha256": file_digest(checkpoint),
+        "tuned_sha256": file_digest(tuned) if tuned.is_file() else None,
+        "cpu": cpu_name(),
+        "versions": versions(),
+        "tolerance": tolerance,
+        "precision": precision,
+        "batch_size": batch_size,
+    }
+    with locked(cache, "the runtime choice"):
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                return cached["choice"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+        from steelseg.evaluate import labelled_sources
+
+        reference = Predictor.from_checkpoint(
+            checkpoint, "cpu", precision="fp32"
+        )  # a bad file fails here
+        val = labelled_sources(checkpoint, "val", None, None)
+        if val is None:
+            return {
+                "runtime": "torch",
+                "precision": precision or "fp32",
+                "speedup": 1.0,
+                "reason": "no validation images to check other runtimes on",
+                "runs": [],
+            }
+        choice = _measure(checkpoint, reference, val, tolerance, precision, batch_size, progress)
+        atomic_write_text(cache, json.dumps(json_ready({"key": key, "choice": choice}), indent=2))
+    return choice
+
+
+def _measure(
+    checkpoint: Path,
+    reference: Predictor,
+    val: tuple[list[Source], Any],
+    tolerance: float,
+    precision: str | None,
+    batch_size: int,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """Score and time every runtime candidate on validation images (see choose_runtime)."""
+    from steelseg.evaluate import runtime_check, score_predictor
+
+    sources, mask_of = val
+    sources = sources[:AUTO_IMAGES]
+    batch = np.stack([reference.network_input(read_grey(s.path)) for s in sources[:batch_size]])[
+        :, None
+    ]
+    ref = score_predictor(reference, sources, mask_of, progress=progress, desc="auto: torch fp32")
+    ref_speed = throughput(reference.engine, batch)
+    rows = []
+    for runtime, p in runtime_candidates(precision):
+        start = time.perf_counter()
+        try:
+            if (runtime, p) == ("torch", "fp32"):
+                predictor, speed = reference, ref_speed
+            else:
+                predictor = (
+                    Predictor.from_checkpoint(checkpoint, "cpu", precision=p)
+                    if runtime == "torch"
+                    else _on_export(checkpoint, runtime, p, None, batch_size, True)
+                )
+                speed = throughput(predictor.engine, batch)
+            scores = score_predictor(predictor, sources, mask_of, desc=f"auto: {runtime} {p}")
+        except (ValueError, OSError, RuntimeError) as e:  # a runtime that cannot run it here
+            log.warning("auto: %s %s left out: %s", runtime, p, e)
+            continue
+        row = runtime_check(ref, scores, tolerance)
+        row |= {"model_images_per_s": speed, "speedup": speed / ref_speed}
+        row["seconds_to_measure"] = round(time.perf_counter() - start, 2)
+        rows.append(row)
+    best = max((r for r in rows if r["ok"]), key=lambda r: r["model_images_per_s"])
+    return {
+        "runtime": best["runtime"],
+        "precision": best["precision"],
+        "speedup": best["speedup"],
+        "reason": (
+            f"the fastest of {len(rows)} runtime/precision pairs measured here within "
+            f"{tolerance} per-image Dice of PyTorch fp32 on {ref['n_images']} validation images"
+        ),
+        "runs": rows,
+    }
+
+
+def _cuda_available() -> bool:
+    """Whether PyTorch is installed and sees a CUDA GPU."""
+    if not installed("torch"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()

@@ -5,6 +5,7 @@ reference-style pipeline (the original task's), side by side in one run, on a CP
     python scripts/benchmark.py --json bench.json        # also write every number as JSON
     python scripts/benchmark.py --sections data          # only the data path, images/s per core
     python scripts/benchmark.py --compile reduce-overhead --batch 8   # add torch.compile runs
+    python scripts/benchmark.py --sections runtimes --quickstart-ckpt RUN/checkpoints/last.ckpt
 
 Sections (``--sections``, comma-separated; default all):
 
@@ -21,6 +22,20 @@ Sections (``--sections``, comma-separated; default all):
   decoding the JPEG (target: cached >= 3x).
 * ``memory``: host memory of one training epoch over a larger set (``--memory-images``) against
   the size of its uint8 cache (memory-mapped, so the bound is the cache plus a constant).
+* ``runtimes``: (r) CPU inference on full 256x1600 strips at ``--runtime-batches`` (1 and 8) for
+  FPN/resnext50_32x4d and the quickstart model, on every runtime and precision installed here
+  (PyTorch eager fp32 (the baseline), fp32 channels_last, bf16; ONNX Runtime fp32 and INT8;
+  OpenVINO fp32, bf16 and INT8): model-only images/s, the Predictor's images/s on full strips,
+  the ratio of each to PyTorch eager fp32, and the per-image Dice and IoU on the test split
+  beside fp32's, where the checkpoint is trained (``--quickstart-ckpt``, ``--resnext-ckpt``: a
+  checkpoint in its steelseg-train run folder; else an untrained network of the same shape and
+  no accuracy, nor INT8, which calibrates on the run's train split). Also what
+  ``steelseg.deploy.load_predictor`` picks (``--runtime auto``) and its ratio, and
+  ``steelseg-predict`` over a folder of ``--runtime-images`` JPEG strips against its model-only
+  images/s. Every runtime gets ``--runtime-threads`` (default: every core); the checkpoints
+  are copied into the work folder first, so the automatic choice is measured afresh and
+  nothing is written beside them. ``--smoke``: the quickstart-shaped model only, batches 1
+  and 2. Default section on a CPU; on a GPU only when asked for (it measures the CPU).
 
 The reference recipe's wall time (800 training images x 30 epochs at batch 8, 100 validation
 images every epoch) is projected from (b) and (c) at ``--reference-batch``. The table is printed
@@ -37,6 +52,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +68,9 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-SECTIONS = ("model", "steelseg", "reference", "inference", "rle", "data", "memory")
+SECTIONS = ("model", "steelseg", "reference", "inference", "rle", "data", "memory", "runtimes")
+#: sections a default run leaves out on a CUDA device: they measure the CPU
+CPU_SECTIONS = ("runtimes",)
 #: deprecated section names: ``seed`` meant the reference (the original task) before the rename
 SECTION_ALIASES = {"seed": "reference"}
 REFERENCE_RECIPE = {"train_images": 800, "val_images": 100, "epochs": 30, "batch_size": 8}
@@ -60,24 +78,44 @@ DATA_SIZE = (256, 416)  # the reference's training size: the data path is always
 FULL_SIZE = (256, 1600)  # Severstal images
 SLIM_FPN = {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}
 AUGMENT = {"p_flip": 0.5, "brightness": 0.2, "contrast": 0.2, "shift": 0.05}  # conf/data
+#: the runtimes section's big model: the reference's network on full strips, 3 input channels
+RESNEXT = dict(arch="fpn", encoder_name="resnext50_32x4d", in_channels=3, arch_kwargs={})
+#: the speed-ups over PyTorch eager fp32 the runtimes section aims at (auto, full strips)
+RUNTIME_TARGETS = {"resnext50": 5.0, "quickstart": 3.0}
+#: the runtimes section's variants, PyTorch eager fp32 (the baseline of every ratio) first.
+#: channels_last None: the engine's own choice (bf16 on a CPU: channels_last); export: the
+#: ONNX file it runs (OpenVINO reads the ONNX files, as steelseg.deploy runs them)
+RUNTIME_VARIANTS = (
+    {"name": "torch fp32", "runtime": "torch", "precision": "fp32", "channels_last": False},
+    {"name": "torch fp32+cl", "runtime": "torch", "precision": "fp32", "channels_last": True},
+    {"name": "torch bf16+cl", "runtime": "torch", "precision": "bf16", "channels_last": None},
+    {"name": "onnxruntime fp32", "runtime": "onnxruntime", "precision": "fp32", "export": "fp32"},
+    {"name": "onnxruntime int8", "runtime": "onnxruntime", "precision": "int8", "export": "int8"},
+    {"name": "openvino fp32", "runtime": "openvino", "precision": "fp32", "export": "fp32"},
+    {"name": "openvino bf16", "runtime": "openvino", "precision": "bf16", "export": "fp32"},
+    {"name": "openvino int8", "runtime": "openvino", "precision": "int8", "export": "int8"},
+)
 
 #: --tiny (the CPU default): a ~1M-parameter network at 64x320 so every section runs in minutes
 TINY = dict(
     arch="fpn", encoder="tu-mobilenetv3_small_100", in_channels=1, arch_kwargs=SLIM_FPN,
     batch=8, reference_batch=8, height=64, width=320, images=120, epochs=2, steps=5, warmup=2,
     workers=0, infer_batch=4, infer_steps=2, memory_images=500, data_samples=200, rle_rows=500,
+    runtime_batches="1,8", runtime_images=32, runtime_seconds=2.0, calibration_images=64,
 )  # fmt: skip
 #: the GPU default: the reference's network at the reference's size, the issue's batch 32
 FULL = dict(
     arch="fpn", encoder="resnext50_32x4d", in_channels=3, arch_kwargs={},
     batch=32, reference_batch=8, height=256, width=416, images=320, epochs=3, steps=30, warmup=10,
     workers=None, infer_batch=32, infer_steps=8, memory_images=500, data_samples=400,
-    rle_rows=1000,
+    rle_rows=1000, runtime_batches="1,8", runtime_images=32, runtime_seconds=2.0,
+    calibration_images=64,
 )  # fmt: skip
 #: --smoke: a few steps of everything, for tests
 SMOKE = dict(
     images=30, epochs=2, steps=2, warmup=1, infer_batch=2, infer_steps=1, memory_images=40,
-    data_samples=16, rle_rows=20, batch=4, reference_batch=4,
+    data_samples=16, rle_rows=20, batch=4, reference_batch=4, runtime_batches="1,2",
+    runtime_images=4, runtime_seconds=0.0, calibration_images=16,
 )  # fmt: skip
 
 log = logging.getLogger("benchmark")
@@ -157,11 +195,11 @@ class Peaks:
 
 
 @contextmanager
-def one_core() -> Iterator[None]:
-    """Run the block on one thread (torch and OpenCV), restoring the settings after."""
+def cores(n: int) -> Iterator[None]:
+    """Run the block on ``n`` threads (torch and OpenCV), restoring the settings after."""
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
     try:
         yield
     finally:
@@ -169,8 +207,33 @@ def one_core() -> Iterator[None]:
         cv2.setNumThreads(cv_threads)
 
 
+def one_core():
+    """Run the block on one thread (torch and OpenCV), restoring the settings after."""
+    return cores(1)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def per_s(n: float, seconds: float) -> float:
     return round(n / seconds, 2) if seconds > 0 else float("nan")
+
+
+def calls_per_s(fn: Callable[[], Any], images: int, min_seconds: float, min_reps: int) -> float:
+    """Images/s of ``fn`` (``images`` per call) after one untimed call, timed as
+    :func:`steelseg.runtime.throughput` times an engine."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_seconds:
+        fn()
+        reps += 1
+    return per_s(reps * images, time.perf_counter() - start)
+
+
+def ratio(value: float | None, base: float | None, digits: int = 2) -> float | None:
+    return round(value / base, digits) if value and base else None
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -190,6 +253,52 @@ def make_module(args: argparse.Namespace, **kwargs: Any):
     return SteelSegModule(
         args.arch, args.encoder, None, args.in_channels, dict(args.arch_kwargs), **kwargs
     )
+
+
+def save_untrained(module, path: Path) -> Path:
+    """An untrained module as a steelseg checkpoint (what the inference code loads)."""
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def stage_run(checkpoint: Path, folder: Path) -> Path:
+    """A copy of ``checkpoint`` in ``folder``/checkpoints/, with its run's config.yaml (where
+    the labelled splits are found) and its tuned post-processing: what the benchmark writes
+    beside it (exports, the runtime choice) stays in the work folder, and is made afresh."""
+    from steelseg.checkpoint import run_folder
+    from steelseg.postprocess import sidecar_path
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    target = folder / "checkpoints" / checkpoint.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    config = run_folder(checkpoint) / "config.yaml"
+    if config.is_file():
+        shutil.copy2(config, folder / "config.yaml")
+    for source in (checkpoint, sidecar_path(checkpoint)):
+        if source.is_file():
+            shutil.copy2(source, target.with_name(source.name))
+    return target
+
+
+def strip_folder(folder: Path, n: int) -> Path:
+    """``n`` synthetic full-strip JPEGs (256x1600, quality 95 as Kaggle's) in a plain folder."""
+    from steelseg import synth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image, _ = synth.make_image(rng)
+        cv2.imwrite(str(folder / f"strip{i:04d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return folder
 
 
 def synthetic_set(folder: Path, n_images: int) -> Path:
@@ -595,16 +704,7 @@ class Benchmark:
     def inference_checkpoint(self) -> Path:
         """A checkpoint of the benchmark's network trained at the full 256x1600 size."""
         module = make_module(self.args, input_size=list(FULL_SIZE))
-        path = self.work / "full-size.ckpt"
-        torch.save(
-            {
-                "state_dict": module.state_dict(),
-                "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": pl.__version__,
-            },
-            path,
-        )
-        return path
+        return save_untrained(module, self.work / "full-size.ckpt")
 
     # ------------------------------------------------------------------ (e) RLE
     def section_rle(self) -> None:
@@ -725,6 +825,313 @@ class Benchmark:
         }
         self.results["memory"] = out
         log.info("memory %s", out)
+
+    # ------------------------------------------------------------------ (r) runtimes
+    def section_runtimes(self) -> None:
+        from steelseg.runtime import DICE_TOLERANCE, cpu_name, native_bf16, native_int8, versions
+
+        a = self.args
+        threads = a.runtime_threads or available_cores()
+        out: dict[str, Any] = {
+            "cpu": cpu_name(),
+            "native_bf16": native_bf16(),
+            "native_int8": native_int8(),
+            "versions": versions(),
+            "threads": threads,
+            "size": list(FULL_SIZE),
+            "batches": a.runtime_batches,
+            "tolerance": DICE_TOLERANCE,
+            "rows": [],
+            "models": {},
+            "what": "images/s: model only = the network-size uint8 batch straight to the engine "
+            "(steelseg.runtime.throughput); strip = Predictor.predict_proba on random 256x1600 "
+            "strips (resize to the input size, network, sigmoid, resize back); speedup = over "
+            "PyTorch eager fp32 at the same batch; dice_diff / iou_diff = the variant's "
+            "per-image Dice / pixel IoU on the test split minus PyTorch fp32's",
+        }
+        rng = np.random.default_rng(0)
+        strips = list(rng.integers(0, 256, (max(a.runtime_batches), *FULL_SIZE), dtype=np.uint8))
+        folder = self.work / "runtimes" / "strips"
+        shutil.rmtree(folder, ignore_errors=True)
+        strip_folder(folder, a.runtime_images)
+        with cores(threads):
+            for spec in self.runtime_models():
+                info, rows = self.runtime_model(spec, strips, folder)
+                out["models"][spec["name"]] = info
+                out["rows"] += rows
+                gc.collect()
+        self.results["runtimes"] = out
+
+    def runtime_models(self) -> list[dict[str, Any]]:
+        """The section's models (FPN/resnext50_32x4d, not with --smoke; the quickstart's): each
+        a checkpoint, trained (given, copied into the work folder) or an untrained network."""
+        a = self.args
+        models = [] if a.smoke else [("resnext50", a.resnext_ckpt, self.untrained_resnext)]
+        models.append(("quickstart", a.quickstart_ckpt, self.untrained_quickstart))
+        specs = []
+        for name, given, untrained in models:
+            folder = self.work / "runtimes" / name
+            shutil.rmtree(folder, ignore_errors=True)  # a reused --workdir: measure afresh
+            folder.mkdir(parents=True)
+            ckpt = stage_run(Path(given), folder) if given else untrained(folder)
+            specs.append(
+                {
+                    "name": name,
+                    "folder": folder,
+                    "checkpoint": ckpt,
+                    "given": given,
+                    "trained": bool(given),
+                }
+            )
+        return specs
+
+    def untrained_resnext(self, folder: Path) -> Path:
+        """FPN/resnext50_32x4d (3 input channels) for full 256x1600 strips, untrained."""
+        from steelseg.model import SteelSegModule
+
+        module = SteelSegModule(**RESNEXT, encoder_weights=None, input_size=list(FULL_SIZE))
+        return save_untrained(module, folder / "untrained.ckpt")
+
+    def untrained_quickstart(self, folder: Path) -> Path:
+        """The network of ``steelseg-train experiment=quickstart`` (its composed config),
+        untrained; with --smoke at the smoke size instead of 128x800."""
+        from steelseg import config
+        from steelseg.train import build
+
+        a = self.args
+        size = [f"data.height={a.height}", f"data.width={a.width}"] if a.smoke else []
+        cfg = config.compose(["experiment=quickstart", *size], output_dir=folder)
+        return save_untrained(build(cfg.model), folder / "untrained.ckpt")
+
+    def runtime_model(
+        self, spec: dict[str, Any], strips: list[np.ndarray], folder: Path
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One model on every variant here, then the automatic choice and steelseg-predict."""
+        from steelseg.evaluate import labelled_sources
+        from steelseg.postprocess import load_tuned
+
+        ckpt = spec["checkpoint"]
+        tuned = load_tuned(ckpt)
+        spec["postprocess"], spec["tta"] = tuned if tuned else (None, ())
+        test = labelled_sources(ckpt, "test", None, None) if spec["trained"] else None
+        info: dict[str, Any] = {
+            "checkpoint": str(spec["given"]) if spec["given"] else None,
+            "trained": spec["trained"],
+            "tta": list(spec["tta"]),
+            "test_images": len(test[0]) if test else None,
+            "skipped": {},
+            "export_s": {},
+        }
+        if test is None:
+            info["accuracy_note"] = (
+                "not measured: an untrained network (pass --quickstart-ckpt / --resnext-ckpt: "
+                "a trained checkpoint in its run folder)"
+                if not spec["trained"]
+                else "not measured: no labelled test split found for the checkpoint's run"
+            )
+        rows: list[dict[str, Any]] = []
+        with self.peaks.section(info):
+            files = self.runtime_exports(spec, info)
+            ref = None
+            for variant in RUNTIME_VARIANTS:
+                reason = self.runtime_skip(variant, files, info)
+                if reason:
+                    info["skipped"][variant["name"]] = reason
+                    continue
+                predictor = self.runtime_predictor(spec, variant, files)
+                if predictor.module is not None:
+                    info.setdefault("model", self.runtime_describe(predictor.module.hparams))
+                scores = self.runtime_accuracy(predictor, test)
+                ref = ref or scores  # PyTorch eager fp32 comes first
+                for batch in self.args.runtime_batches:
+                    row = {"model": spec["name"], "variant": variant["name"], "batch": batch}
+                    row |= {"runtime": predictor.runtime, "precision": predictor.precision}
+                    row |= self.runtime_speed(predictor, strips, batch)
+                    row |= self.runtime_dice(scores, ref)
+                    rows.append(row)
+                    log.info("runtimes %s", row)
+                del predictor
+                gc.collect()
+            for row in rows:
+                base = self.runtime_base(rows, spec["name"], row["batch"])
+                row["speedup"] = ratio(row["images_per_s"], base["images_per_s"])
+                row["strip_speedup"] = ratio(row["strip_images_per_s"], base["strip_images_per_s"])
+            info["auto"], predictor = self.runtime_auto(spec, strips, test, ref, rows)
+            info["predict_folder"] = self.runtime_folder(spec, predictor, folder, info["auto"])
+        return info, rows
+
+    @staticmethod
+    def runtime_base(rows: list[dict[str, Any]], model: str, batch: int) -> dict[str, Any]:
+        """The PyTorch eager fp32 row of ``model`` at ``batch``: the baseline of the ratios."""
+        name = RUNTIME_VARIANTS[0]["name"]
+        return next(
+            r for r in rows if (r["model"], r["variant"], r["batch"]) == (model, name, batch)
+        )
+
+    @staticmethod
+    def runtime_describe(hp: dict[str, Any]) -> str:
+        size = hp.get("input_size")
+        size = f"{size[0]}x{size[1]}" if size else "the image's size"
+        return f"{hp['arch']}/{hp['encoder_name']} in_channels={hp['in_channels']}, input {size}"
+
+    def runtime_exports(self, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Path]:
+        """The ONNX files the ONNX Runtime and OpenVINO variants run (``steelseg.export``, the
+        faster torchscript exporter): fp32, and INT8 where the checkpoint's run has a train
+        split to calibrate on. A file that cannot be made is noted in ``info``."""
+        from steelseg.export import export
+        from steelseg.runtime import installed
+
+        files: dict[str, Path] = {}
+        info["export_notes"] = notes = {}
+        if not (installed("onnxruntime") or installed("openvino")):
+            return files
+        for precision in ("fp32", "int8"):
+            if precision == "int8" and not spec["trained"]:
+                notes[precision] = (
+                    "INT8 calibrates on the train split of a trained checkpoint's run; pass "
+                    "--quickstart-ckpt / --resnext-ckpt"
+                )
+                continue
+            out = spec["folder"] / "exports" / f"{precision}.onnx"
+            t = time.perf_counter()
+            try:
+                export(
+                    spec["checkpoint"], out, "onnx", onnx_exporter="torchscript",
+                    use_tuned=False, precision=precision,
+                    calibration_images=self.args.calibration_images, check=False,
+                )  # fmt: skip
+            except (ValueError, RuntimeError, OSError) as e:
+                notes[precision] = f"the {precision} export failed: {e}"
+                log.warning("runtimes: %s", notes[precision])
+                continue
+            info["export_s"][precision] = round(time.perf_counter() - t, 1)
+            files[precision] = out
+        return files
+
+    @staticmethod
+    def runtime_skip(
+        variant: dict[str, Any], files: dict[str, Path], info: dict[str, Any]
+    ) -> str | None:
+        """Why ``variant`` does not run here, or None."""
+        from steelseg.runtime import cpu_name, installed, native_bf16
+
+        if variant["precision"] == "bf16" and not native_bf16():
+            return f"this CPU ({cpu_name()}) has no native bf16 (amx_bf16 / avx512_bf16)"
+        if not installed(variant["runtime"]):
+            return f"{variant['runtime']} is not installed"
+        export = variant.get("export")
+        if export and export not in files:
+            return info["export_notes"].get(export, f"no {export} export")
+        return None
+
+    def runtime_predictor(self, spec: dict[str, Any], variant: dict[str, Any], files):
+        """The variant's Predictor, with the checkpoint's (tuned) post-processing and flips."""
+        from steelseg.model import SteelSegModule
+        from steelseg.predict import Predictor
+
+        pp, tta = spec["postprocess"], spec["tta"]
+        if variant["runtime"] == "torch":
+            cl = variant["channels_last"]
+            kwargs = {} if cl is None else {"channels_last": cl}
+            module = SteelSegModule.load_from_checkpoint(spec["checkpoint"], **kwargs)
+            return Predictor(module, "cpu", pp, tta, precision=variant["precision"])
+        return Predictor.from_export(
+            files[variant["export"]], variant["runtime"], variant["precision"], postprocess=pp,
+            tta=tta, use_tuned=False, threads=self.args.runtime_threads or available_cores(),
+        )  # fmt: skip
+
+    def runtime_speed(self, predictor, strips: list[np.ndarray], batch: int) -> dict[str, float]:
+        """Model-only images/s (the network-size batch straight to the engine) and the
+        Predictor's images/s on full strips, at ``batch``."""
+        from steelseg.runtime import throughput
+
+        a = self.args
+        reps = 1 if a.smoke else 2
+        x = np.stack([predictor.network_input(s) for s in strips[:batch]])[:, None]
+        x = x.astype(predictor.engine.input_dtype or x.dtype, copy=False)
+        model = throughput(predictor.engine, x, a.runtime_seconds, reps)
+        predictor.batch_size = batch
+        strip = calls_per_s(
+            lambda: predictor.predict_proba(strips[:batch]), batch, a.runtime_seconds, reps
+        )
+        return {"images_per_s": round(model, 2), "strip_images_per_s": strip}
+
+    def runtime_accuracy(self, predictor, test) -> dict[str, Any] | None:
+        """Per-image Dice and pixel IoU on the labelled test split (None: none to score on)."""
+        from steelseg.evaluate import score_predictor
+
+        if test is None:
+            return None
+        predictor.batch_size = max(self.args.runtime_batches)
+        return score_predictor(predictor, *test)
+
+    @staticmethod
+    def runtime_dice(scores: dict[str, Any] | None, ref: dict[str, Any] | None) -> dict[str, Any]:
+        """A variant's Dice and IoU columns beside PyTorch fp32's (None: not measured)."""
+        from steelseg.evaluate import runtime_check
+        from steelseg.runtime import DICE_TOLERANCE
+
+        if scores is None or ref is None:
+            return dict.fromkeys(("dice_per_image", "iou", "dice_diff", "iou_diff", "dice_ok"))
+        check = runtime_check(ref, scores, DICE_TOLERANCE)
+        return {
+            "dice_per_image": round(check["dice_per_image"], 4),
+            "iou": round(check["iou"], 4),
+            "dice_diff": round(-check["dice_drop"], 4),
+            "iou_diff": round(-check["iou_drop"], 4),
+            "dice_ok": check["ok"],
+        }
+
+    def runtime_auto(self, spec, strips, test, ref, rows) -> tuple[dict[str, Any], Any]:
+        """What ``steelseg.deploy.load_predictor(checkpoint)`` (``--runtime auto``) picks,
+        how long the choice took, and its speed and accuracy beside PyTorch eager fp32's."""
+        from steelseg.deploy import load_predictor
+
+        t = time.perf_counter()
+        predictor = load_predictor(spec["checkpoint"], device="cpu")
+        choice = predictor.choice or {}
+        out: dict[str, Any] = {
+            "runtime": predictor.runtime,
+            "precision": predictor.precision,
+            "choose_s": round(time.perf_counter() - t, 1),
+            "choice_speedup": round(choice["speedup"], 2) if choice.get("speedup") else None,
+            "reason": choice.get("reason"),
+            "batches": [],
+        }
+        for batch in self.args.runtime_batches:
+            row = {"batch": batch} | self.runtime_speed(predictor, strips, batch)
+            base = self.runtime_base(rows, spec["name"], batch)
+            row["speedup"] = ratio(row["images_per_s"], base["images_per_s"])
+            row["strip_speedup"] = ratio(row["strip_images_per_s"], base["strip_images_per_s"])
+            out["batches"].append(row)
+        out |= self.runtime_dice(self.runtime_accuracy(predictor, test), ref)
+        log.info("runtimes auto %s", out)
+        return out, predictor
+
+    def runtime_folder(self, spec, predictor, folder: Path, auto: dict[str, Any]) -> dict[str, Any]:
+        """``steelseg-predict`` (predict_to_folder: read, predict, masks, overlays, CSV) over
+        the folder of strips with the automatic choice, against its model-only images/s."""
+        from steelseg.predict import collect_inputs, predict_to_folder
+
+        batch = max(self.args.runtime_batches)
+        model = next(r for r in auto["batches"] if r["batch"] == batch)["images_per_s"]
+        sources, _ = collect_inputs([folder])
+        out = spec["folder"] / "predict"
+        shutil.rmtree(out, ignore_errors=True)
+        predictor.batch_size = batch
+        summary = predict_to_folder(predictor, sources, out, progress=False)
+        row = {
+            "images": summary["images"],
+            "batch": batch,
+            "runtime": summary["runtime"],
+            "precision": summary["precision"],
+            "seconds": summary["seconds"],
+            "images_per_s": summary["images_per_second"],
+            "model_images_per_s": model,
+            "over_model": ratio(summary["images_per_second"], model, 3),
+        }
+        log.info("runtimes predict folder %s", row)
+        return row
 
     # ------------------------------------------------------------------ summary
     def summarise(self) -> None:
@@ -892,6 +1299,7 @@ def table(results: dict[str, Any]) -> str:
             fmt(mem["rss_growth_mb"], " MB"),
             f"peak RSS growth; train cache {mem['train_cache_mb']} MB, "
             f"overhead {mem['overhead_mb']} MB, heap {mem['anon_growth_mb']} MB")  # fmt: skip
+    runtimes_table(results.get("runtimes"), add)
     ratios = results.get("ratios", {})
     targets = {"b_over_a": ">= 0.9 (GPU, batch 32)", "b_over_c": ">= 1.6 (GPU, batch 32)",
                "predictor_over_model": ">= 0.9", "cached_over_jpeg": ">= 3"}  # fmt: skip
@@ -910,6 +1318,41 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def runtimes_table(rt: dict[str, Any] | None, add: Callable[..., None]) -> None:
+    """The runtimes section's lines of the table (see :func:`table`)."""
+    if not rt:
+        return
+    installed = ", ".join(f"{k} {v}" for k, v in rt["versions"].items() if v)
+    add(f"(r) CPU runtimes on {rt['cpu']}", None, f"{rt['threads']} threads",
+        f"{installed}; native bf16 {'yes' if rt['native_bf16'] else 'no'}")  # fmt: skip
+    for name, info in rt["models"].items():
+        accuracy = info.get("accuracy_note") or f"Dice on {info['test_images']} test images"
+        add(f"(r) {name} model", None, "", f"{info.get('model')}; {accuracy}")
+        for row in (r for r in rt["rows"] if r["model"] == name):
+            dice = "" if row["dice_diff"] is None else (
+                f"; Dice {row['dice_per_image']:.4f} ({row['dice_diff']:+.4f})"
+            )  # fmt: skip
+            add(f"(r) {name} {row['variant']}, model only", row["batch"],
+                fmt(row["images_per_s"], " img/s"),
+                f"{fmt(row['speedup'])}x fp32; strips {fmt(row['strip_images_per_s'])} img/s "
+                f"({fmt(row['strip_speedup'])}x){dice}")  # fmt: skip
+        for variant, reason in info["skipped"].items():
+            add(f"(r) {name} {variant}", None, "skipped", reason)
+        auto = info["auto"]
+        target = RUNTIME_TARGETS.get(name)
+        for row in auto["batches"]:
+            dice = "" if auto["dice_diff"] is None else f"; Dice {auto['dice_diff']:+.4f}"
+            add(f"(r) {name} auto = {auto['runtime']} {auto['precision']}", row["batch"],
+                fmt(row["images_per_s"], " img/s"),
+                f"{fmt(row['speedup'])}x fp32" + (f" (target >= {target}x)" if target else "")
+                + dice)  # fmt: skip
+        pf = info["predict_folder"]
+        add(f"(r) {name} steelseg-predict, folder of {pf['images']}", pf["batch"],
+            fmt(pf["images_per_s"], " img/s"),
+            f"{fmt(pf['over_model'])} of its model-only {fmt(pf['model_images_per_s'])} img/s "
+            "(target >= 0.9)")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -925,7 +1368,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny model at 64x320 (default on CPU); --no-tiny: the reference's FPN/resnext50",
     )
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (tests)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
+    p.add_argument(
+        "--sections",
+        help=f"of {','.join(SECTIONS)} (default: all; on a GPU all but {','.join(CPU_SECTIONS)})",
+    )
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp dir)")
     p.add_argument("--arch", help="smp architecture (steelseg.model.ARCHS)")
@@ -957,6 +1403,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: 1 with --tiny on a CPU)"
     )
+    p.add_argument(
+        "--quickstart-ckpt",
+        type=Path,
+        help="runtimes: a trained steelseg-train experiment=quickstart checkpoint in its run "
+        "folder (accuracy on its test split, INT8); default: an untrained network",
+    )
+    p.add_argument(
+        "--resnext-ckpt",
+        type=Path,
+        help="runtimes: a trained FPN/resnext50_32x4d checkpoint in its run folder; default: "
+        "an untrained network",
+    )
+    p.add_argument("--runtime-batches", help="runtimes: batch sizes (default 1,8; --smoke 1,2)")
+    p.add_argument("--runtime-images", type=int, help="runtimes: JPEGs of the predict folder")
+    p.add_argument(
+        "--runtime-seconds", type=float, help="runtimes: least seconds timed per measurement"
+    )
+    p.add_argument(
+        "--runtime-threads", type=int, help="runtimes: threads of every runtime (every core)"
+    )
+    p.add_argument(
+        "--calibration-images", type=int, help="runtimes: train images INT8 calibrates on (64)"
+    )
     return p
 
 
@@ -986,12 +1455,29 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
     ):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")
+    args.runtime_batches = parse_batches(args.runtime_batches)
+    for key in ("runtime_images", "runtime_threads"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")
     if args.images < 10 or args.memory_images < 10:
         raise ValueError("--images and --memory-images must be >= 10 (an 80/10/10 split)")
     bad = set(args.sections) - set(SECTIONS)
     if bad:
         raise ValueError(f"unknown section(s) {sorted(bad)}; choose from {list(SECTIONS)}")
     return args
+
+
+def parse_batches(text: str | list[int]) -> list[int]:
+    """``--runtime-batches``: comma-separated batch sizes, each >= 1, sorted."""
+    if isinstance(text, list):
+        return text
+    try:
+        batches = sorted({int(b) for b in str(text).split(",") if b.strip()})
+    except ValueError:
+        batches = []
+    if not batches or batches[0] < 1:
+        raise ValueError(f"--runtime-batches={text}: give batch sizes >= 1, e.g. 1,8")
+    return batches
 
 
 def parse_sections(text: str) -> list[str]:
@@ -1021,6 +1507,9 @@ def pick_device(name: str) -> torch.device:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen sections and return the results (also written to ``--json``)."""
     device = pick_device(args.device)
+    if args.sections is None:
+        skip = CPU_SECTIONS if device.type == "cuda" else ()
+        args.sections = ",".join(s for s in SECTIONS if s not in skip)
     args.sections = parse_sections(args.sections)
     args.arch_kwargs = None
     args = resolve_args(args, device)

@@ -35,6 +35,7 @@ from steelseg.runtime import (
     installed,
     load_metadata,
     native_bf16,
+    require,
     throughput,
     versions,
 )
@@ -76,6 +77,8 @@ def load_predictor(
     tolerance = check_tolerance(tolerance)
     rt = None if runtime == "auto" else check_runtime(runtime)
     pr = None if precision == "auto" else check_precision(precision)
+    if rt is not None:
+        require(rt)  # before anything is exported or measured
     if path.suffix.lower() in EXPORT_SUFFIXES:
         predictor = Predictor.from_export(
             path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned

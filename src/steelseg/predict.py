@@ -25,11 +25,14 @@ evaluation, tuning and pseudo-labelling all run through it; :func:`predict_to_fo
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,10 @@ from steelseg.runtime import (
 )
 
 log = logging.getLogger(__name__)
+
+#: background threads that decode input images, and that post-process and write outputs,
+#: while the model runs (OpenCV releases the GIL while it decodes and encodes)
+READ_THREADS, WRITE_THREADS = 2, 2
 
 __all__ = ["TTA_CHOICES", "Prediction", "Predictor", "Source", "collect_inputs", "read_grey"]
 
@@ -476,29 +483,50 @@ class Predictor:
             unit="img",
             disable=None if progress is None else not progress,
         )
-        with bar, logging_redirect_tqdm():
-            for lo in range(0, len(sources), self.batch_size):
-                batch = sources[lo : lo + self.batch_size]
+
+        def read(s: Source) -> tuple[np.ndarray | None, str]:
+            """Decode one file (in a reader thread: OpenCV releases the GIL)."""
+            try:
+                image = read_grey(s.path)
+            except ImageError as e:
+                return None, e.reason
+            if shape is not None and image.shape != tuple(shape):
+                return None, (
+                    f"it is {image.shape[1]}x{image.shape[0]}, but this needs "
+                    f"{shape[1]}x{shape[0]} images"
+                )
+            return image, ""
+
+        # the next batches decode in background threads while the model runs on this one
+        ahead = 2 * self.batch_size
+        pending: deque = deque()
+        todo = iter(sources)
+        with (
+            ThreadPoolExecutor(READ_THREADS, "steelseg-read") as pool,
+            bar,
+            logging_redirect_tqdm(),
+        ):
+            for s in itertools.islice(todo, ahead):
+                pending.append((s, pool.submit(read, s)))
+            while pending:
+                batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
+                for s in itertools.islice(todo, len(batch)):
+                    pending.append((s, pool.submit(read, s)))
                 good, images = [], []
-                for s in batch:
-                    try:
-                        image = read_grey(s.path)
-                        if shape is not None and image.shape != tuple(shape):
-                            raise ValueError(
-                                f"it is {image.shape[1]}x{image.shape[0]}, but this needs "
-                                f"{shape[1]}x{shape[0]} images"
-                            )
-                        if check is not None:
+                for s, future in batch:
+                    image, reason = future.result()
+                    if image is not None and check is not None:
+                        try:
                             check(s, image)
-                    except ImageError as e:
-                        on_skip(s, e.reason)
-                        continue
-                    except ValueError as e:
-                        on_skip(s, str(e))
+                        except ValueError as e:
+                            image, reason = None, str(e)
+                    if image is None:
+                        on_skip(s, reason)
                         continue
                     good.append(s)
                     images.append(image)
-                for s, image, (prob, plain) in zip(good, images, self._proba(images, with_plain)):
+                probs = self._proba(images, with_plain)
+                for s, image, (prob, plain) in zip(good, images, probs):
                     yield Prediction(s, image, prob, plain)
                 bar.update(len(batch))
 
@@ -575,29 +603,43 @@ def predict_to_folder(
             )
         stems[stem] = s.path
 
-    rows: list[tuple[str, str]] = []
-    n_panels, start = 0, time.perf_counter()
-    for p in predictor.predict_files(
-        sources, check=unique_stem, on_skip=skipped, progress=progress
-    ):
+    def save(p: Prediction) -> tuple[str, str, bool]:
+        """Post-process one prediction and write its pictures (in a writer thread)."""
         mask = pp.apply(p.prob)
         stem = Path(p.source.image_id).stem
         write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
-        rows.append((p.source.image_id, rle.encode(mask)))
+        row = (p.source.image_id, rle.encode(mask), False)
         if masks_only:
-            continue
+            return row
         gt = truth.mask(p.source, p.image.shape)
         empty_truth = np.zeros_like(mask) if gt is None else gt
         write_png(
             out / "overlays" / f"{stem}.png", draw.to_bgr(draw.overlay(p.image, mask, empty_truth))
         )
-        if gt is not None:
-            from steelseg import metric  # ground truth: a labelled folder (needs torch)
+        if gt is None:
+            return row
+        from steelseg import metric  # ground truth: a labelled folder (needs torch)
 
-            dice = float(metric.dice_per_image(*metric.mask_counts(mask, gt)))
-            panel = draw.four_panel(p.image, mask, gt, p.source.image_id, dice)
-            write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
-            n_panels += 1
+        dice = float(metric.dice_per_image(*metric.mask_counts(mask, gt)))
+        panel = draw.four_panel(p.image, mask, gt, p.source.image_id, dice)
+        write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
+        return row[0], row[1], True
+
+    # post-processing and PNG writing run in background threads while the model runs on
+    # (in order; at most a few batches wait, so memory stays flat)
+    saved: list[tuple[str, str, bool]] = []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(WRITE_THREADS, "steelseg-write") as pool:
+        waiting: deque = deque()
+        for p in predictor.predict_files(
+            sources, check=unique_stem, on_skip=skipped, progress=progress
+        ):
+            waiting.append(pool.submit(save, p))
+            while len(waiting) > 2 * predictor.batch_size:
+                saved.append(waiting.popleft().result())
+        saved.extend(f.result() for f in waiting)
+    rows = [(image_id, encoded) for image_id, encoded, _ in saved]
+    n_panels = sum(panel for _, _, panel in saved)
     seconds = time.perf_counter() - start
     _write_csv(out / "predictions.csv", rows)
     summary = {

@@ -234,13 +234,32 @@ def _settings(result: Mapping[str, Any]) -> str:
         ("test-time augmentation", ", ".join(result["tta"]) or "none"),
         (
             "speed",
-            f"{result['images_per_s']} images/s on {result['device']} ({result['seconds']} s)",
+            f"{result['images_per_s']} images/s on {_runtime(result)} ({result['seconds']} s)",
         ),
     ]
+    check = result.get("runtime_check")
+    if check:
+        items.append(
+            (
+                "runtime check",
+                f"{'within' if check['ok'] else 'OVER'} tolerance: per-image Dice "
+                f"{_fmt(check['dice_per_image'], 4)} vs {_fmt(check['reference_dice_per_image'], 4)}"
+                f" on PyTorch fp32 (drop {check['dice_drop']:+.4f}, tolerance "
+                f"{check['tolerance']}); pixel IoU {_fmt(check['iou'], 4)} vs "
+                f"{_fmt(check['reference_iou'], 4)}",
+            )
+        )
     if result.get("skipped"):
         items.append(("skipped", ", ".join(s["image_id"] for s in result["skipped"])))
     body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
     return f"<dl class=settings>{body}</dl>"
+
+
+def _runtime(result: Mapping[str, Any]) -> str:
+    """``openvino bf16 on cpu`` (older eval.json files: the device only)."""
+    if result.get("runtime"):
+        return f"{result['runtime']} {result.get('precision', '')} on {result['device']}"
+    return str(result["device"])
 
 
 def _kpis(metrics: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,13 @@ DICE_TOLERANCE = 0.005
 # ----------------------------------------------------------------------------- what is here
 def installed(runtime: str) -> bool:
     """Whether ``runtime`` can be imported here (without importing it)."""
-    return importlib.util.find_spec(MODULE_NAMES[check_runtime(runtime)]) is not None
+    name = MODULE_NAMES[check_runtime(runtime)]
+    if name in sys.modules:
+        return sys.modules[name] is not None  # None: blocked on purpose
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def check_runtime(runtime: str) -> str:

@@ -7,7 +7,7 @@ reference-style pipeline (the original task's), side by side in one run, on a CP
     python scripts/benchmark.py --compile reduce-overhead --batch 8   # add torch.compile runs
     python scripts/benchmark.py --sections runtimes --quickstart-ckpt RUN/checkpoints/last.ckpt
 
-Sections (``--sections``, comma-separated; default all):
+Sections (``--sections``, comma-separated; default all, on a GPU all but ``runtimes``):
 
 * ``model``: (a) the model-only training-step ceiling: random inputs already on the device,
   AdamW, Dice loss; on a GPU fp32 (framework defaults) and bf16 + channels_last + fused AdamW.
@@ -22,20 +22,21 @@ Sections (``--sections``, comma-separated; default all):
   decoding the JPEG (target: cached >= 3x).
 * ``memory``: host memory of one training epoch over a larger set (``--memory-images``) against
   the size of its uint8 cache (memory-mapped, so the bound is the cache plus a constant).
-* ``runtimes``: (r) CPU inference on full 256x1600 strips at ``--runtime-batches`` (1 and 8) for
-  FPN/resnext50_32x4d and the quickstart model, on every runtime and precision installed here
-  (PyTorch eager fp32 (the baseline), fp32 channels_last, bf16; ONNX Runtime fp32 and INT8;
-  OpenVINO fp32, bf16 and INT8): model-only images/s, the Predictor's images/s on full strips,
-  the ratio of each to PyTorch eager fp32, and the per-image Dice and IoU on the test split
-  beside fp32's, where the checkpoint is trained (``--quickstart-ckpt``, ``--resnext-ckpt``: a
-  checkpoint in its steelseg-train run folder; else an untrained network of the same shape and
-  no accuracy, nor INT8, which calibrates on the run's train split). Also what
+* ``runtimes``: (r) CPU inference on full 256x1600 strips at ``--runtime-batches`` (1 and 8)
+  for FPN/resnext50_32x4d and the quickstart model (``--runtime-models``), on every runtime and
+  precision here (PyTorch eager fp32 (the baseline), fp32 channels_last, bf16; ONNX Runtime
+  fp32 and INT8; OpenVINO fp32, bf16 and INT8): model-only images/s and the Predictor's on full
+  strips (of the fastest call in ``--runtime-seconds``: steady on a shared machine), each as a
+  ratio to PyTorch eager fp32, and per-image Dice and IoU on the test split beside fp32's. The
+  accuracy (and INT8, calibrated on the run's train split) needs a trained checkpoint in its
+  steelseg-train run folder (``--quickstart-ckpt``, ``--resnext-ckpt``); without one the
+  network is untrained and the accuracy is not measured. Also what
   ``steelseg.deploy.load_predictor`` picks (``--runtime auto``) and its ratio, and
   ``steelseg-predict`` over a folder of ``--runtime-images`` JPEG strips against its model-only
-  images/s. Every runtime gets ``--runtime-threads`` (default: every core); the checkpoints
-  are copied into the work folder first, so the automatic choice is measured afresh and
-  nothing is written beside them. ``--smoke``: the quickstart-shaped model only, batches 1
-  and 2. Default section on a CPU; on a GPU only when asked for (it measures the CPU).
+  images/s. Every runtime runs on ``--runtime-threads`` (default: every core). The checkpoints
+  are copied into the work folder first: the automatic choice is measured afresh and nothing
+  is written beside them. ``--smoke``: the quickstart-shaped network only, batches 1 and 2. A
+  default section on a CPU; on a GPU only when asked for (it measures the CPU).
 
 The reference recipe's wall time (800 training images x 30 epochs at batch 8, 100 validation
 images every epoch) is projected from (b) and (c) at ``--reference-batch``. The table is printed
@@ -80,8 +81,10 @@ SLIM_FPN = {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}
 AUGMENT = {"p_flip": 0.5, "brightness": 0.2, "contrast": 0.2, "shift": 0.05}  # conf/data
 #: the runtimes section's big model: the reference's network on full strips, 3 input channels
 RESNEXT = dict(arch="fpn", encoder_name="resnext50_32x4d", in_channels=3, arch_kwargs={})
-#: the speed-ups over PyTorch eager fp32 the runtimes section aims at (auto, full strips)
+#: the runtimes section's models, and the speed-up over PyTorch eager fp32 each aims at
+#: (``--runtime auto``, full strips)
 RUNTIME_TARGETS = {"resnext50": 5.0, "quickstart": 3.0}
+RUNTIME_MODELS = tuple(RUNTIME_TARGETS)
 #: the runtimes section's variants, PyTorch eager fp32 (the baseline of every ratio) first.
 #: channels_last None: the engine's own choice (bf16 on a CPU: channels_last); export: the
 #: ONNX file it runs (OpenVINO reads the ONNX files, as steelseg.deploy runs them)
@@ -101,21 +104,22 @@ TINY = dict(
     arch="fpn", encoder="tu-mobilenetv3_small_100", in_channels=1, arch_kwargs=SLIM_FPN,
     batch=8, reference_batch=8, height=64, width=320, images=120, epochs=2, steps=5, warmup=2,
     workers=0, infer_batch=4, infer_steps=2, memory_images=500, data_samples=200, rle_rows=500,
-    runtime_batches="1,8", runtime_images=32, runtime_seconds=2.0, calibration_images=64,
+    runtime_batches="1,8", runtime_images=16, runtime_seconds=2.0, calibration_images=64,
+    runtime_models="resnext50,quickstart",
 )  # fmt: skip
 #: the GPU default: the reference's network at the reference's size, the issue's batch 32
 FULL = dict(
     arch="fpn", encoder="resnext50_32x4d", in_channels=3, arch_kwargs={},
     batch=32, reference_batch=8, height=256, width=416, images=320, epochs=3, steps=30, warmup=10,
     workers=None, infer_batch=32, infer_steps=8, memory_images=500, data_samples=400,
-    rle_rows=1000, runtime_batches="1,8", runtime_images=32, runtime_seconds=2.0,
-    calibration_images=64,
+    rle_rows=1000, runtime_batches="1,8", runtime_images=16, runtime_seconds=2.0,
+    calibration_images=64, runtime_models="resnext50,quickstart",
 )  # fmt: skip
 #: --smoke: a few steps of everything, for tests
 SMOKE = dict(
     images=30, epochs=2, steps=2, warmup=1, infer_batch=2, infer_steps=1, memory_images=40,
     data_samples=16, rle_rows=20, batch=4, reference_batch=4, runtime_batches="1,2",
-    runtime_images=4, runtime_seconds=0.0, calibration_images=16,
+    runtime_images=4, runtime_seconds=0.0, calibration_images=16, runtime_models="quickstart",
 )  # fmt: skip
 
 log = logging.getLogger("benchmark")
@@ -221,19 +225,30 @@ def per_s(n: float, seconds: float) -> float:
     return round(n / seconds, 2) if seconds > 0 else float("nan")
 
 
-def calls_per_s(fn: Callable[[], Any], images: int, min_seconds: float, min_reps: int) -> float:
-    """Images/s of ``fn`` (``images`` per call) after one untimed call, timed as
-    :func:`steelseg.runtime.throughput` times an engine."""
-    fn()
-    reps, start = 0, time.perf_counter()
-    while reps < min_reps or time.perf_counter() - start < min_seconds:
+def call_seconds(fn: Callable[[], Any], min_seconds: float, warmup: bool = True) -> list[float]:
+    """Seconds of each call of ``fn``: at least one call, and calls for at least ``min_seconds``
+    in all, after one untimed call (``warmup``)."""
+    if warmup:
         fn()
-        reps += 1
-    return per_s(reps * images, time.perf_counter() - start)
+    times: list[float] = []
+    start = time.perf_counter()
+    while not times or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def ratio(value: float | None, base: float | None, digits: int = 2) -> float | None:
     return round(value / base, digits) if value and base else None
+
+
+def runtime_variant(predictor) -> str:
+    """The name in :data:`RUNTIME_VARIANTS` of what a Predictor runs on."""
+    engine = predictor.engine
+    if engine.runtime == "torch":
+        return f"torch {engine.precision}" + ("+cl" if engine.channels_last else "")
+    return f"{engine.runtime} {engine.precision}"
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -843,11 +858,12 @@ class Benchmark:
             "tolerance": DICE_TOLERANCE,
             "rows": [],
             "models": {},
-            "what": "images/s: model only = the network-size uint8 batch straight to the engine "
-            "(steelseg.runtime.throughput); strip = Predictor.predict_proba on random 256x1600 "
-            "strips (resize to the input size, network, sigmoid, resize back); speedup = over "
-            "PyTorch eager fp32 at the same batch; dice_diff / iou_diff = the variant's "
-            "per-image Dice / pixel IoU on the test split minus PyTorch fp32's",
+            "what": "images/s of the fastest call after a warm-up one (mean_images_per_s: over "
+            "all calls): model only = the network-size uint8 batch straight to the engine; "
+            "strip = Predictor.predict_proba on random 256x1600 strips (resize to the input "
+            "size, network, sigmoid, resize back); speedup = over PyTorch eager fp32 at the same "
+            "batch; dice_diff / iou_diff = the variant's per-image Dice / pixel IoU on the test "
+            "split minus PyTorch fp32's",
         }
         rng = np.random.default_rng(0)
         strips = list(rng.integers(0, 256, (max(a.runtime_batches), *FULL_SIZE), dtype=np.uint8))
@@ -863,13 +879,16 @@ class Benchmark:
         self.results["runtimes"] = out
 
     def runtime_models(self) -> list[dict[str, Any]]:
-        """The section's models (FPN/resnext50_32x4d, not with --smoke; the quickstart's): each
-        a checkpoint, trained (given, copied into the work folder) or an untrained network."""
+        """The section's models (``--runtime-models``): each a checkpoint, trained (given,
+        copied into the work folder) or an untrained network of the same shape."""
         a = self.args
-        models = [] if a.smoke else [("resnext50", a.resnext_ckpt, self.untrained_resnext)]
-        models.append(("quickstart", a.quickstart_ckpt, self.untrained_quickstart))
+        models = {
+            "resnext50": (a.resnext_ckpt, self.untrained_resnext),
+            "quickstart": (a.quickstart_ckpt, self.untrained_quickstart),
+        }
         specs = []
-        for name, given, untrained in models:
+        for name in a.runtime_models:
+            given, untrained = models[name]
             folder = self.work / "runtimes" / name
             shutil.rmtree(folder, ignore_errors=True)  # a reused --workdir: measure afresh
             folder.mkdir(parents=True)
@@ -1040,21 +1059,24 @@ class Benchmark:
             tta=tta, use_tuned=False, threads=self.args.runtime_threads or available_cores(),
         )  # fmt: skip
 
-    def runtime_speed(self, predictor, strips: list[np.ndarray], batch: int) -> dict[str, float]:
+    def runtime_speed(self, predictor, strips: list[np.ndarray], batch: int) -> dict[str, Any]:
         """Model-only images/s (the network-size batch straight to the engine) and the
-        Predictor's images/s on full strips, at ``batch``."""
-        from steelseg.runtime import throughput
-
-        a = self.args
-        reps = 1 if a.smoke else 2
+        Predictor's images/s on full strips, at ``batch``: of the fastest call (steady on a
+        shared machine), and over all calls (``mean_images_per_s``)."""
+        seconds = self.args.runtime_seconds
         x = np.stack([predictor.network_input(s) for s in strips[:batch]])[:, None]
         x = x.astype(predictor.engine.input_dtype or x.dtype, copy=False)
-        model = throughput(predictor.engine, x, a.runtime_seconds, reps)
+        model = call_seconds(lambda: predictor.engine(x), seconds)
         predictor.batch_size = batch
-        strip = calls_per_s(
-            lambda: predictor.predict_proba(strips[:batch]), batch, a.runtime_seconds, reps
+        strip = call_seconds(  # the engine is warm at this batch already
+            lambda: predictor.predict_proba(strips[:batch]), seconds, warmup=False
         )
-        return {"images_per_s": round(model, 2), "strip_images_per_s": strip}
+        return {
+            "images_per_s": per_s(batch, min(model)),
+            "mean_images_per_s": per_s(batch * len(model), sum(model)),
+            "calls": len(model),
+            "strip_images_per_s": per_s(batch, min(strip)),
+        }
 
     def runtime_accuracy(self, predictor, test) -> dict[str, Any] | None:
         """Per-image Dice and pixel IoU on the labelled test split (None: none to score on)."""
@@ -1083,38 +1105,54 @@ class Benchmark:
         }
 
     def runtime_auto(self, spec, strips, test, ref, rows) -> tuple[dict[str, Any], Any]:
-        """What ``steelseg.deploy.load_predictor(checkpoint)`` (``--runtime auto``) picks,
-        how long the choice took, and its speed and accuracy beside PyTorch eager fp32's."""
+        """What ``steelseg.deploy.load_predictor(checkpoint)`` (``--runtime auto``) picks and
+        how long the choice took; its speed and accuracy are those of the same variant measured
+        above (the same engine on the same export), else measured here."""
         from steelseg.deploy import load_predictor
 
         t = time.perf_counter()
         predictor = load_predictor(spec["checkpoint"], device="cpu")
         choice = predictor.choice or {}
+        variant = runtime_variant(predictor)
+        same = [r for r in rows if (r["model"], r["variant"]) == (spec["name"], variant)]
         out: dict[str, Any] = {
             "runtime": predictor.runtime,
             "precision": predictor.precision,
+            "variant": variant,
+            "measured_as": variant if same else None,
             "choose_s": round(time.perf_counter() - t, 1),
             "choice_speedup": round(choice["speedup"], 2) if choice.get("speedup") else None,
             "reason": choice.get("reason"),
             "batches": [],
         }
+        speed_keys = ("images_per_s", "mean_images_per_s", "strip_images_per_s", "speedup")
+        speed_keys += ("strip_speedup",)
         for batch in self.args.runtime_batches:
-            row = {"batch": batch} | self.runtime_speed(predictor, strips, batch)
-            base = self.runtime_base(rows, spec["name"], batch)
-            row["speedup"] = ratio(row["images_per_s"], base["images_per_s"])
-            row["strip_speedup"] = ratio(row["strip_images_per_s"], base["strip_images_per_s"])
+            row = {"batch": batch}
+            if same:
+                row |= {k: next(r for r in same if r["batch"] == batch)[k] for k in speed_keys}
+            else:
+                row |= self.runtime_speed(predictor, strips, batch)
+                base = self.runtime_base(rows, spec["name"], batch)
+                row["speedup"] = ratio(row["images_per_s"], base["images_per_s"])
+                row["strip_speedup"] = ratio(row["strip_images_per_s"], base["strip_images_per_s"])
             out["batches"].append(row)
-        out |= self.runtime_dice(self.runtime_accuracy(predictor, test), ref)
+        dice_keys = ("dice_per_image", "iou", "dice_diff", "iou_diff", "dice_ok")
+        if same:
+            out |= {k: same[0][k] for k in dice_keys}
+        else:
+            out |= self.runtime_dice(self.runtime_accuracy(predictor, test), ref)
         log.info("runtimes auto %s", out)
         return out, predictor
 
     def runtime_folder(self, spec, predictor, folder: Path, auto: dict[str, Any]) -> dict[str, Any]:
         """``steelseg-predict`` (predict_to_folder: read, predict, masks, overlays, CSV) over
-        the folder of strips with the automatic choice, against its model-only images/s."""
+        the folder of strips with the automatic choice, against its model-only images/s (the
+        mean over calls: the folder's is a mean too)."""
         from steelseg.predict import collect_inputs, predict_to_folder
 
         batch = max(self.args.runtime_batches)
-        model = next(r for r in auto["batches"] if r["batch"] == batch)["images_per_s"]
+        model = next(r for r in auto["batches"] if r["batch"] == batch)["mean_images_per_s"]
         sources, _ = collect_inputs([folder])
         out = spec["folder"] / "predict"
         shutil.rmtree(out, ignore_errors=True)
@@ -1415,6 +1453,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="runtimes: a trained FPN/resnext50_32x4d checkpoint in its run folder; default: "
         "an untrained network",
     )
+    p.add_argument(
+        "--runtime-models",
+        help=f"runtimes: of {','.join(RUNTIME_MODELS)} (default both; --smoke: quickstart)",
+    )
     p.add_argument("--runtime-batches", help="runtimes: batch sizes (default 1,8; --smoke 1,2)")
     p.add_argument("--runtime-images", type=int, help="runtimes: JPEGs of the predict folder")
     p.add_argument(
@@ -1456,6 +1498,11 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")
     args.runtime_batches = parse_batches(args.runtime_batches)
+    if isinstance(args.runtime_models, str):
+        args.runtime_models = [m.strip() for m in args.runtime_models.split(",") if m.strip()]
+    bad = set(args.runtime_models) - set(RUNTIME_MODELS)
+    if bad or not args.runtime_models:
+        raise ValueError(f"--runtime-models: choose from {list(RUNTIME_MODELS)}, got {sorted(bad)}")
     for key in ("runtime_images", "runtime_threads"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")

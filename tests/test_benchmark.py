@@ -53,7 +53,37 @@ KEYS = {
     "ratios": {"b_over_a", "b_over_c", "predictor_over_model", "cached_over_jpeg"},
     "reference_recipe": {"recipe", "steelseg_s", "reference_style_s", "pure_model_fp32_s"},
     "peak": {"host_rss_mb", "gpu_mb"},
+    "runtimes": {
+        "cpu",
+        "native_bf16",
+        "versions",
+        "threads",
+        "size",
+        "batches",
+        "tolerance",
+        "rows",
+        "models",
+    },  # fmt: skip
 }
+#: the runtimes section: each row (model, variant, batch) and each model's entry
+RUNTIME_ROW_KEYS = {
+    "model",
+    "variant",
+    "runtime",
+    "precision",
+    "batch",
+    "images_per_s",
+    "mean_images_per_s",
+    "speedup",
+    "strip_images_per_s",
+    "strip_speedup",
+    "dice_per_image",
+    "iou",
+    "dice_diff",
+    "iou_diff",
+    "dice_ok",
+}  # fmt: skip
+RUNTIME_MODEL_KEYS = {"model", "trained", "test_images", "skipped", "auto", "predict_folder"}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +157,8 @@ def test_seed_is_a_deprecated_alias_of_the_reference_section(benchmark, caplog) 
         (["--height", "100"], "multiple of 32"),
         (["--compile", "fast"], "model.compile"),
         (["--batch", "0"], "--batch=0 must be >= 1"),
+        (["--runtime-batches", "1,0"], "--runtime-batches=1,0"),
+        (["--runtime-models", "vgg"], "--runtime-models"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(benchmark, argv, message, capsys) -> None:
@@ -166,6 +198,40 @@ def test_smoke_run_writes_every_section(benchmark, tmp_path: Path, capsys) -> No
     table = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("(c) reference-style loop, train") for line in table)
     assert table[-1].startswith("peak host RSS")
+
+
+@pytest.mark.slow
+def test_runtimes_section_on_a_trained_checkpoint(
+    benchmark, tiny_ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "bench.json"
+    run = tiny_ckpt.parents[1]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    argv = ["--smoke", "--device", "cpu", "--sections", "runtimes", "--json", str(out)]
+    assert benchmark.main([*argv, "--quickstart-ckpt", str(tiny_ckpt)]) == 0
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing beside it
+    r = json.loads(out.read_text())["runtimes"]
+    assert KEYS["runtimes"] <= set(r) and r["batches"] == [1, 2]
+    assert set(r["models"]) == {"quickstart"}  # --smoke: no resnext50
+    info = r["models"]["quickstart"]
+    assert set(info) >= RUNTIME_MODEL_KEYS and info["trained"] and info["test_images"] > 0
+    for row in r["rows"]:
+        assert set(row) >= RUNTIME_ROW_KEYS, RUNTIME_ROW_KEYS - set(row)
+        assert row["images_per_s"] > 0 and row["strip_images_per_s"] > 0
+        assert 0 <= row["dice_per_image"] <= 1 and row["dice_ok"] in (True, False)
+    base = [row for row in r["rows"] if row["variant"] == "torch fp32"]
+    assert [row["batch"] for row in base] == [1, 2]
+    assert all(row["speedup"] == 1.0 and row["dice_diff"] == 0 for row in base)
+    variants = {row["variant"] for row in r["rows"]} | set(info["skipped"])
+    assert {"onnxruntime int8", "openvino int8", "openvino bf16"} <= variants  # run or skipped
+    auto = info["auto"]
+    assert [b["batch"] for b in auto["batches"]] == [1, 2] and auto["dice_per_image"] is not None
+    folder = info["predict_folder"]
+    assert folder["images"] == 4 and folder["over_model"] > 0
+    assert (folder["runtime"], folder["precision"]) == (auto["runtime"], auto["precision"])
+    table = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("(r) quickstart auto = ") for line in table)
+    assert any(line.startswith("(r) CPU runtimes on ") for line in table)
 
 
 @pytest.mark.slow

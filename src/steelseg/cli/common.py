@@ -146,8 +146,8 @@ def add_runtime(p: argparse.ArgumentParser, progress: bool = True) -> None:
         choices=("auto",) + PRECISIONS,
         default="auto",
         help="auto (default), fp32, bf16 (CPUs with AMX/AVX512-BF16, CUDA GPUs) or int8 "
-        "(onnxruntime/openvino; a quantized export); --runtime torch --precision fp32 is plain "
-        "PyTorch",
+        "(onnxruntime/openvino; a quantized export); --runtime torch alone is plain PyTorch (fp32 "
+        "on a CPU)",
     )
     g.add_argument(
         "--tolerance",
@@ -252,7 +252,7 @@ def _why(choice: dict | None) -> str:
         return ""
     return (
         f" (auto: {choice['speedup']:.1f}x PyTorch fp32; {choice['reason']}; --runtime torch "
-        "--precision fp32 for plain PyTorch)"
+        "for plain PyTorch fp32)"
     )
 
 

@@ -80,11 +80,9 @@ def load_predictor(
     if rt is not None:
         require(rt)  # before anything is exported or measured
     if path.suffix.lower() in EXPORT_SUFFIXES:
-        predictor = Predictor.from_export(
+        return Predictor.from_export(
             path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned
         )
-        predictor.choice = None
-        return predictor
     gpu = str(device).startswith("cuda") if device else _cuda_available()
     choice = None
     if rt is None:
@@ -170,6 +168,8 @@ def runtime_candidates(precision: str | None = None) -> list[tuple[str, str]]:
             pairs.append((runtime, "fp32"))
             if runtime == "openvino" and native_bf16():
                 pairs.append((runtime, "bf16"))
+    if precision == "int8":  # asked for: an export quantized once, calibrated on train images
+        pairs += [(r, "int8") for r in ("onnxruntime", "openvino") if installed(r)]
     return [p for p in pairs if precision is None or p[1] == precision]
 
 
@@ -270,7 +270,16 @@ def _measure(
         row |= {"model_images_per_s": speed, "speedup": speed / ref_speed}
         row["seconds_to_measure"] = round(time.perf_counter() - start, 2)
         rows.append(row)
-    best = max((r for r in rows if r["ok"]), key=lambda r: r["model_images_per_s"])
+    passed = [r for r in rows if r["ok"]]
+    if not passed:
+        from steelseg.evaluate import check_text
+
+        tried = "; ".join(check_text(r, "validation") for r in rows) or "none could run here"
+        raise ValueError(
+            f"no {precision or ''} runtime keeps per-image Dice within {tolerance} of PyTorch "
+            f"fp32: {tried}. Use --runtime torch, or another --precision or --tolerance"
+        )
+    best = max(passed, key=lambda r: r["model_images_per_s"])
     return {
         "runtime": best["runtime"],
         "precision": best["precision"],

@@ -255,6 +255,8 @@ class Predictor:
         self.checkpoint: Path | None = None  # the checkpoint behind it (an export's source)
         self.tuned_sidecar: Path | None = None  # the steelseg-tune values it started from
         self.metadata: dict[str, Any] | None = None  # an export's <file>.json
+        #: how ``--runtime auto`` chose this runtime (steelseg.deploy.choose_runtime), or None
+        self.choice: dict[str, Any] | None = None
 
     @property
     def device(self) -> str:

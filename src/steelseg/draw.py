@@ -41,19 +41,21 @@ def overlay(
     h, w = image.shape
     size = (w, h) if width is None else (int(width), max(1, round(h * width / w)))
     grey = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image
-    out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    canvas = cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
     pred, target = pred.astype(bool), target.astype(bool)
     regions = ((pred & target, TP_RGB), (pred & ~target, FP_RGB), (~pred & target, FN_RGB))
     outlines = []
     for region, rgb in regions:
-        small = _shrink_any(region, size)
-        if small.any():
-            out[small] = (1 - TINT) * out[small] + TINT * np.array(rgb, np.float32)
+        small = region if size == (w, h) else _shrink_any(region, size)
+        if small.any():  # the regions are disjoint: tint each one's pixels only
+            tinted = (1 - TINT) * canvas[small].astype(np.float32) + TINT * np.array(
+                rgb, np.float32
+            )
+            canvas[small] = tinted.round().astype(np.uint8)
             contours, _ = cv2.findContours(
                 small.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
             )
             outlines.append((contours, rgb))
-    canvas = np.ascontiguousarray(out.round().astype(np.uint8))
     for contours, rgb in outlines:  # outlines last, so no tint dims them
         cv2.drawContours(canvas, contours, -1, rgb, 1)
     return canvas
@@ -61,7 +63,7 @@ def overlay(
 
 def to_bgr(rgb: np.ndarray) -> np.ndarray:
     """An RGB picture in OpenCV's BGR order (for ``cv2.imwrite`` / :func:`steelseg.io.write_png`)."""
-    return np.ascontiguousarray(rgb[..., ::-1])
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
 def _captioned(panel: np.ndarray, text: str) -> np.ndarray:

@@ -111,7 +111,7 @@ def test_help_loads_nothing_heavy() -> None:
 
 def test_command_choices_match_the_library() -> None:
     """The commands name their choices without importing the library; they must agree."""
-    from steelseg import export, postprocess, prepare
+    from steelseg import export, postprocess, prepare, runtime
     from steelseg.cli import common
     from steelseg.cli import export as export_cli
 
@@ -120,6 +120,9 @@ def test_command_choices_match_the_library() -> None:
     assert export_cli.FORMATS == export.FORMATS
     assert export_cli.ONNX_EXPORTERS == export.ONNX_EXPORTERS
     assert tuple(export.INPUT_DTYPES) == export_cli.INPUT_DTYPES
+    assert export_cli.PRECISIONS == export.EXPORT_PRECISIONS
+    assert common.RUNTIMES == runtime.RUNTIMES and common.PRECISIONS == runtime.PRECISIONS
+    assert export.DEFAULT_CALIBRATION == 64 and runtime.DICE_TOLERANCE == 0.005  # the help texts
     fields = tuple(f.name for f in __import__("dataclasses").fields(postprocess.PostProcess))
     assert fields == common.POSTPROCESS_FIELDS
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ from steelseg import config, synth
 
 # Tests run on 2-core machines: one intra-op thread per test process keeps timings steady.
 torch.set_num_threads(1)
+
+# absl.logging (imported by openvino) keeps the sys.stderr of its import, which under pytest is
+# pytest's capture stream, and closes it when logging is configured again (Hydra does, in
+# process), breaking every later test of the worker. Point it at the real stderr.
+try:
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+except ImportError:  # no openvino here
+    pass
 
 
 @pytest.fixture(scope="session")

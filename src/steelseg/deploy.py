@@ -28,6 +28,7 @@ from steelseg.postprocess import load_tuned, sidecar_path
 from steelseg.predict import Predictor, Source
 from steelseg.runtime import (
     DICE_TOLERANCE,
+    FILE_FORMATS,
     check_precision,
     check_runtime,
     check_tolerance,
@@ -41,9 +42,6 @@ from steelseg.runtime import (
 )
 
 log = logging.getLogger(__name__)
-
-#: exported model files (:data:`steelseg.export.FORMAT_SUFFIX`)
-EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")
 
 
 #: validation images the automatic runtime choice checks accuracy on
@@ -79,7 +77,7 @@ def load_predictor(
     pr = None if precision == "auto" else check_precision(precision)
     if rt is not None:
         require(rt)  # before anything is exported or measured
-    if path.suffix.lower() in EXPORT_SUFFIXES:
+    if path.suffix.lower() in FILE_FORMATS:
         return Predictor.from_export(
             path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned
         )

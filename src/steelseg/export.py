@@ -63,6 +63,7 @@ from steelseg.postprocess import PostProcess, load_tuned
 from steelseg.predict import Predictor, Source
 from steelseg.runtime import (
     DICE_TOLERANCE,
+    FILE_FORMATS,
     FORMAT_RUNTIMES,
     STRIDE,
     check_tolerance,
@@ -77,7 +78,7 @@ from steelseg.runtime import (
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino", "torchscript")
-FORMAT_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
+FORMAT_SUFFIX = {fmt: suffix for suffix, fmt in FILE_FORMATS.items()}
 ONNX_EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True / False)
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 EXPORT_PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -251,8 +252,7 @@ def export(
     _require_tools(fmt, precision)
     check_out_folder(Path(out).parent)
     out = Path(out)
-    wanted = {".onnx": "onnx", ".xml": "openvino", ".pt": "torchscript"}.get(out.suffix)
-    if wanted != fmt:
+    if FILE_FORMATS.get(out.suffix) != fmt:
         raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
     module = SteelSegModule.load_from_checkpoint(checkpoint).eval()
     model = ExportModule(module).eval()

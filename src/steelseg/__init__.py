@@ -10,9 +10,10 @@ Modules follow the data path, and none imports one further along it:
 * ``losses``, ``metric`` (IoU, Dice, per-image Dice, detection) -> ``checkpoint`` (atomic,
   weights-only checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep``
   -> ``train`` (fit, validate, test);
-* ``postprocess`` -> ``draw`` (overlays) -> ``predict`` (Predictor, the one loop over image
-  files) -> ``report`` (HTML) -> ``evaluate`` -> ``tune``, ``pseudo``, ``export`` -> ``deploy``
-  (which runtime a model runs on) -> ``compare``;
+* ``postprocess`` -> ``submission`` (Kaggle submission CSV) -> ``draw`` (overlays) ->
+  ``predict`` (Predictor, the one loop over image files) -> ``report`` (HTML) -> ``evaluate``
+  -> ``tune``, ``pseudo``, ``export`` -> ``deploy`` (which runtime a model runs on) ->
+  ``compare``;
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
 
 Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
@@ -43,6 +44,7 @@ MODULES = (
     "sweep",
     "train",
     "postprocess",
+    "submission",
     "draw",
     "predict",
     "report",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover
         report,
         rle,
         runtime,
+        submission,
         sweep,
         synth,
         train,

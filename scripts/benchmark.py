@@ -755,9 +755,13 @@ class Benchmark:
         mean, std = reference_stats(a)
         datasets = {
             "cached": SteelDataset(
-                rows, d["root"], DATA_SIZE, train_transform(**AUGMENT), (images, masks, idx[:n])
+                rows,
+                d["root"],
+                DATA_SIZE,
+                transform=train_transform(**AUGMENT),
+                cache=(images, masks, idx[:n]),
             ),
-            "jpeg": SteelDataset(rows, d["root"], DATA_SIZE, train_transform(**AUGMENT)),
+            "jpeg": SteelDataset(rows, d["root"], DATA_SIZE, transform=train_transform(**AUGMENT)),
             "reference_style": ReferenceStyleDataset(
                 rows, d["root"], DATA_SIZE, True, a.in_channels, mean, std
             ),

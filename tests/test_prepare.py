@@ -98,6 +98,12 @@ def test_split_csv_content(tmp_path, labels, out, layout):
         "defect_pixels",
         "classes",
         "n_classes",
+        "height",
+        "width",
+        "EncodedPixels_1",
+        "EncodedPixels_2",
+        "EncodedPixels_3",
+        "EncodedPixels_4",
     ]
     assert sorted(df["ImageId"]) == sorted(labels)  # clean images (no CSV rows) included
     for row in df.itertuples(index=False):
@@ -108,6 +114,9 @@ def test_split_csv_content(tmp_path, labels, out, layout):
         assert int(row.defect_pixels) == sum(30 + c for c in by_class)
         assert row.classes == combo(by_class)
         assert int(row.n_classes) == len(by_class)
+        assert (int(row.height), int(row.width)) == (256, 1600)
+        for c in (1, 2, 3, 4):  # one RLE column per class, empty where absent
+            assert getattr(row, f"EncodedPixels_{c}") == by_class.get(c, "")
         assert row.split in {"train", "val", "test"}
 
 
@@ -558,10 +567,10 @@ def test_cache_arrays(data, out):
     masks = np.load(cache / "masks.npy")
     assert images.shape == masks.shape == (12, 128, 800)
     assert images.dtype == masks.dtype == np.uint8
-    assert set(np.unique(masks).tolist()) <= {0, 1}
+    assert set(np.unique(masks).tolist()) <= {0, 1, 2, 3, 4}  # class ids
     assert masks.any()
     for i, row in enumerate(df.itertuples(index=False)):
-        full = rle.decode(row.EncodedPixels)
+        full = rle.class_mask([getattr(row, f"EncodedPixels_{c}") for c in (1, 2, 3, 4)])
         # nearest neighbour at exactly half size keeps the even rows and columns
         np.testing.assert_array_equal(masks[i], full[::2, ::2], err_msg=row.ImageId)
         assert (images[i] == grey_of(row.ImageId)).all(), row.ImageId  # split.csv order
@@ -577,7 +586,7 @@ def test_cache_odd_size_matches_resized_mask(data, out):
     assert masks.shape == (6, 100, 333)
     for i, s in enumerate(df["EncodedPixels"]):
         want = cv2.resize(rle.decode(s), (333, 100), interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(masks[i], want)
+        np.testing.assert_array_equal(masks[i] > 0, want)
 
 
 def test_cache_full_size_is_exact(tmp_path, out):
@@ -588,8 +597,9 @@ def test_cache_full_size_is_exact(tmp_path, out):
     masks = np.load(out / "cache_256x1600" / "masks.npy")
     images = np.load(out / "cache_256x1600" / "images.npy")
     for i, row in enumerate(df.itertuples(index=False)):
-        only_class = next(iter(labels[row.ImageId].values()), "")
-        np.testing.assert_array_equal(masks[i], rle.decode(only_class), err_msg=row.ImageId)
+        (cls, only_class), *_ = labels[row.ImageId].items() or [(0, "")]
+        want = rle.decode(only_class) * cls  # the class id where the defect is
+        np.testing.assert_array_equal(masks[i], want, err_msg=row.ImageId)
         assert (images[i] == {"a.jpg": 30, "b.jpg": 60, "c.jpg": 90}[row.ImageId]).all()
 
 

@@ -27,7 +27,7 @@ from steelseg.io import atomic_write, check_space
 
 #: Hyper-parameters that decide the network's layers; a checkpoint only fits a module whose
 #: values are equal.
-ARCH_KEYS = ("arch", "encoder_name", "in_channels", "arch_kwargs")
+ARCH_KEYS = ("arch", "encoder_name", "in_channels", "arch_kwargs", "classes", "gate")
 
 TRUST_HINT = (
     "load only checkpoints you trust: steelseg-train trust_checkpoint=true, or "

@@ -38,6 +38,18 @@ def auto_precision(accelerator: str = "auto") -> str:
 OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
 
 
+def input_size(crop: object, height: int, width: int) -> list[int] | None:
+    """The model's ``input_size``: None (native resolution) when training on ``data.crop``
+    windows, else the ``data.height x data.width`` every image is resized to.
+
+    The ``${input_size:${data.crop},${data.height},${data.width}}`` resolver of train.yaml.
+    """
+    return None if crop not in (None, "", "none") else [int(height), int(width)]
+
+
+OmegaConf.register_new_resolver("input_size", input_size, replace=True)
+
+
 def conf_dir() -> Path:
     """The config folder: packaged with the wheel, else the source checkout's ``conf/``."""
     here = Path(__file__).resolve().parent

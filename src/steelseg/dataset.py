@@ -4,10 +4,16 @@ Tensor contract, used by every module after this one:
 
 * image: ``uint8 (C, H, W)`` grey pixel values (C = 1); the model converts to float and
   normalises on its device, so the DataLoader moves 4x fewer bytes.
-* mask: ``float32 (1, H, W)`` in {0, 1}, the 4 defect classes merged.
-* logits (model output): ``float (N, 1, H, W)``; probabilities only at the edges.
+* mask: ``float32 (C, H, W)`` in {0, 1}: C = 1 with the defect classes merged (binary
+  models), or one channel per class (``model.classes=4``).
+* label: ``float32 (C,)``: which classes the image (or its training crop) shows; the target of
+  the optional image-level gate head.
+* logits (model output): ``float (N, C, H, W)``; probabilities only at the edges.
 
-A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, 1, H, W) float32, "image_id": list}``.
+A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, C, H, W) float32,
+"label": (N, C) float32, "image_id": list}``. Images are resized to ``height x width``
+(the reference recipe's squash), or with ``crop`` kept at native resolution: random
+``crop``-sized windows for training, whole images for validation and test.
 """
 
 from __future__ import annotations
@@ -79,13 +85,54 @@ def train_transform(
     )
 
 
+def parse_crop(crop: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``data.crop`` (``"256x512"``, ``[256, 512]`` or None) -> (height, width) or None.
+
+    Raises:
+        ValueError: not HxW, or a side that is not a positive multiple of 32.
+    """
+    if crop is None or crop == "" or crop == "none":
+        return None
+    if isinstance(crop, str):
+        parts = crop.lower().replace(",", "x").split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"data.crop={crop!r} must be HEIGHTxWIDTH, e.g. 256x512")
+        crop = [int(p) for p in parts]
+    if len(crop) != 2:
+        raise ValueError(f"data.crop={crop!r} must be HEIGHTxWIDTH, e.g. 256x512")
+    h, w = (int(v) for v in crop)
+    for name, v in (("height", h), ("width", w)):
+        if v < STRIDE or v % STRIDE:
+            raise ValueError(
+                f"data.crop={h}x{w}: the {name} {v} is not a positive multiple of {STRIDE} (the "
+                f"encoder halves it 5 times); use {max(STRIDE, v // STRIDE * STRIDE)}"
+            )
+    return h, w
+
+
+def targets(mask: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-id mask -> the model's targets.
+
+    Shape:
+        mask: (H, W) uint8 class ids (0 = background). Returns (mask (C, H, W) float32 in
+        {0, 1}, label (C,) float32: 1 where the class is present), C = ``classes``; with
+        ``classes=1`` every defect class is merged into one channel.
+    """
+    if classes == 1:
+        onehot = (mask > 0)[None]
+    else:
+        onehot = mask[None] == np.arange(1, classes + 1, dtype=np.uint8)[:, None, None]
+    return onehot.astype(np.float32), onehot.any(axis=(1, 2)).astype(np.float32)
+
+
 class SteelDataset(Dataset):
-    """Images and merged masks of one split, from the uint8 cache or decoded from JPEG.
+    """Images with their per-class (or merged) masks, from the uint8 cache or decoded.
 
     Args:
-        rows: Rows of ``split.csv`` (ImageId, EncodedPixels).
-        data_dir: Kaggle-layout folder holding ``train_images/``.
-        size: (height, width) to resize to.
+        rows: Rows of ``split.csv`` (see :mod:`steelseg.prepare`).
+        data_dir: Data root holding the images (``train_images/`` or ``images/``).
+        size: (height, width) to resize to; None: each image's own size (native resolution).
+        classes: 1 (merged defect mask) or the data's number of classes (one channel each).
         transform: Albumentations transform applied to (image, mask), or None.
         cache: ``(images, masks, positions)``: (M, H, W) uint8 arrays (memory maps) of the
             whole prepared split and the position in them of each of ``rows``; or None.
@@ -95,14 +142,16 @@ class SteelDataset(Dataset):
         self,
         rows: pd.DataFrame,
         data_dir: str | os.PathLike,
-        size: tuple[int, int],
+        size: tuple[int, int] | None,
+        classes: int = 1,
         transform: A.BasicTransform | None = None,
         cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        self.ids = rows["ImageId"].tolist()
-        self.rles = rows["EncodedPixels"].tolist()
+        self.records = rows.to_dict("records")
+        self.ids = [r["ImageId"] for r in self.records]
         self.data_dir = Path(data_dir)
-        self.size = tuple(size)
+        self.size = tuple(size) if size is not None else None
+        self.classes = int(classes)
         self.transform = transform
         self.cache = cache
 
@@ -114,16 +163,21 @@ class SteelDataset(Dataset):
             images, masks, positions = self.cache
             image, mask = np.array(images[positions[i]]), np.array(masks[positions[i]])  # copies
         else:
-            image, mask = prep.load_sample(self.data_dir, self.ids[i], self.rles[i], self.size)
+            r = self.records[i]
+            image, mask = prep.load_sample(
+                self.data_dir, r["ImageId"], prep.row_masks(r), self.size, prep.row_shape(r)
+            )
         if self.transform is not None:
             # albumentations 2 seeds itself from the OS unless told; drawing its seed from torch
             # (seeded by seed_everything, per worker by Lightning) makes runs reproducible
             self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        target, label = targets(mask, self.classes)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],  # (1, H, W) uint8
-            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float(),  # (1, H, W)
+            "mask": torch.from_numpy(target),  # (C, H, W) float32
+            "label": torch.from_numpy(label),  # (C,): the classes present (image-level gate)
             "image_id": self.ids[i],
         }
 
@@ -146,9 +200,15 @@ class SteelDataModule(pl.LightningDataModule):
         split_file: CSV of ``ImageId,split`` to reproduce a published split.
         val_fraction: Validation share carved from train when the protocol has none.
         skip_bad: Drop unreadable images with a warning instead of failing.
-        height: Training height (multiple of 32).
-        width: Training width (multiple of 32).
-        cache: Decode images once into a uint8 cache at (height, width).
+        height: Training height (multiple of 32); ignored with ``crop``.
+        width: Training width (multiple of 32); ignored with ``crop``.
+        crop: ``"HxW"`` (or ``[H, W]``): train on random windows of this size taken from the
+            native-resolution images, validate and test on whole images; None: resize every
+            image to ``height x width``.
+        classes: Target channels: 1 (the defect classes merged) or the data's number of
+            classes (Severstal: 4); the model's ``classes``.
+        cache: Decode images once into a uint8 cache at (height, width), or at native size
+            with ``crop`` (when every image has the same size).
         augment: Keyword arguments of :func:`train_transform`, or None for no augmentation.
         batch_size: Batch size of every loader.
         num_workers: DataLoader workers (None: up to 4, by CPU count).
@@ -174,6 +234,8 @@ class SteelDataModule(pl.LightningDataModule):
         skip_bad: bool = False,
         height: int = 256,
         width: int = 416,
+        crop: str | Sequence[int] | None = None,
+        classes: int = 1,
         cache: bool = True,
         augment: dict[str, float] | None = None,
         batch_size: int = 8,
@@ -183,7 +245,12 @@ class SteelDataModule(pl.LightningDataModule):
         extra_roots: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        check_size(height, width)
+        self.crop = parse_crop(crop)
+        if self.crop is None:
+            check_size(height, width)
+        if int(classes) < 1:
+            raise ValueError(f"classes={classes} must be >= 1")
+        self.classes = int(classes)
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         self.root = Path(root)
@@ -205,7 +272,7 @@ class SteelDataModule(pl.LightningDataModule):
             val_fraction=val_fraction,
             skip_bad=skip_bad,
         )
-        self.size = (height, width)
+        self.size: tuple[int, int] | None = None if self.crop else (height, width)
         self.use_cache = cache
         self.augment = augment
         self.batch_size = batch_size
@@ -237,7 +304,13 @@ class SteelDataModule(pl.LightningDataModule):
             )
         with locked(self.prepared_dir, "the prepared split"):
             meta = prep.complete_split(self.prepared_dir)
-            if meta is not None:
+            if meta is not None and meta.get("version") != prep.PREPARE_VERSION:
+                log.info(
+                    "%s was prepared by an older steelseg (no per-class masks); preparing it again",
+                    self.prepared_dir,
+                )
+                prep.prepare(self.root, self.prepared_dir, **self.kw)
+            elif meta is not None:
                 if meta.get("split_sha256") != prep.file_digest(self.prepared_dir / "split.csv"):
                     log.warning(
                         "%s/split.csv was edited after it was prepared; using it as it is",
@@ -254,8 +327,26 @@ class SteelDataModule(pl.LightningDataModule):
                 else:
                     log.info("preparing split in %s", self.prepared_dir)
                 prep.prepare(self.root, self.prepared_dir, **self.kw)
-            if self.use_cache:
-                prep.build_cache(self.root, self.prepared_dir, self.size)
+            size = self.cache_size()
+            if size is not None:
+                prep.build_cache(self.root, self.prepared_dir, size)
+
+    def cache_size(self) -> tuple[int, int] | None:
+        """(height, width) of the cache this data uses: the training size, the images' own
+        size with ``crop`` when they all share one; None: no cache."""
+        if not self.use_cache:
+            return None
+        if self.size is not None:
+            return self.size
+        shapes = self._shapes(prep.read_split(self.prepared_dir / "split.csv"))
+        if len(set(shapes)) == 1:
+            return shapes[0]
+        log.info("images of several sizes: decoding them every epoch (no cache)")
+        return None
+
+    @staticmethod
+    def _shapes(rows: pd.DataFrame) -> list[tuple[int, int]]:
+        return [prep.row_shape(r) for r in rows.to_dict("records")]
 
     def _check_prepared(self, meta: dict) -> None:
         """Fail if an existing split was made with other parameters or from other data."""
@@ -299,9 +390,7 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} does not exist; run prepare_data() first "
                 "(Trainer.fit does) or steelseg-prepare"
             )
-        rows = pd.read_csv(
-            split_csv, dtype={"EncodedPixels": str, "classes": str}, keep_default_na=False
-        )
+        rows = prep.read_split(split_csv)
         missing_cols = set(prep.SPLIT_COLUMNS[:3]) - set(rows.columns)
         if missing_cols:
             raise ValueError(f"{split_csv} lacks columns {sorted(missing_cols)}; re-run prepare")
@@ -311,10 +400,17 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} has no training images (counts: {counts.to_dict()});"
                 " prepare it again with more images or another split"
             )
+        self._check_classes(prep.data_classes(list(rows.columns)), f"the data in {self.root}")
         self._check_images_present(split_csv, rows["ImageId"])
+        shapes = self._shapes(rows)
+        if self.crop is not None:
+            self._check_crop(shapes, rows["ImageId"].tolist())
+        #: whether validation/test images all have one size (else they go one per batch)
+        self.uniform = len(set(shapes)) == 1
         cache = None
-        cdir = prep.cache_dir(self.prepared_dir, self.size)
-        if self.use_cache and (cdir / "masks.npy").exists():
+        size = self.cache_size()
+        cdir = prep.cache_dir(self.prepared_dir, size) if size is not None else None
+        if cdir is not None and (cdir / "masks.npy").exists():
             cache = (
                 np.load(cdir / "images.npy", mmap_mode="r"),
                 np.load(cdir / "masks.npy", mmap_mode="r"),
@@ -323,16 +419,47 @@ class SteelDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"cache {cdir} has {len(cache[0])} images, split.csv {len(rows)}; delete {cdir}"
                 )
-        aug = train_transform(**self.augment) if self.augment is not None else None
+        aug = self.train_transform()
         for name in prep.SPLITS:
             idx = np.flatnonzero(rows["split"].to_numpy() == name)
             part_cache = (*cache, idx) if cache is not None else None
             self.datasets[name] = SteelDataset(
-                rows.iloc[idx], self.root, self.size, aug if name == "train" else None, part_cache
+                rows.iloc[idx],
+                self.root,
+                self.size,
+                self.classes,
+                aug if name == "train" else None,
+                part_cache,
             )
         if self.extra_roots:  # added to train only: val/test stay the labelled split's
             extra = [self._extra_dataset(r, aug) for r in self.extra_roots]
             self.datasets["train"] = ConcatDataset([self.datasets["train"], *extra])
+
+    def train_transform(self) -> A.BasicTransform | None:
+        """The training augmentation, with the random native-resolution crop when set."""
+        if self.augment is not None:
+            crop = self.crop or self.augment.get("crop")  # augment.crop: of the resized image
+            return train_transform(**{**self.augment, "crop": crop})
+        return A.Compose([A.RandomCrop(*self.crop)]) if self.crop is not None else None
+
+    def _check_classes(self, n_data: int, where: str) -> None:
+        """Refuse per-class targets the data cannot give (binary labels, fewer classes)."""
+        if self.classes > 1 and n_data != self.classes:
+            has = f"{n_data} classes" if n_data else "merged (binary) masks only"
+            raise ValueError(
+                f"model.classes={self.classes} but {where} has {has}; use model.classes="
+                f"{n_data or 1}"
+            )
+
+    def _check_crop(self, shapes: list[tuple[int, int]], ids: list[str]) -> None:
+        """Refuse a crop larger than an image, naming the smallest."""
+        h, w = self.crop
+        for (ih, iw), iid in zip(shapes, ids):
+            if ih < h or iw < w:
+                raise ValueError(
+                    f"data.crop={h}x{w} is larger than image {iid} ({ih}x{iw}); use a crop of at "
+                    f"most {ih // STRIDE * STRIDE}x{iw // STRIDE * STRIDE}"
+                )
 
     def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
         """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
@@ -345,8 +472,9 @@ class SteelDataModule(pl.LightningDataModule):
                 raise ValueError(msg + " (set data.skip_bad=true to drop them)")
             log.warning("%s; dropping them", msg)
             rows = rows[~rows["ImageId"].isin(bad)]
+        self._check_classes(prep.data_classes(list(rows.columns)), f"data.extra_roots {root}")
         log.info("data.extra_roots: %d training image(s) from %s", len(rows), root)
-        return SteelDataset(rows, root, self.size, aug)
+        return SteelDataset(rows, root, self.size, self.classes, aug)
 
     # ------------------------------------------------------------------ loaders
     def _pin(self) -> bool:
@@ -359,9 +487,11 @@ class SteelDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[name]
+        # whole images of several sizes cannot share a batch
+        whole = not shuffle and self.size is None and not getattr(self, "uniform", True)
         return DataLoader(
             ds,
-            batch_size=self.batch_size,
+            batch_size=1 if whole else self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self._pin(),

@@ -4,7 +4,8 @@ Examples:
     ``{"dice": 1.0}`` (the reference recipe), ``{"bce": 0.5, "dice": 0.5}``,
     ``{"tversky": {"weight": 1.0, "alpha": 0.3, "beta": 0.7}}``.
 
-Every loss takes logits ``(N, 1, H, W)`` and targets ``(N, 1, H, W)`` in {0, 1}.
+Every loss takes logits ``(N, C, H, W)`` and targets ``(N, C, H, W)`` in {0, 1}: C = 1 (binary)
+or one sigmoid channel per class.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-BINARY = smp.losses.BINARY_MODE
+BINARY, MULTILABEL = smp.losses.BINARY_MODE, smp.losses.MULTILABEL_MODE
 
-#: name -> factory(**kwargs) of a loss module taking (logits, target).
+#: name -> factory(mode, **kwargs) of a loss module taking (logits, target). ``mode`` is smp's
+#: binary mode (one channel) or multilabel mode (a sigmoid channel per class: region losses
+#: are computed per class, then averaged).
 LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "dice": lambda **kw: smp.losses.DiceLoss(BINARY, from_logits=True, **kw),
-    "bce": lambda **kw: smp.losses.SoftBCEWithLogitsLoss(**kw),
-    "focal": lambda **kw: smp.losses.FocalLoss(BINARY, **kw),
-    "lovasz": lambda **kw: smp.losses.LovaszLoss(BINARY, from_logits=True, **kw),
-    "tversky": lambda **kw: smp.losses.TverskyLoss(BINARY, from_logits=True, **kw),
-    "jaccard": lambda **kw: smp.losses.JaccardLoss(BINARY, from_logits=True, **kw),
+    "dice": lambda mode, **kw: smp.losses.DiceLoss(mode, from_logits=True, **kw),
+    "bce": lambda mode, **kw: smp.losses.SoftBCEWithLogitsLoss(**kw),
+    "focal": lambda mode, **kw: smp.losses.FocalLoss(mode, **kw),
+    "lovasz": lambda mode, **kw: smp.losses.LovaszLoss(mode, from_logits=True, **kw),
+    "tversky": lambda mode, **kw: smp.losses.TverskyLoss(mode, from_logits=True, **kw),
+    "jaccard": lambda mode, **kw: smp.losses.JaccardLoss(mode, from_logits=True, **kw),
 }
 
 
@@ -35,9 +38,10 @@ class WeightedLoss(nn.Module):
     Args:
         spec: ``{name: weight}`` or ``{name: {"weight": w, **loss_kwargs}}``; names from
             :data:`LOSSES`.
+        classes: Output channels: 1 (binary) or one per class (multilabel).
     """
 
-    def __init__(self, spec: Mapping[str, Any]) -> None:
+    def __init__(self, spec: Mapping[str, Any], classes: int = 1) -> None:
         super().__init__()
         if not spec:
             raise ValueError(f"loss spec is empty; give at least one of {sorted(LOSSES)}")
@@ -48,7 +52,7 @@ class WeightedLoss(nn.Module):
                 raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
             kwargs = dict(value) if isinstance(value, Mapping) else {"weight": value}
             self.weights[name] = float(kwargs.pop("weight", 1.0))
-            terms[name] = LOSSES[name](**kwargs)
+            terms[name] = LOSSES[name](BINARY if classes == 1 else MULTILABEL, **kwargs)
         self.terms = nn.ModuleDict(terms)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

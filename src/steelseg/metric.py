@@ -1,7 +1,7 @@
 """Every segmentation and detection metric of steelseg, computed in one place.
 
-Tensor contract (see :mod:`steelseg.dataset`): logits ``(N, 1, H, W)`` float, targets
-``(N, 1, H, W)`` in {0, 1}. Probabilities appear only here and at prediction time.
+Tensor contract (see :mod:`steelseg.dataset`): logits ``(N, C, H, W)`` float, targets
+``(N, C, H, W)`` in {0, 1}; C = 1 (merged defect classes) or one channel per class. Probabilities appear only here and at prediction time.
 
 Pixel metrics go through one path: per-image counts (true positives, false positives, false
 negatives; :func:`confusion`, :func:`mask_counts`, :func:`counts_at_thresholds`) are scored by
@@ -55,6 +55,30 @@ def confusion(
         logits.sigmoid(), target.long(), mode="binary", threshold=threshold
     )  # each (N, 1)
     return tp[:, 0], fp[:, 0], fn[:, 0]
+
+
+def class_confusion(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-(image, class) true positives, false positives and false negatives.
+
+    Shape:
+        logits, target: (N, C, H, W), one channel per class. Returns three (N, C) int64 tensors.
+    """
+    tp, fp, fn, _ = smp.metrics.get_stats(
+        logits.sigmoid(), target.long(), mode="multilabel", threshold=threshold
+    )
+    return tp, fp, fn
+
+
+def kaggle_dice(tp: Counts, fp: Counts, fn: Counts) -> float:
+    """The Severstal competition's metric: mean Dice over (image, class) pairs, 1 where the
+    prediction and the truth are both empty.
+
+    Shape:
+        tp, fp, fn: (N, C) counts of each image and class.
+    """
+    return float(np.mean(np.asarray(dice_per_image(*(np.asarray(c) for c in (tp, fp, fn))))))
 
 
 def mask_counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
@@ -233,7 +257,10 @@ class SegMetrics(Metric):
     """Accumulates IoU, Dice and per-image Dice over batches (reduced correctly under DDP).
 
     The states are summed counts and the sum of per-image Dice (:func:`dice_per_image`), so
-    the outputs equal :func:`pixel_scores` of all the images seen.
+    the outputs equal :func:`pixel_scores` of all the images seen. With ``classes > 1`` these
+    score the merged mask (a pixel is predicted defective when any class's probability reaches
+    the threshold), and per-class IoU and Dice (``iou_c1``, ``dice_c1``, ...) and the
+    competition's :func:`kaggle_dice` come on top.
 
     Example:
         >>> m = SegMetrics(threshold=0.5)
@@ -243,19 +270,33 @@ class SegMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, classes: int = 1) -> None:
         super().__init__()
         self.threshold = threshold
+        self.classes = int(classes)
         for name in ("tp", "fp", "fn", "dice_sum", "n_images"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        if self.classes > 1:
+            for name in ("class_tp", "class_fp", "class_fn", "pair_dice_sum"):
+                zeros = torch.zeros(self.classes, dtype=torch.float64)
+                self.add_state(name, default=zeros, dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch.
 
         Shape:
-            logits, target: (N, 1, H, W).
+            logits, target: (N, C, H, W), C = ``classes``.
         """
-        tp, fp, fn = confusion(logits.detach(), target, self.threshold)
+        logits = logits.detach()
+        if self.classes > 1:
+            tp, fp, fn = class_confusion(logits, target, self.threshold)  # (N, C) each
+            self.class_tp += tp.sum(0)
+            self.class_fp += fp.sum(0)
+            self.class_fn += fn.sum(0)
+            self.pair_dice_sum += dice_per_image(tp, fp, fn).sum(0)
+            # merged: the highest logit of a pixel reaches the threshold iff any class does
+            logits, target = logits.amax(1, keepdim=True), target.amax(1, keepdim=True)
+        tp, fp, fn = confusion(logits, target, self.threshold)
         self.tp += tp.sum()
         self.fp += fp.sum()
         self.fn += fn.sum()
@@ -263,12 +304,21 @@ class SegMetrics(Metric):
         self.n_images += tp.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``iou``, ``dice`` and ``dice_per_image``, each a 0-d float32 tensor."""
-        return {
+        """``iou``, ``dice``, ``dice_per_image`` (and per class, ``kaggle_dice``), each 0-d
+        float32."""
+        n = self.n_images.clamp(min=1)
+        out = {
             "iou": iou(self.tp, self.fp, self.fn).float(),
             "dice": dice(self.tp, self.fp, self.fn).float(),
-            "dice_per_image": (self.dice_sum / self.n_images.clamp(min=1)).float(),
+            "dice_per_image": (self.dice_sum / n).float(),
         }
+        if self.classes > 1:
+            out["kaggle_dice"] = (self.pair_dice_sum.sum() / (n * self.classes)).float()
+            for c in range(self.classes):
+                t, p, f = self.class_tp[c], self.class_fp[c], self.class_fn[c]
+                out[f"iou_c{c + 1}"] = iou(t, p, f).float()
+                out[f"dice_c{c + 1}"] = dice(t, p, f).float()
+        return out
 
 
 # ----------------------------------------------------------------------------- threshold curve

@@ -4,8 +4,10 @@ The module takes strings, numbers and small dicts (architecture, encoder, weight
 optimizer and scheduler specs) and builds everything itself, so ``save_hyperparameters()``
 stores a complete recipe and ``SteelSegModule.load_from_checkpoint(path)`` needs no Hydra.
 
-Input: ``uint8`` (or float 0..255) grey images ``(N, 1, H, W)``; the module normalises them on
-its device as the encoder expects. Output: logits ``(N, 1, H, W)`` (no activation).
+Input: ``uint8`` (or float 0..255) grey images ``(N, 1, H, W)`` of any size (padded to the
+network's stride inside); the module normalises them on its device as the encoder expects.
+Output: logits ``(N, C, H, W)`` (no activation), C = ``classes``; with the image-level gate
+head (``gate=True``) a pair ``(mask logits (N, C, H, W), image logits (N, C))``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # modes that replay CUDA graphs
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GATE_DROPOUT = 0.2  # before the gate head's linear layer (smp's aux_params), against overfitting
 HUB_HOST = "huggingface.co"  # where smp and timm fetch pretrained encoder weights
 
 
@@ -96,8 +99,12 @@ def build_network(
     encoder_weights: str | None,
     in_channels: int,
     arch_kwargs: Mapping[str, Any] | None = None,
+    classes: int = 1,
+    gate: bool = False,
 ) -> nn.Module:
-    """Create the smp network with one output channel (logits).
+    """Create the smp network: ``classes`` output channels of logits, and with ``gate`` an
+    image-level classification head on the encoder (smp's ``aux_params``) giving one logit
+    per class.
 
     Args:
         arch: A key of :data:`ARCHS` (case-insensitive).
@@ -148,7 +155,8 @@ def build_network(
         encoder_name=encoder_name,
         encoder_weights=encoder_weights if named else None,
         in_channels=in_channels,
-        classes=1,
+        classes=classes,
+        aux_params={"classes": classes, "dropout": GATE_DROPOUT} if gate else None,
         **arch_kwargs,
     )
     if local:
@@ -237,7 +245,14 @@ class SteelSegModule(pl.LightningModule):
         scheduler: ``{"name": ..., **kwargs}`` with a name from :data:`SCHEDULERS`, or None.
         threshold: Probability threshold of the metrics.
         input_size: ``(height, width)`` the network was trained at; stored with the weights so
-            inference resizes full-size images to it (None: use the input's size).
+            inference resizes full-size images to it (None: native resolution: images go in at
+            their own size, padded to the stride; what ``data.crop`` training gives).
+        classes: Output channels: 1 (every defect class merged) or one sigmoid channel per
+            class (4 for Severstal).
+        gate: Add the image-level gate head (smp ``aux_params``): a logit per class that the
+            image shows that class, trained jointly with the masks (BCE); ``steelseg-tune``
+            chooses how it gates the masks.
+        gate_weight: Weight of the gate head's BCE loss next to the mask loss.
         compile: ``torch.compile`` the network when fitting: False, True (default mode) or a
             mode of :data:`COMPILE_MODES`. Inference from a checkpoint stays eager.
         channels_last: Run the network in channels_last memory format (faster convolutions on
@@ -258,6 +273,9 @@ class SteelSegModule(pl.LightningModule):
         input_size: tuple[int, int] | list[int] | None = None,
         compile: bool | str = False,
         channels_last: bool | None = None,
+        classes: int = 1,
+        gate: bool = False,
+        gate_weight: float = 0.5,
     ) -> None:
         super().__init__()
         compile_mode(compile)  # fail at construction, not after the data is prepared
@@ -274,15 +292,20 @@ class SteelSegModule(pl.LightningModule):
             raise ValueError(
                 f"input_size must be (height, width), multiples of 32, got {input_size}"
             )
+        if int(classes) < 1:
+            raise ValueError(f"model.classes={classes} must be >= 1 (1: defect classes merged)")
         self.save_hyperparameters()
-        self.net = build_network(arch, encoder_name, encoder_weights, in_channels, arch_kwargs)
+        self.net = build_network(
+            arch, encoder_name, encoder_weights, in_channels, arch_kwargs, int(classes), gate
+        )
         mean, std = normalisation(encoder_name, in_channels)
         self.register_buffer("mean", mean * 255.0, persistent=False)  # pixel units, (C, 1, 1)
         self.register_buffer("std", std * 255.0, persistent=False)
-        self.loss_fn = WeightedLoss(loss)
+        self.loss_fn = WeightedLoss(loss, int(classes))
+        self.gate_loss = nn.BCEWithLogitsLoss()
         self.lr = float(optimizer.get("lr", 1e-3))  # an attribute, so Lightning's Tuner can set it
-        self.val_metrics = SegMetrics(threshold)
-        self.test_metrics = SegMetrics(threshold)
+        self.val_metrics = SegMetrics(threshold, int(classes))
+        self.test_metrics = SegMetrics(threshold, int(classes))
 
     @classmethod
     def load_from_checkpoint(
@@ -343,20 +366,43 @@ class SteelSegModule(pl.LightningModule):
             where=f"checkpoint {path}" if path else "checkpoint",
         )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits of defect for grey images.
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits of each defect class (and with the gate head, of each class per image).
 
         Shape:
-            image: (N, 1, H, W) uint8 or float in 0..255; H, W multiples of 32.
-            Returns (N, 1, H, W) float32 logits (also under bf16/fp16 autocast).
+            image: (N, 1, H, W) uint8 or float in 0..255, any H, W (padded to a multiple of
+            32 by reflection inside, cropped back). Returns (N, C, H, W) float32 logits (also
+            under bf16/fp16 autocast); with ``gate``, ``(that, (N, C) image logits)``.
         """
         x = normalise(image, self.mean, self.std)
+        h, w = x.shape[-2:]
+        ph, pw = -h % STRIDE, -w % STRIDE
+        if ph or pw:  # tiny cost; a no-op for Severstal's 256x1600 and every training size
+            x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
         if self.use_channels_last(x.device):
             x = x.contiguous(memory_format=torch.channels_last)
         if compile_mode(self.hparams.get("compile", False)) in CUDAGRAPH_MODES and x.is_cuda:
             # replayed CUDA graphs reuse their output buffers: tell torch a new step begins
             torch.compiler.cudagraph_mark_step_begin()
-        return self.net(x).float()
+        out = self.net(x)
+        masks, labels = out if isinstance(out, tuple) else (out, None)
+        masks = masks[..., :h, :w].float()
+        return masks if labels is None else (masks, labels.float())
+
+    @staticmethod
+    def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward``'s output -> (mask logits, image logits or None)."""
+        return out if isinstance(out, tuple) else (out, None)
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total loss, mask logits) of a batch: the mask loss plus the weighted gate loss."""
+        logits, image_logits = self.split_outputs(self(batch["image"]))
+        loss = self.loss_fn(logits, batch["mask"])
+        if image_logits is not None:
+            loss = loss + self.hparams.get("gate_weight", 0.5) * self.gate_loss(
+                image_logits, batch["label"]
+            )
+        return loss, logits
 
     def use_channels_last(self, device: torch.device | str) -> bool:
         """Whether the network runs channels_last on ``device`` (hparam, or None: on CUDA)."""
@@ -377,7 +423,7 @@ class SteelSegModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self(batch["image"]), batch["mask"])
+        loss, _ = self._loss(batch)
         self.log(
             "train/loss",
             loss,
@@ -389,8 +435,7 @@ class SteelSegModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metrics: SegMetrics) -> None:
-        logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["mask"])
+        loss, logits = self._loss(batch)
         self.log(
             f"{stage}/loss",
             loss,

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,53 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_CHOICES = (*SPLITS, "all")  # "all": every image of a split file or folder
-SPLIT_COLUMNS = ["ImageId", "split", "EncodedPixels", "defect_pixels", "classes", "n_classes"]
-PREPARE_VERSION = 2  # bump when split.csv's content for the same inputs changes (2: split_sha256)
+SPLIT_COLUMNS = [
+    "ImageId",
+    "split",
+    "EncodedPixels",
+    "defect_pixels",
+    "classes",
+    "n_classes",
+    "height",
+    "width",
+]
+#: 3: image size and a column of RLE per class (``EncodedPixels_1`` ...); 2: split_sha256
+PREPARE_VERSION = 3  # bump when split.csv's content for the same inputs changes
+KAGGLE_IMAGES = "train_images"  # the Kaggle layout: train.csv + train_images/
+
+
+def class_columns(n_classes: int) -> list[str]:
+    """split.csv's per-class RLE columns: ``EncodedPixels_1`` ... ``EncodedPixels_<n>``."""
+    return [f"EncodedPixels_{c}" for c in range(1, n_classes + 1)]
+
+
+def split_columns(labels: pd.DataFrame) -> list[str]:
+    """The columns of split.csv for a labels table: :data:`SPLIT_COLUMNS` plus its classes'."""
+    return SPLIT_COLUMNS + class_columns(data_classes(list(labels.columns)))
+
+
+def data_classes(columns: Sequence[str]) -> int:
+    """How many classes a split.csv (or labels table) with these columns has per-class masks
+    for; 0: merged masks only (binary labels)."""
+    n = 0
+    while f"EncodedPixels_{n + 1}" in columns:
+        n += 1
+    return n
+
+
+def image_dir(root: str | os.PathLike) -> Path:
+    """The folder of a data root's labelled images: ``train_images/`` (Kaggle layout) or
+    ``images/`` (folder layout, see :mod:`steelseg.folder`)."""
+    root = Path(root)
+    if not (root / KAGGLE_IMAGES).is_dir() and (root / "images").is_dir():
+        return root / "images"
+    return root / KAGGLE_IMAGES
 
 
 # ----------------------------------------------------------------------------- labels
 def list_images(data_dir: Path) -> list[str]:
-    """Sorted image file names in ``data_dir/train_images``."""
-    folder = data_dir / "train_images"
+    """Sorted image file names in the data root's image folder (:func:`image_dir`)."""
+    folder = image_dir(data_dir)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
@@ -98,6 +137,11 @@ def image_labels(data_dir: Path, skip_bad: bool = False, any_class: bool = False
     df["defect_pixels"] = [rle.area(s) for s in df["EncodedPixels"]]
     df["classes"] = [" ".join(map(str, sorted(classes.get(i, ())))) for i in images]
     df["n_classes"] = df["classes"].str.split().str.len().astype(int)
+    df["height"], df["width"] = rle.SHAPE
+    if not (ann["ClassId"] == rle.ANY_CLASS).any():  # per-class masks, unless any-class labels
+        by_class = {(i, c): e for i, c, e in ann[["ImageId", "ClassId", "EncodedPixels"]].values}
+        for c, col in enumerate(class_columns(rle.N_CLASSES), start=1):
+            df[col] = [by_class.get((i, c), "") for i in images]
     return df
 
 
@@ -113,14 +157,21 @@ def _missing(names: list[str], what: str, skip_bad: bool) -> None:
     log.warning("%s; dropping them", msg)
 
 
-def check_images(data_dir: Path, image_ids: Sequence[str]) -> dict[str, str]:
-    """Images that are missing, unreadable, truncated or not 1600x256, with the reason.
+def check_images(
+    data_dir: Path,
+    image_ids: Sequence[str],
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> dict[str, str]:
+    """Images that are missing, unreadable, truncated or not of their size, with the reason.
 
     Reads each file's header only (see :func:`steelseg.io.check_image`).
+
+    Args:
+        shapes: (height, width) of each image; None: 256x1600 (Severstal) for all.
     """
-    bad = {}
+    bad, folder = {}, image_dir(data_dir)
     for iid in image_ids:
-        reason = check_image(data_dir / "train_images" / iid, rle.SHAPE)
+        reason = check_image(folder / iid, shapes.get(iid) if shapes is not None else rle.SHAPE)
         if reason is not None:
             bad[iid] = reason
     return bad
@@ -276,7 +327,7 @@ def apply_split_file(
         key = chosen["n_classes"].iloc[train].reset_index(drop=True)
         pick = train[stratified_pick(key, k, np.random.default_rng(seed))]
         chosen.loc[pick, "split"] = "val"
-    return chosen[SPLIT_COLUMNS]
+    return chosen[split_columns(chosen)]
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -351,7 +402,7 @@ def prepare(
     if not (chosen["split"] == "train").any():
         raise ValueError("the split has no training images; use more images or another --split")
     chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
-    text = chosen[SPLIT_COLUMNS].to_csv(index=False)
+    text = chosen[split_columns(chosen)].to_csv(index=False)
     meta = {
         "version": PREPARE_VERSION,
         "data_dir": str(data_dir.resolve()),
@@ -448,8 +499,9 @@ def labelled_images(
         split: ``train``, ``val``, ``test``, or ``all`` (every row).
 
     Returns:
-        ``(image_ids, image_paths, mask_of)``; ``mask_of(image_id)`` is the merged defect mask,
-        bool (256, 1600).
+        ``(image_ids, image_paths, mask_of)``; ``mask_of(image_id)`` is the merged defect
+        mask at the image's own size (bool), ``mask_of(image_id, classes=True)`` the class
+        mask: uint8, class id per pixel (1 for any class in binary labels), 0 where clean.
 
     Raises:
         FileNotFoundError: the folder or split file is missing.
@@ -458,7 +510,7 @@ def labelled_images(
     if split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {split!r}; choose from {list(SPLIT_CHOICES)}")
     root = Path(root)
-    if not (root / "train_images").is_dir():
+    if not image_dir(root).is_dir():
         raise FileNotFoundError(
             f"data folder {root} has no train_images/; pass --data-root with the Kaggle-layout "
             "folder the model was trained on"
@@ -487,12 +539,26 @@ def labelled_images(
     ids = rows["ImageId"].tolist()
     for i, iid in enumerate(ids):  # an edited split must not escape the data folder
         rle.check_image_id(iid, f"{where.name} line {i + 2}")
-    encoded = dict(zip(ids, rows["EncodedPixels"]))
+    records = dict(zip(ids, rows.to_dict("records")))
 
-    def mask_of(image_id: str) -> np.ndarray:
-        return rle.decode(encoded[image_id], rle.SHAPE, where=f"{where.name} ({image_id})") > 0
+    def mask_of(image_id: str, classes: bool = False) -> np.ndarray:
+        r = records[image_id]
+        where_ = f"{where.name} ({image_id})"
+        if classes:
+            return rle.class_mask(row_masks(r), row_shape(r), where=where_)
+        return rle.decode(r["EncodedPixels"], row_shape(r), where=where_) > 0
 
-    return ids, [root / "train_images" / i for i in ids], mask_of
+    folder = image_dir(root)
+    return ids, [folder / i for i in ids], mask_of
+
+
+def read_split(path: str | os.PathLike) -> pd.DataFrame:
+    """A split.csv as strings (RLE columns never NaN), sizes as integers."""
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in ("defect_pixels", "n_classes", "height", "width"):
+        if col in rows.columns:
+            rows[col] = pd.to_numeric(rows[col]).astype(int)
+    return rows
 
 
 # ----------------------------------------------------------------------------- cache
@@ -507,20 +573,43 @@ def cache_matches(folder: Path, split_digest: str) -> bool:
     return stamp.exists() and stamp.read_text() == split_digest and (folder / "masks.npy").exists()
 
 
-def load_sample(data_dir: Path, image_id: str, encoded: str, size: tuple[int, int] | None):
-    """Decode one image and its mask, resized to ``size`` (height, width) when given.
+def row_masks(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The RLEs of a split.csv row: one per class (``EncodedPixels_1`` ...), or the merged one
+    alone when the split holds binary labels."""
+    n = data_classes(list(row.keys()))
+    return tuple(row[c] for c in class_columns(n)) if n else (row["EncodedPixels"],)
+
+
+def row_shape(row: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) of a split.csv row's image (256x1600 in splits without the columns)."""
+    if "height" in row and str(row["height"]) != "":
+        return int(row["height"]), int(row["width"])
+    return rle.SHAPE
+
+
+def load_sample(
+    data_dir: Path,
+    image_id: str,
+    encoded: Sequence[str],
+    size: tuple[int, int] | None,
+    shape: tuple[int, int] = rle.SHAPE,
+):
+    """Decode one image and its class mask, resized to ``size`` (height, width) when given.
+
+    Args:
+        encoded: The image's RLE per class (see :func:`row_masks`).
+        shape: The image's own (height, width), which the RLE indexes.
 
     Returns:
-        (image uint8 (H, W), mask uint8 (H, W) in {0, 1}).
+        (image uint8 (H, W), mask uint8 (H, W): class id per pixel, 0 = background).
     """
-    img = read_grey(Path(data_dir) / "train_images" / image_id)
-    if img.shape != rle.SHAPE:
+    img = read_grey(image_dir(data_dir) / image_id)
+    if img.shape != tuple(shape):
         raise ValueError(
-            f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected "
-            f"{rle.SHAPE[1]}x{rle.SHAPE[0]}"
+            f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected {shape[1]}x{shape[0]}"
         )
-    mask = np.ascontiguousarray(rle.decode(encoded, rle.SHAPE))
-    if size is not None and tuple(size) != rle.SHAPE:
+    mask = rle.class_mask(encoded, tuple(shape), where=image_id)
+    if size is not None and tuple(size) != tuple(shape):
         h, w = size
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -532,7 +621,7 @@ def build_cache(
 ) -> Path:
     """Decode every image of ``out/split.csv`` once into ``images.npy``/``masks.npy``.
 
-    Both are (N, H, W) uint8 in split.csv order, readable as memory maps. Written under a
+    Both are (N, H, W) uint8 in split.csv order (masks: class id per pixel), readable as memory maps. Written under a
     temporary folder name and renamed, so an interrupted build leaves no cache behind.
     """
 
@@ -547,7 +636,7 @@ def build_cache(
         remove_stale(out, final.name)  # a killed build's temporary folder
         if final.exists():  # made for an earlier split.csv
             shutil.rmtree(final)
-        split = pd.read_csv(out / "split.csv", dtype={"EncodedPixels": str}, keep_default_na=False)
+        split = read_split(out / "split.csv")
         _build_cache(data_dir, final, split, size, digest, workers)
     return final
 
@@ -568,10 +657,13 @@ def _build_cache(
     with atomic_dir(final) as tmp:
         images = _allocated(tmp / "images.npy", (n, h, w))
         masks = _allocated(tmp / "masks.npy", (n, h, w))
-        ids, rles = split["ImageId"].tolist(), split["EncodedPixels"].tolist()
+        rows = split.to_dict("records")
 
         def work(i: int) -> None:
-            images[i], masks[i] = load_sample(data_dir, ids[i], rles[i], size)
+            r = rows[i]
+            images[i], masks[i] = load_sample(
+                data_dir, r["ImageId"], row_masks(r), size, row_shape(r)
+            )
 
         # OpenCV releases the GIL while decoding, so threads scale over cores.
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:

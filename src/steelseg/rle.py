@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -363,6 +363,28 @@ def read_annotations(
     df = df[df["EncodedPixels"] != ""].reset_index(drop=True)
     df.attrs["image_ids"] = image_ids
     return df
+
+
+def class_mask(
+    encoded: Sequence[str | None], shape: tuple[int, int] = SHAPE, where: str = ""
+) -> np.ndarray:
+    """One mask holding every class: pixel value = class id (1..len(encoded)), 0 = background.
+
+    Severstal's classes never overlap; where two runs would, the higher class id wins.
+
+    Args:
+        encoded: The RLE of class 1, 2, ... (empty for an absent class).
+        shape: (height, width) of the image.
+        where: Context for error messages.
+
+    Returns:
+        uint8 (H, W) class-id mask.
+    """
+    out = np.zeros(shape, np.uint8)
+    for c, s in enumerate(encoded, start=1):
+        if not _is_empty(s):
+            out[decode(s, shape, where=where).astype(bool)] = c
+    return out
 
 
 def image_mask(

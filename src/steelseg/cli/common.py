@@ -227,7 +227,10 @@ def predictor(
     import dataclasses
 
     from steelseg.deploy import load_predictor
+    from steelseg.postprocess import PostProcess
 
+    changes = postprocess_overrides(args)
+    dataclasses.replace(PostProcess(), **changes)  # a bad value fails before any model work
     loaded = load_predictor(
         args.checkpoint,
         args.runtime,
@@ -239,7 +242,6 @@ def predictor(
         tolerance=args.tolerance,
         progress=not getattr(args, "no_progress", False),
     )
-    changes = postprocess_overrides(args)
     if changes:
         loaded.postprocess = dataclasses.replace(loaded.postprocess, **changes)
     print(f"{prog}: model on {loaded.describe()}{_why(loaded.choice)}", file=sys.stderr)

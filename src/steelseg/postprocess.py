@@ -27,6 +27,10 @@ from steelseg.io import atomic_write_text, locked
 
 #: Test-time augmentations understood by :mod:`steelseg.predict` (flips are their own inverse).
 TTA_CHOICES = ("hflip", "vflip")
+#: How a model's image-level gate head (``model.gate``) acts on its masks: not at all; "hard":
+#: empty the mask when the image probability is below ``gate_threshold``; "soft": multiply
+#: the mask probabilities by the image probability (4th place, Severstal 2019).
+GATES = ("none", "hard", "soft")
 
 
 def check_tta(tta: Sequence[str], where: str = "") -> tuple[str, ...]:
@@ -60,6 +64,10 @@ class PostProcess:
         close: Side of the square kernel of a morphological closing (joins nearby pieces);
             0 = off.
         fill_holes: Fill background regions enclosed by the mask (4-connected background).
+        gate: How the image-level probability of a gated model acts, from :data:`GATES`;
+            applied first.
+        gate_threshold: With ``gate="hard"``: the image probability below which the mask is
+            emptied, in (0, 1).
     """
 
     threshold: float = 0.5
@@ -68,6 +76,8 @@ class PostProcess:
     dilate: int = 0
     close: int = 0
     fill_holes: bool = False
+    gate: str = "none"
+    gate_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         t = self.threshold
@@ -81,25 +91,47 @@ class PostProcess:
             raise ValueError(
                 f"postprocess fill_holes must be true or false, got {self.fill_holes!r}"
             )
+        if self.gate not in GATES:
+            raise ValueError(f"postprocess gate must be one of {list(GATES)}, got {self.gate!r}")
+        g = self.gate_threshold
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g < 1.0:
+            raise ValueError(f"postprocess gate_threshold must be a number in (0, 1), got {g!r}")
 
     # ------------------------------------------------------------------ applying
-    def apply(self, prob: np.ndarray) -> np.ndarray:
+    def apply(self, prob: np.ndarray, image_prob: float | None = None) -> np.ndarray:
         """Binary mask(s) from probabilities.
 
         Args:
             prob: Probabilities in [0, 1].
+            image_prob: The gate head's probability that the image shows a defect (of this
+                class); needed when ``gate`` is not ``none``, ignored otherwise.
 
         Returns:
             bool array of the same shape.
 
         Shape:
-            prob: (H, W) or (N, H, W).
+            prob: (H, W) or (N, H, W) (then ``image_prob`` is (N,)).
         """
         prob = np.asarray(prob)
         if prob.ndim == 3:
-            return np.stack([self.apply(p) for p in prob]) if len(prob) else prob.astype(bool)
+            gates = [None] * len(prob) if image_prob is None else np.asarray(image_prob)
+            return (
+                np.stack([self.apply(p, g) for p, g in zip(prob, gates)])
+                if len(prob)
+                else prob.astype(bool)
+            )
         if prob.ndim != 2:
             raise ValueError(f"prob must be (H, W) or (N, H, W), got shape {prob.shape}")
+        if self.gate != "none":
+            if image_prob is None:
+                raise ValueError(
+                    f"postprocess gate={self.gate!r} needs the image probability of a model with "
+                    "the gate head (model.gate=true); set gate to none for this model"
+                )
+            if self.gate == "hard" and float(image_prob) < self.gate_threshold:
+                return np.zeros(prob.shape, bool)
+            if self.gate == "soft":
+                prob = prob * np.float32(image_prob)
         mask = (prob >= self.threshold).astype(np.uint8)
         if self.close > 1:
             mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(self.close))
@@ -117,8 +149,8 @@ class PostProcess:
             out[:] = False
         return out
 
-    def __call__(self, prob: np.ndarray) -> np.ndarray:
-        return self.apply(prob)
+    def __call__(self, prob: np.ndarray, image_prob: float | None = None) -> np.ndarray:
+        return self.apply(prob, image_prob)
 
     def is_neutral(self) -> bool:
         """Whether this is only a threshold (every other step off)."""
@@ -129,6 +161,7 @@ class PostProcess:
         """Plain values (JSON-ready), keyed as the constructor's arguments."""
         d = asdict(self)
         d["threshold"] = float(d["threshold"])
+        d["gate_threshold"] = float(d["gate_threshold"])
         d["fill_holes"] = bool(d["fill_holes"])
         for k in ("min_component_area", "min_total_area", "dilate", "close"):
             d[k] = int(d[k])
@@ -155,6 +188,74 @@ class PostProcess:
         return cls(**kw)
 
 
+@dataclass(frozen=True)
+class ClassPostProcess:
+    """One :class:`PostProcess` per class of a multi-class model (``model.classes > 1``).
+
+    Args:
+        classes: The settings of class 1, 2, ... in order.
+    """
+
+    classes: tuple[PostProcess, ...]
+
+    def __post_init__(self) -> None:
+        if not self.classes or not all(isinstance(p, PostProcess) for p in self.classes):
+            raise ValueError("ClassPostProcess needs one PostProcess per class")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def uniform(cls, postprocess: PostProcess, n_classes: int) -> ClassPostProcess:
+        """The same settings for every class."""
+        return cls((postprocess,) * n_classes)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def threshold(self) -> float:
+        """The threshold shared by every class (the first class's where they differ)."""
+        return self.classes[0].threshold
+
+    def apply(self, prob: np.ndarray, image_prob: np.ndarray | None = None) -> np.ndarray:
+        """Per-class binary masks.
+
+        Shape:
+            prob: (C, H, W) probabilities; image_prob: (C,) gate probabilities or None.
+            Returns (C, H, W) bool.
+        """
+        prob = np.asarray(prob)
+        if prob.ndim != 3 or len(prob) != self.n_classes:
+            raise ValueError(
+                f"prob must be ({self.n_classes}, H, W) for {self.n_classes} classes, got "
+                f"shape {prob.shape}"
+            )
+        gates = [None] * self.n_classes if image_prob is None else np.asarray(image_prob)
+        return np.stack([pp.apply(p, g) for pp, p, g in zip(self.classes, prob, gates)])
+
+    def __call__(self, prob: np.ndarray, image_prob: np.ndarray | None = None) -> np.ndarray:
+        return self.apply(prob, image_prob)
+
+    def is_neutral(self) -> bool:
+        return all(p.is_neutral() for p in self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": [p.to_dict() for p in self.classes]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassPostProcess:
+        if not isinstance(d, Mapping) or not isinstance(d.get("classes"), list):
+            raise ValueError(f"per-class postprocess must be {{'classes': [...]}}, got {d!r}")
+        return cls(tuple(PostProcess.from_dict(p) for p in d["classes"]))
+
+
+def postprocess_from_dict(d: Mapping[str, Any]) -> PostProcess | ClassPostProcess:
+    """:meth:`PostProcess.to_dict` or :meth:`ClassPostProcess.to_dict` output -> the object."""
+    if isinstance(d, Mapping) and "classes" in d:
+        return ClassPostProcess.from_dict(d)
+    return PostProcess.from_dict(d)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Set to 1 every background pixel not 4-connected to the image border."""
     h, w = mask.shape
@@ -170,7 +271,9 @@ def sidecar_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".postprocess.json")
 
 
-def load_tuned(checkpoint: str | Path) -> tuple[PostProcess, tuple[str, ...]] | None:
+def load_tuned(
+    checkpoint: str | Path,
+) -> tuple[PostProcess | ClassPostProcess, tuple[str, ...]] | None:
     """The tuned (post-processing, TTA) stored beside ``checkpoint``, or None if there is none.
 
     Raises:
@@ -183,7 +286,7 @@ def load_tuned(checkpoint: str | Path) -> tuple[PostProcess, tuple[str, ...]] | 
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or "postprocess" not in data:
             raise ValueError("it has no 'postprocess' entry")
-        return PostProcess.from_dict(data["postprocess"]), check_tta(data.get("tta", []))
+        return postprocess_from_dict(data["postprocess"]), check_tta(data.get("tta", []))
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{path} is not a valid tuned post-processing file ({e}); delete it or run "
@@ -193,7 +296,7 @@ def load_tuned(checkpoint: str | Path) -> tuple[PostProcess, tuple[str, ...]] | 
 
 def save_tuned(
     checkpoint: str | Path,
-    postprocess: PostProcess,
+    postprocess: PostProcess | ClassPostProcess,
     tta: Sequence[str],
     info: Mapping[str, Any] | None = None,
 ) -> Path:

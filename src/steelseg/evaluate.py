@@ -20,7 +20,6 @@ runs the model at full resolution (256x1600) over the split and writes into ``--
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from steelseg import metric, report, rle
 from steelseg import prepare as prep
 from steelseg.checkpoint import run_folder
 from steelseg.io import atomic_write_text, json_ready, read_grey
-from steelseg.postprocess import PostProcess
+from steelseg.postprocess import ClassPostProcess, PostProcess, replaced
 from steelseg.predict import Predictor, Skipped, Source, log_skip
 from steelseg.runtime import DICE_TOLERANCE, FILE_FORMATS, installed, load_metadata
 
@@ -174,38 +173,60 @@ class Scorer:
         variants: Named post-processings to score (e.g. threshold only, tuned).
         thresholds: Thresholds of the threshold curve.
         iou_threshold: Component IoU for defect-level matching.
-        keep_masks: Variants whose predicted masks are kept (as RLE, in :attr:`masks`) for
-            drawing them later.
+        keep_masks: Variants whose predicted masks are kept (as RLE, in :attr:`masks`; one
+            per class for a multi-class model) for drawing them later.
+        classes: The model's classes: 1 (merged defect mask), or C > 1, when probabilities
+            are (C, H, W) and ground truth is a class-id mask; the pixel, image and defect
+            numbers then score the merged mask (any class), and per-class numbers and the
+            competition's metric come on top.
     """
 
     def __init__(
         self,
-        variants: Mapping[str, PostProcess],
+        variants: Mapping[str, PostProcess | ClassPostProcess],
         thresholds: Sequence[float] = metric.SWEEP_THRESHOLDS,
         iou_threshold: float = 0.5,
         keep_masks: Sequence[str] = (),
+        classes: int = 1,
     ) -> None:
         self.variants = dict(variants)
         self.thresholds = [float(t) for t in thresholds]
         self.iou_threshold = iou_threshold
+        self.classes = int(classes)
         self.images: list[dict[str, Any]] = []
-        self.masks: dict[str, dict[str, str]] = {name: {} for name in keep_masks}  # RLEs
+        self.masks: dict[str, dict[str, Any]] = {name: {} for name in keep_masks}  # RLEs
         self._curve: list[np.ndarray] = []  # per image (3, T): tp, fp, fn
 
-    def add(self, image_id: str, prob: np.ndarray, target: np.ndarray) -> dict[str, Any]:
-        """Score one image: probabilities and ground truth, both (H, W)."""
-        if prob.shape != target.shape:
+    def add(
+        self,
+        image_id: str,
+        prob: np.ndarray,
+        target: np.ndarray,
+        image_prob: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Score one image.
+
+        Shape:
+            prob: (H, W), or (C, H, W) with classes; target: (H, W) bool, or class ids with
+            classes; image_prob: the gate head's (C,) probabilities, or None.
+        """
+        many = self.classes > 1
+        merged_prob = prob.max(0) if many else prob  # a pixel's most likely class
+        if merged_prob.shape != target.shape or (many and len(prob) != self.classes):
             raise ValueError(f"{image_id}: probabilities {prob.shape} vs mask {target.shape}")
-        target = target.astype(bool)
+        truth = target > 0
         row: dict[str, Any] = {
             "image_id": image_id,
-            "gt_pixels": int(target.sum()),
-            "max_prob": float(prob.max()),
+            "gt_pixels": int(truth.sum()),
+            "max_prob": float(merged_prob.max()),
         }
+        if many:
+            row["gt_classes"] = [int((target == c).sum()) for c in range(1, self.classes + 1)]
         for name, pp in self.variants.items():
-            pred = pp.apply(prob)
-            tp, fp, fn = metric.mask_counts(pred, target)
-            n_true, found, n_pred, matched = metric.defect_counts(pred, target, self.iou_threshold)
+            pred = pp.apply(prob, image_prob)
+            merged = pred.any(0) if many else pred
+            tp, fp, fn = metric.mask_counts(merged, truth)
+            n_true, found, n_pred, matched = metric.defect_counts(merged, truth, self.iou_threshold)
             row[name] = {
                 "pred_pixels": tp + fp,
                 "tp": tp,
@@ -213,10 +234,21 @@ class Scorer:
                 "fn": fn,
                 "dice": float(metric.dice_per_image(tp, fp, fn)),  # Kaggle rule
                 "defects": [n_true, found, n_pred, matched],
+                "small_defects": list(
+                    metric.small_defect_counts(merged, truth, iou_threshold=self.iou_threshold)
+                ),
             }
+            if many:  # (tp, fp, fn) of each class
+                row[name]["classes"] = [
+                    list(metric.mask_counts(pred[c], target == c + 1)) for c in range(len(pred))
+                ]
             if name in self.masks:
-                self.masks[name][image_id] = rle.encode(pred)
-        self._curve.append(np.stack(metric.counts_at_thresholds(prob, target, self.thresholds)))
+                self.masks[name][image_id] = (
+                    [rle.encode(m) for m in pred] if many else rle.encode(pred)
+                )
+        self._curve.append(
+            np.stack(metric.counts_at_thresholds(merged_prob, truth, self.thresholds))
+        )
         self.images.append(row)
         return row
 
@@ -228,7 +260,7 @@ class Scorer:
         return metric.threshold_curve(c[:, 0], c[:, 1], c[:, 2], self.thresholds)
 
     def summary(self, name: str) -> dict[str, Any]:
-        """Pixel, image-level and defect-level metrics of one variant."""
+        """Pixel, image-level and defect-level metrics of one variant (and per class)."""
         rows = [r[name] for r in self.images]
         has = np.array([r["gt_pixels"] > 0 for r in self.images], dtype=bool)
         area = np.array([r["pred_pixels"] for r in rows], dtype=np.int64)
@@ -243,14 +275,32 @@ class Scorer:
             "defect_predicted_defect": image["tp"],
         }
         defects = np.array([r["defects"] for r in rows], dtype=np.int64).reshape(-1, 4).sum(0)
-        return {
+        n_small, found_small = np.array([r["small_defects"] for r in rows]).reshape(-1, 2).sum(0)
+        out = {
             "postprocess": self.variants[name].to_dict(),
             "pixel": metric.pixel_scores(
                 *(np.array([r[k] for r in rows]) for k in ("tp", "fp", "fn"))
             ),
             "image": image,
-            "defect": {"iou_threshold": self.iou_threshold, **metric.defect_scores(*defects)},
+            "defect": {
+                "iou_threshold": self.iou_threshold,
+                **metric.defect_scores(*defects),
+                "small_below": metric.SMALL_DEFECT,  # pixels: small defects' recall
+                "small_n_true": int(n_small),
+                "small_found": int(found_small),
+                "small_recall": float(found_small / n_small) if n_small else math.nan,
+            },
         }
+        if self.classes > 1:
+            counts = np.array([r["classes"] for r in rows], dtype=np.int64)  # (N, C, 3)
+            tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+            out["kaggle_dice"] = metric.kaggle_dice(tp, fp, fn)
+            out["classes"] = [
+                {"class": c + 1, "n_images_with": int((tp[:, c] + fn[:, c] > 0).sum())}
+                | metric.pixel_scores(tp[:, c], fp[:, c], fn[:, c])
+                for c in range(self.classes)
+            ]
+        return out
 
 
 # ----------------------------------------------------------------------------- runtimes
@@ -274,7 +324,9 @@ def score_predictor(
     for p in predictor.predict_files(
         sources, rle.SHAPE, on_skip=lambda s, r: None, progress=progress, desc=desc
     ):
-        counts.append(metric.mask_counts(pp.apply(p.prob), mask_of(p.source.image_id)))
+        pred = pp.apply(p.prob, getattr(p, "image_prob", None))
+        merged = pred.any(0) if pred.ndim == 3 else pred  # any class
+        counts.append(metric.mask_counts(merged, mask_of(p.source.image_id)))
     seconds = time.perf_counter() - start
     if not counts:
         raise ValueError("none of the labelled images could be read")
@@ -411,12 +463,17 @@ def evaluate(
         predictor = Predictor.from_checkpoint(
             checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
         )
-    post = dataclasses.replace(predictor.postprocess, **dict(overrides or {}))
+    n_classes = getattr(predictor, "classes", 1)
+    prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
+    post = replaced(predictor.postprocess, **dict(overrides or {}))
     plain = PostProcess(threshold=predictor.model_threshold)
+    if n_classes > 1:
+        plain = ClassPostProcess.uniform(plain, n_classes)
     scorer = Scorer(
         {"threshold_only": plain, "postprocessed": post},
         iou_threshold=iou_threshold,
         keep_masks=["postprocessed"],  # drawn in the report
+        classes=n_classes,
     )
 
     skipped = Skipped(on_skip)
@@ -425,7 +482,8 @@ def evaluate(
     for p in predictor.predict_files(
         sources, rle.SHAPE, on_skip=skipped, progress=progress, desc=f"eval {split}"
     ):
-        scorer.add(p.source.image_id, p.prob, mask_of(p.source.image_id))
+        truth = mask_of(p.source.image_id, classes=n_classes > 1)
+        scorer.add(p.source.image_id, p.prob, truth, getattr(p, "image_prob", None))
     seconds = time.perf_counter() - start
     if not scorer.images:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")
@@ -437,6 +495,7 @@ def evaluate(
             "data_root": str(paths[0].parent.parent.resolve()),
             "n_images": len(scorer.images),
             "n_defective": sum(r["gt_pixels"] > 0 for r in scorer.images),
+            "classes": n_classes,
             "tta": list(predictor.tta),
             "device": str(predictor.device),
             "runtime": predictor.runtime,
@@ -473,8 +532,13 @@ def evaluate(
     path_of = dict(zip(ids, paths))
 
     def load_panel(image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pred = rle.decode(scorer.masks["postprocessed"][image_id]) > 0
-        return read_grey(path_of[image_id]), pred, mask_of(image_id)
+        """(image, predicted mask, true mask); class-id masks for a multi-class model."""
+        image = read_grey(path_of[image_id])
+        kept = scorer.masks["postprocessed"][image_id]
+        if n_classes == 1:
+            return image, rle.decode(kept, image.shape) > 0, mask_of(image_id)
+        pred = rle.class_mask(kept, image.shape)
+        return image, pred, mask_of(image_id, classes=True)
 
     report.write_report(result, load_panel, out / "report.html", max_panels, panel_width)
     return result

@@ -492,6 +492,38 @@ def defect_counts(
     Returns:
         ``(n_true, found, n_pred, matched)``.
     """
+    n_t, n_p, area_t, hit = _match(pred, target, iou_threshold, connectivity)
+    if hit is None:
+        return n_t, 0, n_p, 0
+    return n_t, int(hit.any(1).sum()), n_p, int(hit.any(0).sum())
+
+
+#: defects (ground-truth components) smaller than this many pixels count as small in the
+#: evaluation's second recall: thin scratches and pits that squashing a strip erases
+SMALL_DEFECT = 2000
+
+
+def small_defect_counts(
+    pred: np.ndarray,
+    target: np.ndarray,
+    below: int = SMALL_DEFECT,
+    iou_threshold: float = 0.5,
+    connectivity: int = 8,
+) -> tuple[int, int]:
+    """``(n_small, found_small)``: the true defects under ``below`` pixels, and how many of
+    them are found (matched as in :func:`defect_counts`)."""
+    n_t, _, area_t, hit = _match(pred, target, iou_threshold, connectivity)
+    small = area_t < below
+    if hit is None:
+        return int(small.sum()), 0
+    return int(small.sum()), int((hit.any(1) & small).sum())
+
+
+def _match(
+    pred: np.ndarray, target: np.ndarray, iou_threshold: float, connectivity: int
+) -> tuple[int, int, np.ndarray, np.ndarray | None]:
+    """(n_true, n_pred, true component areas, (n_true, n_pred) hit matrix or None when either
+    side has no component)."""
     import cv2  # numpy-only callers of the pixel metrics need not load OpenCV
 
     if not 0.0 < iou_threshold <= 1.0:
@@ -507,16 +539,16 @@ def defect_counts(
         np.asarray(pred, dtype=np.uint8), connectivity=connectivity
     )
     n_t, n_p = n_t - 1, n_p - 1  # label 0 is the background
-    if n_t == 0 or n_p == 0:
-        return n_t, 0, n_p, 0
     area_t = np.bincount(lab_t.ravel(), minlength=n_t + 1)[1:]
+    if n_t == 0 or n_p == 0:
+        return n_t, n_p, area_t, None
     area_p = np.bincount(lab_p.ravel(), minlength=n_p + 1)[1:]
     both = (lab_t > 0) & (lab_p > 0)
     pair = (lab_t[both].astype(np.int64) - 1) * n_p + (lab_p[both] - 1)
     inter = np.bincount(pair, minlength=n_t * n_p).reshape(n_t, n_p)  # (n_true, n_pred)
     hit = inter >= iou_threshold * (area_t[:, None] + area_p[None, :] - inter)
     hit &= inter > 0
-    return n_t, int(hit.any(1).sum()), n_p, int(hit.any(0).sum())
+    return n_t, n_p, area_t, hit
 
 
 def defect_scores(n_true: int, found: int, n_pred: int, matched: int) -> dict[str, float]:

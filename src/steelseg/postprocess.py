@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,15 @@ class ClassPostProcess:
         if not isinstance(d, Mapping) or not isinstance(d.get("classes"), list):
             raise ValueError(f"per-class postprocess must be {{'classes': [...]}}, got {d!r}")
         return cls(tuple(PostProcess.from_dict(p) for p in d["classes"]))
+
+
+def replaced(
+    postprocess: PostProcess | ClassPostProcess, **changes: Any
+) -> PostProcess | ClassPostProcess:
+    """``postprocess`` with some settings changed (for every class of a per-class one)."""
+    if isinstance(postprocess, ClassPostProcess):
+        return ClassPostProcess(tuple(replace(p, **changes) for p in postprocess.classes))
+    return replace(postprocess, **changes)
 
 
 def postprocess_from_dict(d: Mapping[str, Any]) -> PostProcess | ClassPostProcess:

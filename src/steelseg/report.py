@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg.draw import FN_RGB, FP_RGB, TP_RGB, overlay
+from steelseg.draw import CLASS_RGB, FN_RGB, FP_RGB, TP_RGB, class_overlay, overlay
 from steelseg.io import atomic_write_text
 
 VARIANT_LABELS = {"threshold_only": "threshold only", "postprocessed": "post-processed"}
@@ -151,6 +151,7 @@ HEADLINE = [
     ("Images", "image", "roc_auc_max_prob", "ROC AUC, score = max probability"),
     ("Images", "image", "roc_auc_area", "ROC AUC, score = predicted area"),
     ("Defects", "defect", "recall", "recall: true defects found"),
+    ("Defects", "defect", "small_recall", "recall of defects under 2,000 px"),
     ("Defects", "defect", "precision", "precision: predicted defects that are real"),
     ("Defects", "defect", "f1", "F1"),
 ]
@@ -161,6 +162,8 @@ def _headline_table(metrics: Mapping[str, Any]) -> str:
     rows = []
     last = None
     for group, section, key, label in HEADLINE:
+        if key not in a[section]:  # an eval.json written before the number existed
+            continue
         span = sum(g == group for g, *_ in HEADLINE)
         head = f'<th rowspan="{span}">{group}</th>' if group != last else ""
         last = group
@@ -209,8 +212,22 @@ def _counts_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _threshold(d: Mapping[str, Any]) -> float:
+    """The threshold of a post-processing dict (class 1's for per-class settings)."""
+    return d["classes"][0]["threshold"] if "classes" in d else d["threshold"]
+
+
 def _pp_text(d: Mapping[str, Any]) -> str:
+    if "classes" in d:
+        texts = [_pp_text(c) for c in d["classes"]]
+        if len(set(texts)) == 1:
+            return f"every class: {texts[0]}"
+        return "; ".join(f"class {i}: {t}" for i, t in enumerate(texts, start=1))
     parts = [f"threshold {d['threshold']:g}"]
+    if d.get("gate", "none") == "hard":
+        parts.insert(0, f"hard gate: empty below image probability {d['gate_threshold']:g}")
+    elif d.get("gate", "none") == "soft":
+        parts.insert(0, "soft gate: probabilities x image probability")
     for k in ("min_component_area", "min_total_area", "dilate", "close"):
         if d[k]:
             parts.append(f"{k.replace('_', ' ')} {d[k]}")
@@ -255,6 +272,37 @@ def _settings(result: Mapping[str, Any]) -> str:
     return f"<dl class=settings>{body}</dl>"
 
 
+def _swatch(c: int) -> str:
+    return f'<i class=sw style="background:rgb{CLASS_RGB.get(c, (128, 128, 128))}"></i>'
+
+
+def _class_table(metrics: Mapping[str, Any]) -> str:
+    """Per-class pixel numbers and the competition's metric, for a multi-class model."""
+    a, b = metrics["threshold_only"], metrics["postprocessed"]
+    rows = [
+        "<tr><td><b>competition metric</b>: mean Dice over (image, class) pairs</td><td></td>"
+        f"<td class=num>{_fmt(a['kaggle_dice'])}</td><td class='num strong'>"
+        f"{_fmt(b['kaggle_dice'])}</td><td class=num>{_delta(a['kaggle_dice'], b['kaggle_dice'])}"
+        "</td><td></td><td></td></tr>"
+    ]
+    for ca, cb in zip(a["classes"], b["classes"]):
+        c = cb["class"]
+        rows.append(
+            f"<tr><td>{_swatch(c)}class {c}</td><td class=num>{cb['n_images_with']}</td>"
+            f"<td class=num>{_fmt(ca['dice_per_image'])}</td>"
+            f"<td class='num strong'>{_fmt(cb['dice_per_image'])}</td>"
+            f"<td class=num>{_delta(ca['dice_per_image'], cb['dice_per_image'])}</td>"
+            f"<td class=num>{_fmt(cb['iou'])}</td><td class=num>{_fmt(cb['dice'])}</td></tr>"
+        )
+    return (
+        "<table class=metrics><thead><tr><th></th><th>images with it</th>"
+        "<th>per-image Dice, threshold only</th><th>post-processed</th><th>change</th>"
+        "<th>IoU (post-processed)</th><th>Dice (all pixels)</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
 def _runtime(result: Mapping[str, Any]) -> str:
     """``openvino bf16 on cpu`` (older eval.json files: the device only)."""
     if result.get("runtime"):
@@ -265,6 +313,12 @@ def _runtime(result: Mapping[str, Any]) -> str:
 def _kpis(metrics: Mapping[str, Any]) -> str:
     a, b = metrics["threshold_only"], metrics["postprocessed"]
     cards = []
+    if "kaggle_dice" in b:
+        cards.append(
+            f"<div class=kpi><div class=kv>{_fmt(b['kaggle_dice'])}</div>"
+            "<div class=kl>competition metric (4 classes)</div><div class=kd>"
+            f"{_delta(a['kaggle_dice'], b['kaggle_dice'])} vs threshold only</div></div>"
+        )
     for section, key, label in (
         ("pixel", "dice_per_image", "per-image Dice (Kaggle)"),
         ("pixel", "iou", "pixel IoU"),
@@ -304,11 +358,20 @@ def _panel(rank: int, row: Mapping[str, Any], load: PanelLoader, width: int) -> 
     )
     iid = html.escape(row["image_id"])
     height = max(1, round(image.shape[0] * width / image.shape[1]))
+    pictures = [("prediction against ground truth", overlay(image, pred > 0, target > 0, width))]
+    if "classes" in p:  # class-id masks: the classes in their colours, predicted and true
+        pictures += [
+            ("predicted classes", class_overlay(image, pred, width)),
+            ("true classes", class_overlay(image, target, width)),
+        ]
+    imgs = "".join(
+        f'<img alt="{iid}: {what}" title="{what}" width={width} height={height} '
+        f'src="{png_data_uri(picture)}">'
+        for what, picture in pictures
+    )
     return (
         f'<figure class=panel id="img-{iid}"><figcaption><b>#{rank}</b> <code>{iid}</code>'
-        f"{facts}</figcaption>"
-        f'<img alt="{iid}: prediction against ground truth" width={width} height={height} '
-        f'src="{png_data_uri(overlay(image, pred, target, width))}"></figure>'
+        f"{facts}</figcaption>{imgs}</figure>"
     )
 
 
@@ -380,8 +443,8 @@ def render_report(
         panel_width: Width in pixels of each panel picture (full images are 1600 wide).
     """
     m = result["metrics"]
-    used = m["postprocessed"]["postprocess"]["threshold"]
-    model_t = m["threshold_only"]["postprocess"]["threshold"]
+    used = _threshold(m["postprocessed"]["postprocess"])
+    model_t = _threshold(m["threshold_only"]["postprocess"])
     images = result["images"]
     worst = worst_first(images)[: max_panels if load_panel else 0]
     panels = "".join(_panel(i + 1, r, load_panel, panel_width) for i, r in enumerate(worst))
@@ -396,6 +459,19 @@ def render_report(
             (FP_RGB, "false alarm (false positive)"),
             (FN_RGB, "missed defect (false negative)"),
         )
+    )
+    if "classes" in m["postprocessed"]:
+        legend += "".join(
+            f"<span>{_swatch(c)}class {c}</span>"
+            for c in range(1, len(m["postprocessed"]["classes"]) + 1)
+        )
+    classes = (
+        "<section><h2>Defect classes</h2><p class=note>Per-image Dice of each class counts an "
+        "empty prediction on an image without that class as 1; the competition's metric is "
+        "its mean over every (image, class) pair. The numbers above score the merged mask "
+        f"(any class).</p>{_class_table(m)}</section>"
+        if "classes" in m["postprocessed"]
+        else ""
     )
     curve_uri = threshold_curve_uri(result["threshold_curve"], used, model_t)
     shown = f"{len(worst)} of {len(images)}" if len(worst) < len(images) else f"all {len(images)}"
@@ -415,6 +491,7 @@ Image level: an image is flagged when its predicted mask is not empty. Defect le
 defect (connected component) is found when a predicted one overlaps it with IoU &ge;
 {m["postprocessed"]["defect"]["iou_threshold"]:g}. n/a: undefined (e.g. no clean images).</p>
 {_headline_table(m)}</section>
+{classes}
 <section><h2>Clean vs defective images</h2><div class=confusions>
 {_confusion_table("threshold_only", m["threshold_only"]["image"])}
 {_confusion_table("postprocessed", m["postprocessed"]["image"])}</div>
@@ -426,7 +503,8 @@ morphology. Right: how the post-processed per-image Dice is spread over the imag
 <img alt="per-image Dice histogram" src="{dice_histogram_uri(dice, clean)}"></div></section>
 <section><h2>Images, worst first ({shown})</h2>
 <p class=note>Sorted by post-processed per-image Dice. Each panel is the full strip, scaled
-down, with the post-processed prediction compared to the ground truth.</p><p class=legend>{legend}</p>
+down, with the post-processed prediction compared to the ground truth (for a model with
+classes, then its predicted classes and the true ones in their colours).</p><p class=legend>{legend}</p>
 {panels or "<p class=note>No panels.</p>"}</section>
 <footer>steelseg &middot; eval.json beside this file holds every number</footer>
 </main><script>{SCRIPT}</script></body></html>

@@ -32,8 +32,9 @@ import cv2
 import numpy as np
 
 from steelseg import metric, rle
+from steelseg import prepare as prep
 from steelseg.evaluate import labelled_split, model_checkpoint
-from steelseg.postprocess import PostProcess, check_tta, save_tuned
+from steelseg.postprocess import GATES, ClassPostProcess, PostProcess, check_tta, save_tuned
 from steelseg.predict import Predictor, Skipped, Source, log_skip
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 ... 0.90
 MIN_COMPONENT_AREAS = (0, 50, 100, 200, 400, 800, 1600)
 MIN_TOTAL_AREAS = (0, 250, 500, 1000, 1500, 2000, 3000, 4000)
+#: image probabilities tried as the hard gate's threshold (1st place used 0.6-0.7 per class)
+GATE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 TIE = 1e-9  # scores this close count as equal; the simpler setting then wins
 
 
@@ -157,27 +160,46 @@ class GridScorer:
 
 def rank(rows: Sequence[Mapping[str, Any]], prefer_threshold: float) -> list[Mapping[str, Any]]:
     """Rows best first: highest per-image Dice; among equal scores the simpler setting (no TTA,
-    smaller total and component areas, threshold nearest ``prefer_threshold``)."""
+    no gate, smaller total and component areas, threshold nearest ``prefer_threshold``)."""
 
     def key(r: Mapping[str, Any]) -> tuple:
         return (
             -round(r["dice_per_image"] / TIE),
             len(r["tta"]),
+            GATES.index(r.get("gate", "none")),
             r["min_total_area"],
             r["min_component_area"],
             abs(r["threshold"] - prefer_threshold),
+            abs(r.get("gate_threshold", 0.5) - 0.5),
         )
 
     return sorted(rows, key=key)
+
+
+def gate_options(gated: bool) -> list[tuple[str, float]]:
+    """The (gate, gate_threshold) pairs tried: no gate, and for a model with the gate head
+    the soft gate and the hard gate at each of :data:`GATE_THRESHOLDS`."""
+    if not gated:
+        return [("none", 0.5)]
+    return [("none", 0.5), ("soft", 0.5), *(("hard", t) for t in GATE_THRESHOLDS)]
+
+
+def gated(prob: np.ndarray, image_prob: float | None, gate: str, threshold: float) -> np.ndarray:
+    """Probabilities after a gate, as :meth:`PostProcess.apply` gates them."""
+    if gate == "soft":
+        return prob * np.float32(image_prob)
+    if gate == "hard" and image_prob < threshold:
+        return np.zeros_like(prob)
+    return prob
 
 
 @dataclass
 class TuneResult:
     """What :func:`tune` found."""
 
-    postprocess: PostProcess
+    postprocess: PostProcess | ClassPostProcess
     tta: tuple[str, ...]
-    score: float
+    score: float  # mean per-image Dice; with classes, the mean over (image, class) pairs
     baseline: float
     n_images: int
     rows: list[Mapping[str, Any]] = field(repr=False)
@@ -239,11 +261,19 @@ def tune(
     model_threshold = predictor.model_threshold
     grid = (grid or Grid()).including(model_threshold)
     options = [()] + ([tta] if tta else [])
-    scorers = {t: GridScorer(grid, base) for t in options}
+    n_classes = getattr(predictor, "classes", 1)
+    prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
+    gates = gate_options(getattr(predictor, "gated", False))
+    # one scorer per (TTA, class, gate): the competition's metric is a mean over (image,
+    # class) pairs, so each class's settings can be chosen on their own
+    scorers = {
+        (t, c, g): GridScorer(grid, base) for t in options for c in range(n_classes) for g in gates
+    }
 
     skipped = Skipped(on_skip)
     start = time.perf_counter()
     sources = [Source(p, i) for i, p in zip(ids, paths)]
+    n_images = 0
     for p in predictor.predict_files(
         sources,
         rle.SHAPE,
@@ -252,37 +282,78 @@ def tune(
         progress=progress,
         desc=f"tune on {split}",
     ):
-        mask = mask_of(p.source.image_id)
-        scorers[()].add(p.plain, mask)
+        truth = mask_of(p.source.image_id, classes=n_classes > 1)
+        image_prob = getattr(p, "image_prob", None)
+        outputs = {(): (p.plain, getattr(p, "image_plain", image_prob))}
         if tta:
-            scorers[tta].add(p.prob, mask)
-    if scorers[()].n_images == 0:
+            outputs[tta] = (p.prob, image_prob)
+        for t, (prob, iprob) in outputs.items():
+            for c in range(n_classes):
+                prob_c = prob[c] if n_classes > 1 else prob
+                target = truth == c + 1 if n_classes > 1 else truth
+                ip = None if iprob is None else float(np.asarray(iprob).reshape(-1)[c])
+                for g in gates:
+                    scorers[t, c, g].add(gated(prob_c, ip, *g), target)
+        n_images += 1
+    if n_images == 0:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")
 
-    rows = rank([r for t, s in scorers.items() for r in s.rows(t)], model_threshold)
-    best = rows[0]
-    baseline = next(
-        r["dice_per_image"]
-        for r in rows
-        if not r["tta"]
-        and r["threshold"] == model_threshold
-        and r["min_component_area"] == 0
-        and r["min_total_area"] == 0
-    )
+    # the best settings of each class for each TTA option; then the TTA option whose classes
+    # score best together
+    per_option = {}
+    for t in options:
+        best_rows = []
+        for c in range(n_classes):
+            rows_c = [
+                {**r, "class": c + 1, "gate": g, "gate_threshold": gt}
+                for g, gt in gates
+                for r in scorers[t, c, (g, gt)].rows(t)
+            ]
+            best_rows.append(rank(rows_c, model_threshold))
+        per_option[t] = best_rows
+    mean = {t: float(np.mean([r[0]["dice_per_image"] for r in b])) for t, b in per_option.items()}
+    chosen_tta = min(options, key=lambda t: (-round(mean[t] / TIE), len(t)))
+    by_class = per_option[chosen_tta]
+
+    def plain(rows: Sequence[Mapping[str, Any]]) -> float:
+        return next(
+            r["dice_per_image"]
+            for r in rows
+            if not r["tta"]
+            and r["gate"] == "none"
+            and r["threshold"] == model_threshold
+            and r["min_component_area"] == 0
+            and r["min_total_area"] == 0
+        )
+
+    baseline = float(np.mean([plain(per_option[()][c]) for c in range(n_classes)]))
     fixed = base or PostProcess()
-    chosen = dataclasses.replace(
-        fixed,
-        threshold=best["threshold"],
-        min_component_area=best["min_component_area"],
-        min_total_area=best["min_total_area"],
-    )
-    result = TuneResult(
-        chosen, tuple(best["tta"]), best["dice_per_image"], baseline, scorers[()].n_images, rows
-    )
+    settings = [
+        dataclasses.replace(
+            fixed,
+            threshold=rows[0]["threshold"],
+            min_component_area=rows[0]["min_component_area"],
+            min_total_area=rows[0]["min_total_area"],
+            gate=rows[0]["gate"],
+            gate_threshold=rows[0]["gate_threshold"],
+        )
+        for rows in by_class
+    ]
+    chosen = settings[0] if n_classes == 1 else ClassPostProcess(tuple(settings))
+    rows = rank([r for t in options for b in per_option[t] for r in b], model_threshold)
+    if n_classes == 1:
+        best = by_class[0][0]
+    else:
+        best = {
+            "dice_per_image": mean[chosen_tta],
+            "iou": float(np.mean([b[0]["iou"] for b in by_class])),
+            "classes": [b[0] for b in by_class],
+        }
+    result = TuneResult(chosen, chosen_tta, mean[chosen_tta], baseline, n_images, rows)
     result.skipped = skipped.by_id()
     if save:
         info = {
-            "metric": "dice_per_image",
+            "metric": "dice_per_image" if n_classes == 1 else "kaggle_dice",
             "runtime": f"{predictor.runtime} {predictor.precision}",
             "score": best["dice_per_image"],
             "iou": best["iou"],

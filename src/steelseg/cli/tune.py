@@ -55,14 +55,22 @@ def build_parser():
 
 
 def print_rows(result, top: int) -> None:
+    """The best rows: overall for a binary model, each class's best for one with classes."""
     print(
-        f"{'threshold':>9s} {'min comp':>8s} {'min total':>9s} {'tta':>11s} {'Dice/img':>9s} {'IoU':>7s}"
+        f"{'class':>5s} {'gate':>9s} {'threshold':>9s} {'min comp':>8s} {'min total':>9s} "
+        f"{'tta':>11s} {'Dice/img':>9s} {'IoU':>7s}"
     )
-    for r in result.rows[:top]:
-        print(
-            f"{r['threshold']:9.2f} {r['min_component_area']:8d} {r['min_total_area']:9d} "
-            f"{'+'.join(r['tta']) or 'none':>11s} {r['dice_per_image']:9.4f} {r['iou']:7.4f}"
-        )
+    classes = sorted({r.get("class", 1) for r in result.rows})
+    per_class = max(1, top // len(classes)) if top else 0
+    for c in classes:
+        for r in [r for r in result.rows if r.get("class", 1) == c][:per_class]:
+            gate = r.get("gate", "none")
+            gate = f"hard@{r['gate_threshold']:g}" if gate == "hard" else gate
+            print(
+                f"{c:5d} {gate:>9s} {r['threshold']:9.2f} {r['min_component_area']:8d} "
+                f"{r['min_total_area']:9d} {'+'.join(r['tta']) or 'none':>11s} "
+                f"{r['dice_per_image']:9.4f} {r['iou']:7.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{result.n_images} images; {len(result.rows)} settings scored; best first:")
         print_rows(result, args.top)
+        what = (
+            "per-image Dice"
+            if len(set(r.get("class", 1) for r in result.rows)) == 1
+            else ("mean Dice over (image, class) pairs")
+        )
         print(
-            f"chosen: {result.postprocess.to_dict()}, tta {list(result.tta) or 'none'}: per-image "
-            f"Dice {result.score:.4f} (plain model {result.baseline:.4f})"
+            f"chosen: {result.postprocess.to_dict()}, tta {list(result.tta) or 'none'}: {what} "
+            f"{result.score:.4f} (plain model {result.baseline:.4f})"
         )
         if result.sidecar is not None:
             print(f"saved {result.sidecar}")

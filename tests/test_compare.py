@@ -125,3 +125,29 @@ def test_losses_sort_lowest_first(tmp_path: Path) -> None:
         (run / "metrics.json").write_text(json.dumps({"metrics": {"val/loss": loss}}))
     table, metric = compare.collect([tmp_path], "val/loss")
     assert metric == "val/loss" and table["val/loss"].tolist() == [0.1, 0.2, 0.3]
+
+
+def test_compare_shows_each_runs_test_evaluation(tmp_path: Path) -> None:
+    """steelseg-eval's numbers (tuned and threshold-only) join the run's row."""
+    metrics = {"postprocessed": {}, "threshold_only": {}}
+    for variant, base in (("postprocessed", 0.8), ("threshold_only", 0.7)):
+        metrics[variant] = {
+            "pixel": {"iou": base - 0.2, "dice_per_image": base},
+            "image": {"specificity": base + 0.1},
+            "defect": {"recall": 0.5, "small_recall": 0.25},
+            "kaggle_dice": base + 0.05,
+        }
+    for name, with_eval in (("a", True), ("b", False)):
+        run = tmp_path / name
+        (run / "eval" / "best-test").mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"val/iou": 0.3}}))
+        if with_eval:
+            (run / "eval" / "best-test" / "eval.json").write_text(json.dumps({"metrics": metrics}))
+    table, _ = compare.collect([tmp_path])
+    a = table.set_index("job").loc["a"]
+    assert a["eval/dice_per_image"] == 0.8 and a["eval_plain/dice_per_image"] == 0.7
+    assert a["eval/small_defect_recall"] == 0.25 and a["eval/kaggle_dice"] == pytest.approx(0.85)
+    assert pd.isna(table.set_index("job").loc["b", "eval/iou"])
+    md = compare.to_markdown(table, "val/iou")
+    assert "eval recall <2000 px" in md and "threshold-only Kaggle" in md
+    assert len(table) == 2  # eval/ folders are not runs

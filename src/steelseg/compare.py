@@ -60,7 +60,31 @@ MD_COLUMNS = {
     "params": ("params M", "{:.2f}"),
     "error": ("error", "{}"),
 }
-SKIP_DIRS = {"checkpoints", "csv", "tensorboard"}  # inside a run folder, never runs themselves
+#: numbers of the run's newest full-resolution evaluation of its test split
+#: (``<run>/eval/*-test/eval.json``, written by ``steelseg-eval``): column -> (variant, path)
+EVAL_COLUMNS = {
+    "eval/iou": ("postprocessed", ("pixel", "iou")),
+    "eval/dice_per_image": ("postprocessed", ("pixel", "dice_per_image")),
+    "eval/kaggle_dice": ("postprocessed", ("kaggle_dice",)),
+    "eval/defect_recall": ("postprocessed", ("defect", "recall")),
+    "eval/small_defect_recall": ("postprocessed", ("defect", "small_recall")),
+    "eval/specificity": ("postprocessed", ("image", "specificity")),
+    "eval_plain/dice_per_image": ("threshold_only", ("pixel", "dice_per_image")),
+    "eval_plain/kaggle_dice": ("threshold_only", ("kaggle_dice",)),
+    "eval_plain/specificity": ("threshold_only", ("image", "specificity")),
+}
+MD_COLUMNS |= {
+    "eval/iou": ("eval IoU", "{:.4f}"),
+    "eval/dice_per_image": ("eval Dice/img", "{:.4f}"),
+    "eval/kaggle_dice": ("eval Kaggle", "{:.4f}"),
+    "eval/defect_recall": ("eval defect recall", "{:.3f}"),
+    "eval/small_defect_recall": ("eval recall <2000 px", "{:.3f}"),
+    "eval/specificity": ("eval clean kept clean", "{:.3f}"),
+    "eval_plain/dice_per_image": ("threshold-only Dice/img", "{:.4f}"),
+    "eval_plain/kaggle_dice": ("threshold-only Kaggle", "{:.4f}"),
+    "eval_plain/specificity": ("threshold-only clean kept clean", "{:.3f}"),
+}
+SKIP_DIRS = {"checkpoints", "csv", "tensorboard", "eval"}  # inside a run folder, never runs
 
 
 # ----------------------------------------------------------------------------- finding runs
@@ -141,10 +165,30 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         row["status"] = "failed"
         row["error"] = f"cannot read {latest.name}: {type(e).__name__}: {e}"
+    row |= read_eval(run_dir)
     started = run_dir / ".hydra" / "config.yaml"  # Hydra writes it as the job starts
     if latest is not None and started.is_file():
         row["job_seconds"] = round(latest.stat().st_mtime - started.stat().st_mtime, 1)
     return row
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    """:data:`EVAL_COLUMNS` from the newest ``eval/*-test/eval.json`` of a run ({} if none)."""
+    found = sorted((run_dir / "eval").glob("*-test/eval.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return {}
+    try:
+        metrics = json.loads(found[-1].read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        log.warning("cannot read %s; leaving its numbers out", found[-1])
+        return {}
+    out = {}
+    for column, (variant, path) in EVAL_COLUMNS.items():
+        value: Any = metrics.get(variant, {})
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        out[column] = float("nan") if value is None else value
+    return out
 
 
 # ----------------------------------------------------------------------------- the table
@@ -213,7 +257,13 @@ def _changes(overrides: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- writing
 def to_markdown(table: pd.DataFrame, metric: str) -> str:
     """``summary.md``: the table with readable headings, then the overrides every run shares."""
-    columns = [c for c in MD_COLUMNS if c in table and (c != "error" or table[c].any())]
+    columns = [
+        c
+        for c in MD_COLUMNS
+        if c in table
+        and (c != "error" or table[c].any())
+        and (c not in EVAL_COLUMNS or table[c].notna().any())  # evaluated runs only
+    ]
     if metric not in columns:
         columns.insert(3, metric)
     head = [MD_COLUMNS.get(c, (c, ""))[0] for c in columns]

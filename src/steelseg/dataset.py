@@ -190,7 +190,9 @@ class SteelDataModule(pl.LightningDataModule):
     empty), so ``steelseg-train data.root=/path/to/severstal`` is all a user needs.
 
     Args:
-        root: Kaggle-layout folder (``train.csv``, ``train_images/``).
+        root: Kaggle-layout folder (``train.csv``, ``train_images/``) or folder layout
+            (``images/``, ``masks/``: a plant's own data, see
+            :func:`steelseg.prepare.folder_labels`).
         prepared_dir: Where split.csv (and the cache) go; default
             ``root/prepared/<hash of the selection parameters>``.
         n_images: Images to select (None: all).
@@ -219,6 +221,9 @@ class SteelDataModule(pl.LightningDataModule):
         extra_roots: More Kaggle-layout folders (e.g. pseudo-labels from ``steelseg-pseudo``)
             whose every image joins the training split only, never val/test; decoded from
             JPEG each epoch (no cache). Their train.csv may use ClassId 0 (any class).
+        n_classes: The classes of a folder layout's masks (pixel values 1..n_classes; a
+            larger value is an error); part of the split's parameters. Unused by the Kaggle
+            layout.
     """
 
     def __init__(
@@ -243,6 +248,7 @@ class SteelDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         synthetic: dict[str, int] | None = None,
         extra_roots: Sequence[str] | None = None,
+        n_classes: int = 1,
     ) -> None:
         super().__init__()
         self.crop = parse_crop(crop)
@@ -255,8 +261,16 @@ class SteelDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         self.root = Path(root)
         split = None if split is None else tuple(split)
+        self.n_classes = int(n_classes)
         self.params = prep.prepare_params(
-            n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
+            n_images,
+            split,
+            seed,
+            only_defective,
+            split_file,
+            val_fraction,
+            skip_bad,
+            prep.layout_n_classes(self.root, self.n_classes),
         )
         self.prepared_dir = (
             Path(prepared_dir)
@@ -271,6 +285,7 @@ class SteelDataModule(pl.LightningDataModule):
             split_file=split_file,
             val_fraction=val_fraction,
             skip_bad=skip_bad,
+            n_classes=self.n_classes,
         )
         self.size: tuple[int, int] | None = None if self.crop else (height, width)
         self.use_cache = cache
@@ -290,17 +305,23 @@ class SteelDataModule(pl.LightningDataModule):
         parallel jobs on a fresh data root wait for the first and reuse its work. A split that
         a killed run left incomplete is prepared again.
         """
+        if self.synthetic is not None and prep.is_folder_layout(self.root):
+            raise ValueError(
+                f"data.synthetic would generate synthetic data into data.root={self.root}, which "
+                "holds images/ + masks/ (e.g. experiment=quickstart sets it); add "
+                "data.synthetic=null"
+            )
         if self.synthetic is not None:
             from steelseg import synth
 
             if not synth.is_complete(self.root, **self.synthetic):
                 log.info("generating synthetic Severstal-format data in %s", self.root)
                 synth.generate(self.root, **self.synthetic)
-        if not (self.root / "train.csv").exists():
+        if not prep.is_folder_layout(self.root) and not (self.root / "train.csv").exists():
             raise FileNotFoundError(
                 f"data.root={self.root} has no train.csv. Download the Kaggle data "
                 "(kaggle competitions download -c severstal-steel-defect-detection), unzip it "
-                "there, or use data=synthetic"
+                "there, or use data=synthetic, or data=folder for images/ + masks/"
             )
         with locked(self.prepared_dir, "the prepared split"):
             meta = prep.complete_split(self.prepared_dir)
@@ -356,11 +377,12 @@ class SteelDataModule(pl.LightningDataModule):
                 f"but the config asks for {self.params}; delete that folder or set "
                 "data.prepared_dir to another one"
             )
-        digest = prep.file_digest(self.root / "train.csv")
-        if meta.get("train_csv_sha256") != digest:
+        key, digest = prep.labels_digest(self.root)
+        if meta.get(key) != digest:
+            labels = "train.csv" if key == prep.TRAIN_CSV_DIGEST else f"{prep.FOLDER_MASKS}/"
             raise ValueError(
-                f"the prepared split in {self.prepared_dir} was made from another train.csv "
-                f"(sha256 {meta.get('train_csv_sha256')}, now {digest}); delete that folder "
+                f"the prepared split in {self.prepared_dir} was made from another {labels} "
+                f"(sha256 {meta.get(key)}, now {digest}); delete that folder "
                 "to prepare it again"
             )
         split_csv = self.prepared_dir / "split.csv"
@@ -375,7 +397,7 @@ class SteelDataModule(pl.LightningDataModule):
         missing = [i for i in image_ids if i not in present]
         if missing:
             raise ValueError(
-                f"{split_csv} does not match {self.root / 'train_images'}: {len(missing)} listed "
+                f"{split_csv} does not match {prep.image_dir(self.root)}: {len(missing)} listed "
                 f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
                 "); delete the prepared folder or point data.root at the right data"
             )
@@ -463,8 +485,10 @@ class SteelDataModule(pl.LightningDataModule):
 
     def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
         """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
-        rows = prep.image_labels(root, self.kw["skip_bad"], any_class=True)
-        bad = prep.check_images(root, rows["ImageId"])
+        rows = prep.image_labels(
+            root, self.kw["skip_bad"], any_class=True, n_classes=self.n_classes
+        )
+        bad = prep.check_images(root, rows["ImageId"], prep.image_shapes(rows))
         if bad:
             listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
             msg = f"data.extra_roots: {len(bad)} image(s) of {root} cannot be used: {listed}"

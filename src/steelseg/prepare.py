@@ -1,13 +1,20 @@
-"""Preparation: a Kaggle-layout folder -> a stratified ``split.csv`` (+ an optional uint8 cache).
+"""Preparation: a labelled data folder -> a stratified ``split.csv`` (+ an optional uint8 cache).
 
 This is the original test task's data-preparation notebook as a function and a command::
 
     steelseg-prepare --data-dir DIR --out OUT [--n-images 1000] [--split 800,100,100] [--seed 42]
 
-``DIR`` holds ``train.csv`` (either layout, see :func:`steelseg.rle.read_annotations`) and
-``train_images/``; images in ``train_images/`` without rows are defect-free. ``OUT/split.csv``
-has one row per selected image: ``ImageId, split, EncodedPixels`` (the 4 classes merged into one
-binary mask, RLE at 256x1600), ``defect_pixels``, ``classes`` (e.g. ``"1 3"``), ``n_classes``.
+``DIR`` is in one of two layouts:
+
+* Kaggle: ``train.csv`` (either layout, see :func:`steelseg.rle.read_annotations`) and
+  ``train_images/``; images in ``train_images/`` without rows are defect-free.
+* folder (a plant's own data, :func:`folder_labels`): ``images/`` (any size, grey or colour)
+  and ``masks/`` with one PNG per image of the same stem, pixel value = class id (0 =
+  background, at most ``n_classes``).
+
+``OUT/split.csv`` has one row per selected image: ``ImageId, split, EncodedPixels`` (the
+classes merged into one binary mask, RLE at the image's own size), ``defect_pixels``,
+``classes`` (e.g. ``"1 3"``), ``n_classes``, ``height``, ``width`` and one RLE per class.
 ``OUT/prepare.json`` records the parameters and the source so a later run can tell whether the
 split still matches its data.
 """
@@ -58,6 +65,8 @@ SPLIT_COLUMNS = [
 #: 3: image size and a column of RLE per class (``EncodedPixels_1`` ...); 2: split_sha256
 PREPARE_VERSION = 3  # bump when split.csv's content for the same inputs changes
 KAGGLE_IMAGES = "train_images"  # the Kaggle layout: train.csv + train_images/
+FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"  # the folder layout: images/ + masks/<stem>.png
+MAX_CLASSES = 255  # class ids are 8-bit mask values
 
 
 def class_columns(n_classes: int) -> list[str]:
@@ -81,11 +90,26 @@ def data_classes(columns: Sequence[str]) -> int:
 
 def image_dir(root: str | os.PathLike) -> Path:
     """The folder of a data root's labelled images: ``train_images/`` (Kaggle layout) or
-    ``images/`` (folder layout, see :mod:`steelseg.folder`)."""
+    ``images/`` (folder layout, see :func:`folder_labels`)."""
     root = Path(root)
-    if not (root / KAGGLE_IMAGES).is_dir() and (root / "images").is_dir():
-        return root / "images"
+    if not (root / KAGGLE_IMAGES).is_dir() and (root / FOLDER_IMAGES).is_dir():
+        return root / FOLDER_IMAGES
     return root / KAGGLE_IMAGES
+
+
+def is_folder_layout(root: str | os.PathLike) -> bool:
+    """Whether a data root is in the folder layout: ``images/`` or ``masks/``, no
+    ``train_images/``."""
+    root = Path(root)
+    return not (root / KAGGLE_IMAGES).is_dir() and (
+        (root / FOLDER_IMAGES).is_dir() or (root / FOLDER_MASKS).is_dir()
+    )
+
+
+def layout_n_classes(root: str | os.PathLike, n_classes: int | None) -> int | None:
+    """The ``n_classes`` that decides a split of ``root``: the given one for the folder layout,
+    None for the Kaggle layout (its train.csv names its classes)."""
+    return int(n_classes) if n_classes is not None and is_folder_layout(root) else None
 
 
 # ----------------------------------------------------------------------------- labels
@@ -96,16 +120,25 @@ def list_images(data_dir: Path) -> list[str]:
         raise FileNotFoundError(
             f"{folder} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
             "train_images/ (download: kaggle competitions download -c severstal-steel-defect-"
-            "detection), or run `steelseg-synth --out DIR` for synthetic data"
+            "detection), or run `steelseg-synth --out DIR` for synthetic data, or a folder "
+            "with images/ and masks/ (one PNG per image, pixel value = class id)"
         )
     return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def image_labels(data_dir: Path, skip_bad: bool = False, any_class: bool = False) -> pd.DataFrame:
-    """One row per image of ``train_images/`` with its merged binary mask.
+def image_labels(
+    data_dir: Path, skip_bad: bool = False, any_class: bool = False, n_classes: int | None = 1
+) -> pd.DataFrame:
+    """One row per labelled image of a data folder with its merged and per-class masks.
 
-    ``any_class`` also accepts ClassId 0 (binary labels of unknown class, as ``steelseg-pseudo``
-    writes them; see :func:`steelseg.rle.read_annotations`).
+    A folder with ``images/`` and ``masks/`` (no ``train_images/``) is read by
+    :func:`folder_labels`; else it is a Kaggle-layout folder: every image of ``train_images/``,
+    labelled by ``train.csv``. ``any_class`` also accepts ClassId 0 (binary labels of unknown
+    class, as ``steelseg-pseudo`` writes them; see :func:`steelseg.rle.read_annotations`).
+
+    Args:
+        n_classes: The folder layout's classes (see :func:`folder_labels`); unused by the
+            Kaggle layout.
 
     Returns:
         DataFrame with :data:`SPLIT_COLUMNS` except ``split``, sorted by ImageId.
@@ -115,6 +148,8 @@ def image_labels(data_dir: Path, skip_bad: bool = False, any_class: bool = False
             that are not in train_images/ (unless ``skip_bad``).
         ValueError: train.csv is malformed, or there are no images.
     """
+    if is_folder_layout(data_dir):
+        return folder_labels(data_dir, n_classes, skip_bad)
     images = list_images(data_dir)
     if not images:
         raise ValueError(f"{data_dir / 'train_images'} holds no images (*.jpg, *.png)")
@@ -145,16 +180,206 @@ def image_labels(data_dir: Path, skip_bad: bool = False, any_class: bool = False
     return df
 
 
-def _missing(names: list[str], what: str, skip_bad: bool) -> None:
+def _missing(names: list[str], what: str, skip_bad: bool, limit: int = 10) -> None:
     """Raise ``FileNotFoundError`` listing ``names``; with ``skip_bad``, warn they are dropped.
 
-    ``what`` says what is wrong with ``{n}`` standing for how many.
+    ``what`` says what is wrong with ``{n}`` standing for how many; ``limit`` names are listed.
     """
-    listed = f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+    listed = f"{', '.join(names[:limit])}{' ...' if len(names) > limit else ''}"
     msg = f"{what.format(n=len(names))}: {listed}"
     if not skip_bad:
         raise FileNotFoundError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
     log.warning("%s; dropping them", msg)
+
+
+def mask_path(root: str | os.PathLike, image_id: str) -> Path:
+    """The folder layout's mask of an image: ``root/masks/<stem>.png``."""
+    return Path(root) / FOLDER_MASKS / f"{Path(image_id).stem}.png"
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a folder-layout mask PNG: uint8 (H, W), pixel value = class id.
+
+    8-bit grey, palette (the palette index is the class id) and 1-bit PNGs are read as they
+    are stored; without Pillow (a torch-free deployment) OpenCV reads them (1-bit as 0/255).
+
+    Raises:
+        ValueError: unreadable, or not single-channel (colour, 16-bit).
+    """
+    path = Path(path)
+    fix = "save it as a single-channel 8-bit PNG, pixel value = class id (0 = background)"
+    try:
+        from PIL import Image
+    except ImportError:  # a deployment without Pillow
+        Image = None
+    if Image is None:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise ValueError(f"cannot read mask {path}; {fix}")
+        if mask.ndim != 2 or mask.dtype != np.uint8:
+            mode = "colour" if mask.ndim != 2 else str(mask.dtype)
+            raise ValueError(f"mask {path} is {mode}, not single-channel 8-bit; {fix}")
+        return mask
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("L", "P", "1"):
+                return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files
+        raise ValueError(f"cannot read mask {path} ({type(e).__name__}); {fix}") from None
+    raise ValueError(f"mask {path} has mode {mode}, not single-channel 8-bit; {fix}")
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header; None when it cannot be read (then
+    :func:`check_images` names it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # PIL raises many types for broken files
+        return None
+    return h, w
+
+
+def _folder_row(
+    root: Path, image_id: str, n_classes: int | None
+) -> tuple[tuple[int, int], dict[int, str], str, int]:
+    """One image of the folder layout: (shape, {class id: RLE}, merged RLE, defect pixels)."""
+    path = mask_path(root, image_id)
+    mask = read_mask(path)
+    size = _image_size(root / FOLDER_IMAGES / image_id)
+    if size is not None and size != mask.shape:
+        raise ValueError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{root / FOLDER_IMAGES / image_id} is {size[1]}x{size[0]} (width x height); a mask "
+            "must have its image's size"
+        )
+    counts = np.bincount(mask.ravel(), minlength=MAX_CLASSES + 1)  # pixels per value
+    present = np.flatnonzero(counts[1:]) + 1
+    if n_classes is not None and len(present) and present[-1] > n_classes:
+        value = int(present[-1])
+        hint = "; 0/255 masks must be saved as 0/1" if value == 255 else ""
+        raise ValueError(
+            f"mask {path} holds the value {value}, above data.n_classes={n_classes} (pixel "
+            f"value = class id, 0 = background); set data.n_classes (steelseg-prepare "
+            f"--n-classes) to the number of classes{hint}"
+        )
+    by_class = {int(c): rle.encode(mask == c) for c in present}
+    return mask.shape, by_class, rle.encode(mask), int(counts[1:].sum())
+
+
+def folder_labels(
+    root: str | os.PathLike, n_classes: int | None = 1, skip_bad: bool = False
+) -> pd.DataFrame:
+    """One row per image of a folder layout: ``images/`` plus ``masks/<stem>.png``.
+
+    Each mask is a single-channel 8-bit PNG (grey or palette) of its image's height x width;
+    pixel value = class id, 0 = background.
+
+    Args:
+        root: The folder holding ``images/`` and ``masks/``.
+        n_classes: The most classes a mask may hold (1: binary masks); None: as many as the
+            largest value found (reading labels for evaluation, not for training).
+        skip_bad: Drop images without a mask and masks without an image, with a warning.
+
+    Returns:
+        Like :func:`image_labels`: :data:`SPLIT_COLUMNS` except ``split``, each image's own
+        ``height`` and ``width``, and ``EncodedPixels_1`` ... ``EncodedPixels_<n_classes>``
+        (RLE at the image's size), sorted by ImageId.
+
+    Raises:
+        FileNotFoundError: ``images/`` or ``masks/`` is missing; an image has no mask or a
+            mask no image (unless ``skip_bad``).
+        ValueError: ``n_classes`` out of range; no images or no masks; two images share a
+            stem; a mask unreadable, not single-channel, of another size than its image, or
+            holding a value above ``n_classes``.
+    """
+    root = Path(root)
+    if n_classes is not None and not 1 <= int(n_classes) <= MAX_CLASSES:
+        raise ValueError(
+            f"data.n_classes={n_classes} must be 1..{MAX_CLASSES} (mask values are 8-bit)"
+        )
+    images_dir, masks_dir = root / FOLDER_IMAGES, root / FOLDER_MASKS
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(
+            f"{root} has {FOLDER_IMAGES}/ but no {FOLDER_MASKS}/: put one PNG mask per image in "
+            f"{masks_dir} (same stem: {FOLDER_IMAGES}/a.jpg -> {FOLDER_MASKS}/a.png; pixel "
+            "value = class id, 0 = background)"
+        )
+    if not images_dir.is_dir():
+        raise FileNotFoundError(
+            f"{root} has {FOLDER_MASKS}/ but no {FOLDER_IMAGES}/: put the image of each mask in "
+            f"{images_dir} (same stem: {FOLDER_MASKS}/a.png <- {FOLDER_IMAGES}/a.jpg)"
+        )
+    images = list_images(root)
+    if not images:
+        raise ValueError(
+            f"{images_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); put the images there"
+        )
+    masks = {p.stem: p.name for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
+    if not masks:
+        raise ValueError(
+            f"{masks_dir} holds no masks (*.png); put one PNG per image there (same stem, "
+            "pixel value = class id, 0 = background)"
+        )
+    stems: dict[str, str] = {}
+    for name in images:
+        stem = Path(name).stem
+        if stem in stems:
+            raise ValueError(
+                f"images {stems[stem]} and {name} in {images_dir} share the mask "
+                f"{FOLDER_MASKS}/{stem}.png; rename one of them"
+            )
+        stems[stem] = name
+    no_mask = [i for i in images if Path(i).stem not in masks]
+    if no_mask:
+        _missing(
+            no_mask, f"{{n}} image(s) in {images_dir} have no mask in {masks_dir}", skip_bad, 5
+        )
+        images = [i for i in images if Path(i).stem in masks]
+    no_image = sorted(masks[m] for m in masks if m not in stems)
+    if no_image:
+        _missing(
+            no_image, f"{{n}} mask(s) in {masks_dir} have no image in {images_dir}", skip_bad, 5
+        )
+    if not images:
+        raise ValueError(f"no image of {images_dir} has its mask in {masks_dir}")
+    # PNG and header decoding release the GIL, so threads scale over cores.
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        rows = list(pool.map(lambda i: _folder_row(root, i, n_classes), images))
+    found = max((max(by_class, default=0) for _, by_class, _, _ in rows), default=0)
+    k = int(n_classes) if n_classes is not None else max(1, found)
+    df = pd.DataFrame({"ImageId": images})
+    df["EncodedPixels"] = [merged for _, _, merged, _ in rows]
+    df["defect_pixels"] = [pixels for _, _, _, pixels in rows]
+    df["classes"] = [" ".join(map(str, sorted(by_class))) for _, by_class, _, _ in rows]
+    df["n_classes"] = [len(by_class) for _, by_class, _, _ in rows]
+    df["height"] = [shape[0] for shape, _, _, _ in rows]
+    df["width"] = [shape[1] for shape, _, _, _ in rows]
+    for c, col in enumerate(class_columns(k), start=1):
+        df[col] = [by_class.get(c, "") for _, by_class, _, _ in rows]
+    return df
+
+
+TRAIN_CSV_DIGEST, MASKS_DIGEST = "train_csv_sha256", "masks_sha256"  # keys of prepare.json
+
+
+def labels_digest(root: str | os.PathLike) -> tuple[str, str]:
+    """What prepare.json records to tell whether a data folder's labels changed: the key and a
+    short sha256 of ``train.csv`` (Kaggle layout) or of ``masks/`` (every PNG's name and
+    bytes: folder layout)."""
+    root = Path(root)
+    if not is_folder_layout(root):
+        return TRAIN_CSV_DIGEST, file_digest(root / "train.csv")
+    h = hashlib.sha256()
+    masks = root / FOLDER_MASKS
+    for path in sorted(p for p in masks.iterdir() if p.suffix.lower() == ".png"):
+        data = path.read_bytes()
+        h.update(f"{path.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return MASKS_DIGEST, h.hexdigest()[:16]
 
 
 def check_images(
@@ -167,7 +392,8 @@ def check_images(
     Reads each file's header only (see :func:`steelseg.io.check_image`).
 
     Args:
-        shapes: (height, width) of each image; None: 256x1600 (Severstal) for all.
+        shapes: (height, width) of each image (a labels table's ``height``, ``width``: see
+            :func:`image_shapes`); None: 256x1600 (Severstal) for all.
     """
     bad, folder = {}, image_dir(data_dir)
     for iid in image_ids:
@@ -175,6 +401,11 @@ def check_images(
         if reason is not None:
             bad[iid] = reason
     return bad
+
+
+def image_shapes(labels: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """{ImageId: (height, width)} of a labels table or split: each image's own size."""
+    return {i: (int(h), int(w)) for i, h, w in labels[["ImageId", "height", "width"]].values}
 
 
 # ----------------------------------------------------------------------------- selection
@@ -359,11 +590,13 @@ def prepare(
     val_fraction: float = 0.1,
     skip_bad: bool = False,
     cache_size: tuple[int, int] | None = None,
+    n_classes: int = 1,
 ) -> Path:
     """Write ``out/split.csv`` (and ``out/prepare.json``); optionally a uint8 cache.
 
     Args:
-        data_dir: Kaggle-layout folder (``train.csv``, ``train_images/``).
+        data_dir: Kaggle-layout folder (``train.csv``, ``train_images/``) or folder layout
+            (``images/``, ``masks/``: see :func:`folder_labels`).
         out: Output folder.
         n_images: Images to select; None for all. Ignored with ``split_file``.
         split: train,val,test as fractions or counts (string ``"800,100,100"`` accepted);
@@ -376,6 +609,8 @@ def prepare(
             has no validation images.
         skip_bad: Drop missing/unreadable/wrong-size images with a warning instead of failing.
         cache_size: (height, width) to also store decoded, resized images and masks at.
+        n_classes: The classes of a folder layout's masks (values 1..n_classes); unused by
+            the Kaggle layout.
 
     Returns:
         Path of ``split.csv``.
@@ -384,14 +619,14 @@ def prepare(
     split = default_split(split, only_defective)
     if cache_size is not None and (len(cache_size) != 2 or min(cache_size) < 1):
         raise ValueError(f"cache size must be (height, width) >= 1, got {cache_size}")
-    labels = image_labels(data_dir, skip_bad)
+    labels = image_labels(data_dir, skip_bad, n_classes=n_classes)
     if split_file is not None:
         chosen = apply_split_file(
             labels, resolve_split_file(split_file), val_fraction, seed, skip_bad
         )
     else:
         chosen = select(labels, n_images, split, seed, only_defective, val_fraction)
-    bad = check_images(data_dir, chosen["ImageId"])
+    bad = check_images(data_dir, chosen["ImageId"], image_shapes(chosen))
     if bad:
         listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:10])
         msg = f"{len(bad)} selected image(s) cannot be used: {listed}"
@@ -403,12 +638,20 @@ def prepare(
         raise ValueError("the split has no training images; use more images or another --split")
     chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
     text = chosen[split_columns(chosen)].to_csv(index=False)
+    digest_key, digest = labels_digest(data_dir)
     meta = {
         "version": PREPARE_VERSION,
         "data_dir": str(data_dir.resolve()),
-        "train_csv_sha256": file_digest(data_dir / "train.csv"),
+        digest_key: digest,
         "params": prepare_params(
-            n_images, split, seed, only_defective, split_file, val_fraction, skip_bad
+            n_images,
+            split,
+            seed,
+            only_defective,
+            split_file,
+            val_fraction,
+            skip_bad,
+            layout_n_classes(data_dir, n_classes),
         ),
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
         "split_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],  # = file_digest(split.csv)
@@ -466,10 +709,16 @@ def _split_order(col: pd.Series) -> pd.Series:
     return col.map({s: i for i, s in enumerate(SPLITS)}) if col.name == "split" else col
 
 
-def prepare_params(n_images, split, seed, only_defective, split_file, val_fraction, skip_bad):
-    """The parameters that decide split.csv's content, as stored in prepare.json."""
+def prepare_params(
+    n_images, split, seed, only_defective, split_file, val_fraction, skip_bad, n_classes=None
+):
+    """The parameters that decide split.csv's content, as stored in prepare.json.
+
+    ``n_classes``: a folder layout's (:func:`layout_n_classes`); None (the Kaggle layout)
+    leaves it out, so Kaggle splits keep their folders and prepare.json.
+    """
     parts = default_split(split, only_defective)
-    return {
+    params = {
         "n_images": None if split_file else n_images,
         "split": None if split_file else list(parts),
         "seed": int(seed),
@@ -478,6 +727,9 @@ def prepare_params(n_images, split, seed, only_defective, split_file, val_fracti
         "val_fraction": float(val_fraction),
         "skip_bad": bool(skip_bad),
     }
+    if n_classes is not None:
+        params["n_classes"] = int(n_classes)
+    return params
 
 
 def default_prepared_dir(root: str | os.PathLike, params: dict[str, Any]) -> Path:
@@ -493,9 +745,11 @@ def labelled_images(
     """The images of a split (or of a whole folder) with their full-resolution masks.
 
     Args:
-        root: Kaggle-layout folder (``train_images/``, ``train.csv``).
-        split_csv: A prepared ``split.csv``; None: every image of ``root/train_images`` with
-            its mask from ``root/train.csv`` (no preparation needed; only with ``split="all"``).
+        root: Kaggle-layout folder (``train_images/``, ``train.csv``) or folder layout
+            (``images/``, ``masks/``).
+        split_csv: A prepared ``split.csv``; None: every labelled image of ``root`` with its
+            mask from ``root/train.csv`` or ``root/masks/`` (no preparation needed; only with
+            ``split="all"``).
         split: ``train``, ``val``, ``test``, or ``all`` (every row).
 
     Returns:
@@ -512,13 +766,14 @@ def labelled_images(
     root = Path(root)
     if not image_dir(root).is_dir():
         raise FileNotFoundError(
-            f"data folder {root} has no train_images/; pass --data-root with the Kaggle-layout "
-            "folder the model was trained on"
+            f"data folder {root} has no train_images/ (nor images/); pass --data-root with the "
+            "Kaggle-layout or images/ + masks/ folder the model was trained on"
         )
     if split_csv is None:
         if split != "all":
             raise ValueError(f"split {split!r} needs a prepared split.csv; pass --split-file")
-        rows, where = image_labels(root, any_class=True), root / "train.csv"
+        rows = image_labels(root, any_class=True, n_classes=None)  # classes: as the masks hold
+        where = root / (FOLDER_MASKS if is_folder_layout(root) else "train.csv")
     else:
         where = Path(split_csv)
         if not where.is_file():

@@ -30,11 +30,16 @@ def size(text: str) -> tuple[int, int]:
 def build_parser():
     p = common.parser(
         PROG,
-        "Select and split a Kaggle-layout Severstal folder into OUT/split.csv and "
-        "OUT/prepare.json (and, with --cache, decoded uint8 images and masks).",
+        "Select and split a labelled folder (Kaggle layout: train.csv + train_images/; folder "
+        "layout: images/ + masks/) into OUT/split.csv and OUT/prepare.json (and, with --cache, "
+        "decoded uint8 images and masks).",
     )
     p.add_argument(
-        "--data-dir", type=Path, required=True, help="folder with train.csv and train_images/"
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="folder with train.csv and train_images/ (Kaggle layout), or with images/ and "
+        "masks/ (one PNG per image, same stem, pixel value = class id, 0 = background)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
@@ -71,7 +76,15 @@ def build_parser():
     p.add_argument(
         "--skip-bad",
         action="store_true",
-        help="drop missing/unreadable images with a warning instead of failing",
+        help="drop missing/unreadable images (and, in the folder layout, images without a mask "
+        "and masks without an image) with a warning instead of failing",
+    )
+    p.add_argument(
+        "--n-classes",
+        type=common.positive_int,
+        default=1,
+        help="folder layout: the classes its masks hold (values 1..N; default 1, binary masks); "
+        "unused by the Kaggle layout",
     )
     return p
 
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             args.val_fraction,
             args.skip_bad,
             args.cache,
+            args.n_classes,
         )
         counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
         print(f"{PROG}: wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))

@@ -72,31 +72,40 @@ __all__ = ["TTA_CHOICES", "Prediction", "Predictor", "Source", "collect_inputs",
 # ----------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class Source:
-    """One input image: its file, its ImageId (file name) and the train.csv that labels it."""
+    """One input image: its file, its ImageId (file name) and the labels of its folder."""
 
     path: Path
     image_id: str
-    labels: Path | None = None  # train.csv of a Kaggle-layout folder; images not in it are clean
+    #: train.csv of a Kaggle-layout folder (images not in it are clean), or the masks/ folder
+    #: of a folder layout (masks/<stem>.png; images without one are unlabelled)
+    labels: Path | None = None
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> Source:
-        """A file, labelled by the ``train.csv`` beside its folder when that is ``train_images/``."""
+        """A file, labelled by the ``train.csv`` beside its folder when that is
+        ``train_images/``, or by the ``masks/`` beside it when that is ``images/``."""
         path = Path(path)
         return cls(path, path.name, _kaggle_labels(path.parent))
 
 
 def _kaggle_labels(folder: Path) -> Path | None:
-    """train.csv beside a Kaggle ``train_images/`` folder, if any."""
-    csv = folder.parent / "train.csv"
-    return csv if folder.name == "train_images" and csv.is_file() else None
+    """The labels beside a labelled image folder: train.csv beside a Kaggle ``train_images/``,
+    or ``masks/`` beside the folder layout's ``images/``; None for any other folder."""
+    if folder.name == "train_images":
+        csv = folder.parent / "train.csv"
+        return csv if csv.is_file() else None
+    masks = folder.parent / "masks"
+    return masks if folder.name == "images" and masks.is_dir() else None
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
     """Expand image files, folders and globs into image sources.
 
     A folder holding ``train_images/`` (a Kaggle-layout folder) means its train images, with
-    ground truth from its ``train.csv``; one holding only ``test_images/`` means those. Files
-    in a folder are taken by image suffix; files named or matched by a glob are all tried.
+    ground truth from its ``train.csv``; one holding ``images/`` and no images of its own (the
+    folder layout) means those, with ground truth from its ``masks/``; one holding only
+    ``test_images/`` means those. Files in a folder are taken by image suffix; files named or
+    matched by a glob are all tried.
 
     Returns:
         The sources in order (duplicate files once), and the inputs that matched nothing.
@@ -109,6 +118,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], l
             folder = path
             if (path / "train_images").is_dir():
                 folder = path / "train_images"
+            elif (path / "images").is_dir() and not images_in(path):
+                folder = path / "images"
             elif (path / "test_images").is_dir() and not images_in(path):
                 folder = path / "test_images"
             new = [Source.of(p) for p in images_in(folder)]
@@ -535,19 +546,47 @@ class Predictor:
 
 # ----------------------------------------------------------------------------- to a folder
 class _Truth:
-    """Ground-truth masks from the train.csv files of Kaggle-layout inputs, read once each."""
+    """Ground-truth masks of labelled inputs: from the train.csv of a Kaggle-layout folder
+    (read once each) or from the ``masks/<stem>.png`` of a folder layout (read per image)."""
 
     def __init__(self, sources: Sequence[Source]) -> None:
         """Read (and validate) every train.csv first, so a bad one stops the run early."""
         self.tables = {
             csv: rle.read_annotations(csv, any_class=True)
             for csv in dict.fromkeys(s.labels for s in sources if s.labels is not None)
+            if not csv.is_dir()
         }
 
     def mask(self, source: Source, shape: tuple[int, int]) -> np.ndarray | None:
-        if source.labels is None or shape != rle.SHAPE:
-            return None  # the RLE of train.csv is at 256x1600
-        return rle.image_mask(self.tables[source.labels], source.image_id).astype(bool)
+        """The merged defect mask, bool (H, W) of ``shape``, or None when not known."""
+        if source.labels is None:
+            return None
+        if source.labels in self.tables:
+            if shape != rle.SHAPE:
+                return None  # the RLE of train.csv is at 256x1600
+            return rle.image_mask(self.tables[source.labels], source.image_id).astype(bool)
+        from steelseg.prepare import read_mask  # the folder layout's masks/
+
+        path = source.labels / f"{Path(source.image_id).stem}.png"
+        if not path.is_file():
+            return None  # an image without its mask is unlabelled, not clean
+        try:
+            mask = read_mask(path)
+        except ValueError as e:
+            log.warning("no ground truth for %s: %s", source.path, e)
+            return None
+        if mask.shape != tuple(shape):
+            log.warning(
+                "no ground truth for %s: its mask %s is %dx%d, the image %dx%d",
+                source.path,
+                path,
+                mask.shape[1],
+                mask.shape[0],
+                shape[1],
+                shape[0],
+            )
+            return None
+        return mask > 0
 
 
 def predict_to_folder(

@@ -1,0 +1,358 @@
+"""A plant's own data in the folder layout: ``images/`` + ``masks/<stem>.png`` (class ids).
+
+Every test writes a tiny folder in tmp_path: 10 noisy images of two sizes (96x160 grey JPEGs,
+128x192 colour PNGs) with masks holding classes 1 and 2 (two images clean).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import exit_code
+from steelseg import prepare as prep
+from steelseg import rle
+from steelseg.cli.prepare import main as prepare_main
+
+SIZES = ((96, 160), (128, 192))  # (height, width): two sizes, as a plant's cameras give
+
+
+def masks_of(n: int = 10) -> dict[str, np.ndarray]:
+    """{image file name: class-id mask}: classes 1 and 2 in rectangles, images 0 and 5 clean."""
+    out = {}
+    for i in range(n):
+        h, w = SIZES[i % 2]
+        mask = np.zeros((h, w), np.uint8)
+        if i % 5:
+            mask[8 + i : 30 + i, 10 : 40 + 2 * i] = 1
+        if i % 3 == 1:
+            mask[50:70, 60 + i : 90 + i] = 2
+        out[f"part{i:02d}.{'jpg' if i % 2 == 0 else 'png'}"] = mask
+    return out
+
+
+def write_folder(root: Path, n: int = 10) -> Path:
+    """A folder layout at ``root``: grey JPEGs at 96x160, colour PNGs at 128x192."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name, mask in masks_of(n).items():
+        shape = mask.shape if name.endswith(".jpg") else (*mask.shape, 3)
+        image = rng.integers(60, 200, shape, dtype=np.uint8)
+        assert cv2.imwrite(str(root / "images" / name), image)
+        assert cv2.imwrite(str(root / "masks" / f"{Path(name).stem}.png"), mask)
+    return root
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return write_folder(tmp_path / "plant")
+
+
+# ----------------------------------------------------------------------------- the reader
+def test_folder_labels_table(root: Path) -> None:
+    df = prep.image_labels(root, n_classes=2)  # dispatches on the layout
+    expected = masks_of()
+    assert df["ImageId"].tolist() == sorted(expected)
+    assert list(df.columns) == [c for c in prep.SPLIT_COLUMNS if c != "split"] + [
+        "EncodedPixels_1",
+        "EncodedPixels_2",
+    ]
+    assert prep.data_classes(list(df.columns)) == 2
+    for row in df.to_dict("records"):
+        mask = expected[row["ImageId"]]
+        assert prep.row_shape(row) == mask.shape  # each image's own size
+        np.testing.assert_array_equal(
+            rle.class_mask(prep.row_masks(row), mask.shape), mask
+        )  # per class, at the image's size
+        np.testing.assert_array_equal(rle.decode(row["EncodedPixels"], mask.shape), mask > 0)
+        present = sorted(set(np.unique(mask).tolist()) - {0})
+        assert row["classes"] == " ".join(map(str, present))
+        assert row["n_classes"] == len(present)
+        assert row["defect_pixels"] == int((mask > 0).sum())
+    assert (df["classes"] == "").sum() == 2  # clean images are rows too
+    # None: as many classes as the masks hold (reading labels to evaluate)
+    assert prep.data_classes(list(prep.folder_labels(root, None).columns)) == 2
+    # binary masks need no n_classes: the default is 1
+    binary = write_folder(root.parent / "binary", 4)
+    for f in (binary / "masks").iterdir():
+        cv2.imwrite(str(f), (cv2.imread(str(f), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8))
+    assert prep.data_classes(list(prep.image_labels(binary).columns)) == 1
+
+
+def test_read_mask_reads_palette_and_one_bit_pngs_as_class_ids(tmp_path: Path) -> None:
+    from PIL import Image
+
+    mask = np.array([[0, 1, 2], [2, 0, 1]], np.uint8)
+    palette = Image.fromarray(mask, "L").convert("P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)  # red, green: class colours
+    palette.save(tmp_path / "p.png")
+    Image.fromarray(mask > 0).save(tmp_path / "b.png")  # mode "1"
+    np.testing.assert_array_equal(prep.read_mask(tmp_path / "p.png"), mask)
+    np.testing.assert_array_equal(prep.read_mask(tmp_path / "b.png"), mask > 0)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _resize_mask(root: Path) -> None:
+    cv2.imwrite(str(root / "masks" / "part00.png"), np.zeros((100, 160), np.uint8))
+
+
+def _value_3(root: Path) -> None:
+    mask = masks_of()["part03.png"]
+    mask[0, 0] = 3
+    cv2.imwrite(str(root / "masks" / "part03.png"), mask)
+
+
+def _colour_mask(root: Path) -> None:
+    cv2.imwrite(str(root / "masks" / "part01.png"), np.zeros((128, 192, 3), np.uint8))
+
+
+def _no_masks(root: Path) -> None:
+    for f in (root / "masks").iterdir():
+        f.unlink()
+    (root / "masks").rmdir()
+
+
+def _no_images(root: Path) -> None:
+    for f in (root / "images").iterdir():
+        f.unlink()
+    (root / "images").rmdir()
+
+
+def _empty_images(root: Path) -> None:
+    for f in (root / "images").iterdir():
+        f.unlink()
+
+
+def _empty_masks(root: Path) -> None:
+    for f in (root / "masks").iterdir():
+        f.unlink()
+
+
+def _image_without_mask(root: Path) -> None:
+    for i in (2, 3, 4, 6, 7, 8):
+        (root / "masks" / f"part{i:02d}.png").unlink()
+
+
+def _mask_without_image(root: Path) -> None:
+    (root / "images" / "part01.png").unlink()
+
+
+BAD = [
+    ("mask-size", _resize_mask, ValueError, r"mask \S+part00.png is 160x100 but its image "
+     r"\S+part00.jpg is 160x96"),
+    ("value-above-n-classes", _value_3, ValueError, r"mask \S+part03.png holds the value 3, "
+     r"above data.n_classes=2 .*set data.n_classes"),
+    ("colour-mask", _colour_mask, ValueError, r"part01.png has mode RGB, not single-channel"),
+    ("no-masks", _no_masks, FileNotFoundError, r"has images/ but no masks/: put one PNG"),
+    ("no-images", _no_images, FileNotFoundError, r"has masks/ but no images/"),
+    ("empty-images", _empty_images, ValueError, r"images holds no images"),
+    ("empty-masks", _empty_masks, ValueError, r"masks holds no masks \(\*\.png\)"),
+    ("image-without-mask", _image_without_mask, FileNotFoundError,
+     r"6 image\(s\) in \S+ have no mask in \S+: part02.jpg, part03.png, part04.jpg, part06.jpg, "
+     r"part07.png \.\.\. \(pass --skip-bad"),
+    ("mask-without-image", _mask_without_image, FileNotFoundError,
+     r"1 mask\(s\) in \S+ have no image in \S+: part01.png \(pass --skip-bad"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_folder_is_one_line_and_writes_nothing(
+    root: Path, tmp_path: Path, capsys, damage, error: type[Exception], message: str
+) -> None:
+    damage(root)
+    with pytest.raises(error, match=message):
+        prep.image_labels(root, n_classes=2)
+    out = tmp_path / "out"
+    code = exit_code(prepare_main, ["--data-dir", root, "--out", out, "--n-classes", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("steelseg-prepare: error: ")
+    assert not out.exists()
+    assert not (root / "prepared").exists()
+
+
+@pytest.mark.parametrize("damage", [_image_without_mask, _mask_without_image])
+def test_skip_bad_drops_unpaired_files_with_a_warning(root: Path, tmp_path: Path, caplog, damage):
+    damage(root)
+    df = prep.folder_labels(root, 2, skip_bad=True)
+    images = {p.name for p in (root / "images").iterdir()}
+    masks = {p.stem for p in (root / "masks").iterdir()}
+    assert set(df["ImageId"]) == {i for i in images if Path(i).stem in masks}
+    assert "dropping them" in caplog.text
+    argv = ["--data-dir", root, "--out", tmp_path / "out", "--n-classes", "2", "--skip-bad"]
+    argv += ["--n-images", "all"]
+    assert exit_code(prepare_main, [*argv, "--split", "0.6,0.2,0.2"]) == 0
+
+
+def test_crop_larger_than_an_image_is_refused(root: Path, tmp_path: Path) -> None:
+    from steelseg.dataset import SteelDataModule
+
+    dm = SteelDataModule(
+        str(root), str(tmp_path / "prepared"), None, crop="128x192", n_classes=2, num_workers=0
+    )
+    dm.prepare_data()
+    with pytest.raises(ValueError, match=r"data.crop=128x192 is larger than image part00.jpg "
+                       r"\(96x160\); use a crop of at most 96x160"):  # fmt: skip
+        dm.setup("fit")
+
+
+# ----------------------------------------------------------------------------- prepare
+def test_prepare_command_on_a_folder(root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = ["--data-dir", root, "--out", out, "--n-classes", "2", "--n-images", "all"]
+    assert exit_code(prepare_main, argv) == 0
+    assert "train 8, val 1, test 1" in capsys.readouterr().out
+    split = prep.read_split(out / "split.csv")
+    assert prep.data_classes(list(split.columns)) == 2
+    assert {tuple(s) for s in split[["height", "width"]].values} == set(SIZES)
+    meta = json.loads((out / "prepare.json").read_text())
+    assert meta["params"]["n_classes"] == 2
+    assert "train_csv_sha256" not in meta
+    assert meta[prep.MASKS_DIGEST] == prep.labels_digest(root)[1]
+    # a sample decodes at its own size, class ids intact
+    row = split.to_dict("records")[0]
+    image, mask = prep.load_sample(
+        root, row["ImageId"], prep.row_masks(row), None, prep.row_shape(row)
+    )
+    np.testing.assert_array_equal(mask, masks_of()[row["ImageId"]])
+    assert image.shape == mask.shape
+    # the same command again reuses the split
+    before = (out / "split.csv").stat().st_mtime_ns
+    assert exit_code(prepare_main, argv) == 0
+    assert (out / "split.csv").stat().st_mtime_ns == before
+
+
+def test_datamodule_keys_the_split_by_n_classes_and_checks_the_masks(root, tmp_path) -> None:
+    from steelseg.dataset import SteelDataModule
+
+    def dm(n_classes: int, root: Path = root) -> SteelDataModule:
+        return SteelDataModule(
+            str(root), None, None, crop="64x64", n_classes=n_classes, classes=2, num_workers=0
+        )
+
+    assert dm(2).params["n_classes"] == 2
+    assert dm(2).prepared_dir != dm(3).prepared_dir  # another n_classes, another split
+    # the Kaggle layout's parameters (and so its prepared folders) are as before
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "train_images").mkdir(parents=True)
+    assert "n_classes" not in dm(2, kaggle).params
+    data = dm(2)
+    data.prepare_data()
+    data.setup("fit")
+    assert data.uniform is False and data.cache_size() is None  # two sizes: no cache
+    assert data.datasets["train"][0]["mask"].shape == (2, 64, 64)
+    with pytest.raises(ValueError, match=r"holds the value 2, above data.n_classes=1"):
+        dm(1).prepare_data()
+    # a generator (experiment=quickstart's) never writes into a plant's folder
+    gen = SteelDataModule(str(root), None, synthetic={"n_images": 4, "seed": 0}, crop="64x64")
+    with pytest.raises(ValueError, match="add data.synthetic=null"):
+        gen.prepare_data()
+    assert not (root / "train_images").exists()
+    # a mask changed since: the prepared split is refused
+    mask = masks_of()["part03.png"]
+    mask[0, 0] = 2
+    cv2.imwrite(str(root / "masks" / "part03.png"), mask)
+    with pytest.raises(ValueError, match=r"was made from another masks/ \(sha256"):
+        dm(2).prepare_data()
+
+
+# ----------------------------------------------------------------------------- every command
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 2-class model trained (2 batches) on a folder layout with the real config:
+    (data root, last checkpoint, prepared folder). Shared read-only."""
+    from omegaconf import open_dict
+
+    from steelseg import config
+    from steelseg.train import train
+
+    tmp = tmp_path_factory.mktemp("folder_run")
+    root = write_folder(tmp / "plant")
+    overrides = [
+        "experiment=quickstart",  # the tiny CPU model: mobilenetv3_small, no weights, grey in
+        "data=folder",
+        f"data.root={root}",
+        "data.n_classes=2",
+        "model.classes=2",
+        "data.crop=64x64",
+        "data.synthetic=null",  # quickstart's generator: never into a plant's folder
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
+    ]
+    cfg = config.compose(overrides, output_dir=tmp / "run")
+    with open_dict(cfg):
+        cfg.data.prepared_dir = str(tmp / "prepared")
+    assert cfg.data.n_classes == 2 and cfg.data.crop == "64x64"
+    metrics = train(cfg)
+    assert "test/iou" in metrics  # tested on whole images of both sizes
+    return root, tmp / "run" / "checkpoints" / "last.ckpt", tmp / "prepared"
+
+
+def test_predict_a_folder_with_ground_truth_from_its_masks(folder_run, tmp_path) -> None:
+    from steelseg.cli.predict import main as predict_main
+
+    root, ckpt, _ = folder_run
+    out = tmp_path / "pred"
+    # --runtime torch: auto's accuracy check reads 256x1600 images only (evaluate.py)
+    argv = [ckpt, root, "--out", out, "--no-progress", "--runtime", "torch"]
+    assert exit_code(predict_main, argv) == 0
+    stems = sorted(f"{Path(i).stem}.png" for i in masks_of())
+    assert sorted(p.name for p in (out / "panels").iterdir()) == stems  # ground truth: masks/
+    for name, truth in masks_of().items():
+        saved = cv2.imread(str(out / "masks" / f"{Path(name).stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert saved.shape == truth.shape  # at the image's own size
+        panel = cv2.imread(str(out / "panels" / f"{Path(name).stem}.png"))
+        assert panel.shape[1] == truth.shape[1]
+    summary = json.loads((out / "predict.json").read_text())
+    assert summary["images"] == summary["panels"] == len(stems)
+    predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert set(predictions["ImageId"]) == set(masks_of())  # a row per image (and class)
+    # its images/ folder alone: the same ground truth
+    out2 = tmp_path / "pred2"
+    assert exit_code(predict_main, [*argv[:1], root / "images", *argv[2:3], out2, *argv[4:]]) == 0
+    assert sorted(p.name for p in (out2 / "panels").iterdir()) == stems
+
+
+def test_truth_of_a_folder_is_the_merged_mask_at_the_image_size(root: Path) -> None:
+    from steelseg.predict import _Truth, collect_inputs
+
+    sources, empty = collect_inputs([root])
+    assert not empty and [s.image_id for s in sources] == sorted(masks_of())
+    assert {s.labels for s in sources} == {root / "masks"}
+    truth = _Truth(sources)
+    for s in sources:
+        expected = masks_of()[s.image_id]
+        np.testing.assert_array_equal(truth.mask(s, expected.shape), expected > 0)
+        assert truth.mask(s, (7, 7)) is None  # not its size: no ground truth
+    (root / "masks" / "part00.png").unlink()
+    assert truth.mask(sources[0], masks_of()["part00.jpg"].shape) is None  # unlabelled
+
+
+@pytest.mark.xfail(
+    raises=ValueError,
+    strict=True,
+    reason="steelseg.evaluate scores 256x1600 images only (predict_files(..., rle.SHAPE)); "
+    "evaluate.py is being changed by another engineer",
+)
+def test_evaluate_a_folder(folder_run, tmp_path) -> None:
+    from steelseg.evaluate import evaluate
+
+    root, ckpt, prepared = folder_run
+    result = evaluate(ckpt, split="test", out=tmp_path / "eval", progress=False, max_panels=0)
+    split = prep.read_split(prepared / "split.csv")
+    assert result["n_images"] == (split["split"] == "test").sum() == 1
+    assert 0.0 <= result["metrics"]["threshold_only"]["pixel"]["iou"] <= 1.0
+    # every labelled image of the folder, nothing prepared
+    every = evaluate(ckpt, "all", root, out=tmp_path / "all", progress=False, max_panels=0)
+    assert every["n_images"] == len(masks_of())

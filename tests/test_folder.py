@@ -304,7 +304,7 @@ def test_predict_a_folder_with_ground_truth_from_its_masks(folder_run, tmp_path)
 
     root, ckpt, _ = folder_run
     out = tmp_path / "pred"
-    # --runtime torch: auto's accuracy check reads 256x1600 images only (evaluate.py)
+    # --runtime torch: no runtime measurement (auto's), which is not what this test is about
     argv = [ckpt, root, "--out", out, "--no-progress", "--runtime", "torch"]
     assert exit_code(predict_main, argv) == 0
     stems = sorted(f"{Path(i).stem}.png" for i in masks_of())
@@ -339,12 +339,6 @@ def test_truth_of_a_folder_is_the_merged_mask_at_the_image_size(root: Path) -> N
     assert truth.mask(sources[0], masks_of()["part00.jpg"].shape) is None  # unlabelled
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="steelseg.evaluate scores 256x1600 images only (predict_files(..., rle.SHAPE)); "
-    "evaluate.py is being changed by another engineer",
-)
 def test_evaluate_a_folder(folder_run, tmp_path) -> None:
     from steelseg.evaluate import evaluate
 
@@ -356,3 +350,18 @@ def test_evaluate_a_folder(folder_run, tmp_path) -> None:
     # every labelled image of the folder, nothing prepared
     every = evaluate(ckpt, "all", root, out=tmp_path / "all", progress=False, max_panels=0)
     assert every["n_images"] == len(masks_of())
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason="steelseg.evaluate._prepared_split_csv leaves data.n_classes out of the split's "
+    "parameters; it should pass prep.layout_n_classes(root, data.get('n_classes'))",
+)
+def test_evaluate_finds_the_default_split_of_a_folder_run(root: Path) -> None:
+    from steelseg.dataset import SteelDataModule
+    from steelseg.evaluate import _prepared_split_csv
+
+    data = {"root": str(root), "n_images": None, "split": [0.8, 0.1, 0.1], "n_classes": 2}
+    dm = SteelDataModule(str(root), None, None, (0.8, 0.1, 0.1), crop="64x64", n_classes=2)
+    assert _prepared_split_csv(data, root) == dm.prepared_dir / "split.csv"

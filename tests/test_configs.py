@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import steelseg.model
 from steelseg import config
-from steelseg.dataset import SteelDataModule
+from steelseg.dataset import SteelDataModule, parse_crop
 from steelseg.losses import LOSSES, WeightedLoss
 from steelseg.metric import SegMetrics
 from steelseg.model import ARCHS, OPTIMIZERS, SteelSegModule, build_network
@@ -300,7 +300,9 @@ def test_data_option_instantiates_without_touching_disk(
     assert sorted(tmp_path.rglob("*")) == before  # no folder, no generated data, no split
     assert dm.root.parent == tmp_path / "data"
     assert dm.prepared_dir.parent == dm.root / "prepared"
-    assert dm.size == (cfg.data.height, cfg.data.width)
+    # resized to height x width, or native resolution with training crops (data=folder)
+    assert dm.size == (None if cfg.data.crop else (cfg.data.height, cfg.data.width))
+    assert dm.crop == (None if cfg.data.crop is None else parse_crop(cfg.data.crop))
     if option == "severstal":
         assert dm.synthetic is None  # never generate into a real data folder
 

@@ -352,12 +352,6 @@ def test_evaluate_a_folder(folder_run, tmp_path) -> None:
     assert every["n_images"] == len(masks_of())
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="steelseg.evaluate._prepared_split_csv leaves data.n_classes out of the split's "
-    "parameters; it should pass prep.layout_n_classes(root, data.get('n_classes'))",
-)
 def test_evaluate_finds_the_default_split_of_a_folder_run(root: Path) -> None:
     from steelseg.dataset import SteelDataModule
     from steelseg.evaluate import _prepared_split_csv

@@ -422,7 +422,7 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} has no training images (counts: {counts.to_dict()});"
                 " prepare it again with more images or another split"
             )
-        self._check_classes(prep.data_classes(list(rows.columns)), f"the data in {self.root}")
+        prep.check_classes(self.classes, prep.data_classes(list(rows.columns)), str(self.root))
         self._check_images_present(split_csv, rows["ImageId"])
         shapes = self._shapes(rows)
         if self.crop is not None:
@@ -464,15 +464,6 @@ class SteelDataModule(pl.LightningDataModule):
             return train_transform(**{**self.augment, "crop": crop})
         return A.Compose([A.RandomCrop(*self.crop)]) if self.crop is not None else None
 
-    def _check_classes(self, n_data: int, where: str) -> None:
-        """Refuse per-class targets the data cannot give (binary labels, fewer classes)."""
-        if self.classes > 1 and n_data != self.classes:
-            has = f"{n_data} classes" if n_data else "merged (binary) masks only"
-            raise ValueError(
-                f"model.classes={self.classes} but {where} has {has}; use model.classes="
-                f"{n_data or 1}"
-            )
-
     def _check_crop(self, shapes: list[tuple[int, int]], ids: list[str]) -> None:
         """Refuse a crop larger than an image, naming the smallest."""
         h, w = self.crop
@@ -496,7 +487,9 @@ class SteelDataModule(pl.LightningDataModule):
                 raise ValueError(msg + " (set data.skip_bad=true to drop them)")
             log.warning("%s; dropping them", msg)
             rows = rows[~rows["ImageId"].isin(bad)]
-        self._check_classes(prep.data_classes(list(rows.columns)), f"data.extra_roots {root}")
+        prep.check_classes(
+            self.classes, prep.data_classes(list(rows.columns)), f"data.extra_roots {root}"
+        )
         log.info("data.extra_roots: %d training image(s) from %s", len(rows), root)
         return SteelDataset(rows, root, self.size, self.classes, aug)
 

@@ -74,6 +74,7 @@ def _prepared_split_csv(data: Mapping[str, Any], root: Path) -> Path:
         data.get("split_file"),
         data.get("val_fraction", 0.1),
         data.get("skip_bad", False),
+        prep.layout_n_classes(root, data.get("n_classes")),
     )
     return prep.default_prepared_dir(root, params) / "split.csv"
 
@@ -95,7 +96,7 @@ def labelled_split(
     split: str = "val",
     data_root: str | os.PathLike | None = None,
     split_file: str | os.PathLike | None = None,
-) -> tuple[list[str], list[Path], Callable[[str], np.ndarray]]:
+) -> tuple[list[str], list[Path], prep.MaskReader]:
     """Images and full-resolution masks of one split of the data a model was trained on.
 
     The data folder and the prepared ``split.csv`` come from the run's ``config.yaml`` (the
@@ -307,7 +308,7 @@ class Scorer:
 def score_predictor(
     predictor: Predictor,
     sources: Sequence[Source],
-    mask_of: Callable[[str], np.ndarray],
+    mask_of: prep.MaskReader,
     postprocess: PostProcess | None = None,
     progress: bool | None = False,
     desc: str = "score",
@@ -322,11 +323,9 @@ def score_predictor(
     counts = []
     start = time.perf_counter()
     for p in predictor.predict_files(
-        sources, rle.SHAPE, on_skip=lambda s, r: None, progress=progress, desc=desc
+        sources, check=mask_of.check, on_skip=lambda s, r: None, progress=progress, desc=desc
     ):
-        pred = pp.apply(p.prob, getattr(p, "image_prob", None))
-        merged = pred.any(0) if pred.ndim == 3 else pred  # any class
-        counts.append(metric.mask_counts(merged, mask_of(p.source.image_id)))
+        counts.append(metric.mask_counts(p.defect_mask(pp), mask_of(p.source.image_id)))
     seconds = time.perf_counter() - start
     if not counts:
         raise ValueError("none of the labelled images could be read")
@@ -463,7 +462,7 @@ def evaluate(
         predictor = Predictor.from_checkpoint(
             checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
         )
-    n_classes = getattr(predictor, "classes", 1)
+    n_classes = predictor.classes
     prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
     post = replaced(predictor.postprocess, **dict(overrides or {}))
     plain = PostProcess(threshold=predictor.model_threshold)
@@ -480,10 +479,10 @@ def evaluate(
     start = time.perf_counter()
     sources = [Source(p, i) for i, p in zip(ids, paths)]
     for p in predictor.predict_files(
-        sources, rle.SHAPE, on_skip=skipped, progress=progress, desc=f"eval {split}"
+        sources, check=mask_of.check, on_skip=skipped, progress=progress, desc=f"eval {split}"
     ):
         truth = mask_of(p.source.image_id, classes=n_classes > 1)
-        scorer.add(p.source.image_id, p.prob, truth, getattr(p, "image_prob", None))
+        scorer.add(p.source.image_id, p.prob, truth, p.image_prob)
     seconds = time.perf_counter() - start
     if not scorer.images:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")

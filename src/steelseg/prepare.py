@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -741,7 +741,7 @@ def default_prepared_dir(root: str | os.PathLike, params: dict[str, Any]) -> Pat
 
 def labelled_images(
     root: str | os.PathLike, split_csv: str | os.PathLike | None = None, split: str = "all"
-) -> tuple[list[str], list[Path], Callable[[str], np.ndarray]]:
+) -> tuple[list[str], list[Path], MaskReader]:
     """The images of a split (or of a whole folder) with their full-resolution masks.
 
     Args:
@@ -794,17 +794,52 @@ def labelled_images(
     ids = rows["ImageId"].tolist()
     for i, iid in enumerate(ids):  # an edited split must not escape the data folder
         rle.check_image_id(iid, f"{where.name} line {i + 2}")
-    records = dict(zip(ids, rows.to_dict("records")))
-
-    def mask_of(image_id: str, classes: bool = False) -> np.ndarray:
-        r = records[image_id]
-        where_ = f"{where.name} ({image_id})"
-        if classes:
-            return rle.class_mask(row_masks(r), row_shape(r), where=where_)
-        return rle.decode(r["EncodedPixels"], row_shape(r), where=where_) > 0
-
     folder = image_dir(root)
-    return ids, [folder / i for i in ids], mask_of
+    return ids, [folder / i for i in ids], MaskReader(rows, where)
+
+
+class MaskReader:
+    """The ground truth of labelled images (see :func:`labelled_images`), read on demand.
+
+    ``reader(image_id)`` is the merged defect mask (bool, the image's own size);
+    ``reader(image_id, classes=True)`` the class mask (uint8, class id per pixel, 0 = clean).
+    :attr:`n_classes` is how many classes the labels tell apart (0: merged masks only).
+    """
+
+    def __init__(self, rows: pd.DataFrame, where: Path) -> None:
+        self.records = dict(zip(rows["ImageId"], rows.to_dict("records")))
+        self.where = where
+        self.n_classes = data_classes(list(rows.columns))
+
+    def check(self, source: Any, image: np.ndarray) -> None:
+        """Raise ``ValueError`` when a read image (a ``Source`` with its ``image_id``) is not
+        the size its labels were made for (``Predictor.predict_files``'s ``check``)."""
+        h, w = row_shape(self.records[source.image_id])
+        if image.shape != (h, w):
+            raise ValueError(f"it is {image.shape[1]}x{image.shape[0]}, but its mask is {w}x{h}")
+
+    def __call__(self, image_id: str, classes: bool = False) -> np.ndarray:
+        r = self.records[image_id]
+        where = f"{self.where.name} ({image_id})"
+        if classes:
+            return rle.class_mask(row_masks(r), row_shape(r), where=where)
+        return rle.decode(r["EncodedPixels"], row_shape(r), where=where) > 0
+
+
+def check_classes(model_classes: int, data_classes: int, where: str) -> None:
+    """Refuse, in one line, a multi-class model on labels without the same classes.
+
+    Args:
+        model_classes: The model's output channels (1: defect classes merged, fits any labels).
+        data_classes: Classes the labels tell apart (0: merged masks only).
+        where: Names the labels in the message.
+    """
+    if model_classes > 1 and data_classes != model_classes:
+        has = f"{data_classes} classes" if data_classes else "merged (binary) masks only"
+        raise ValueError(
+            f"the model has {model_classes} classes (model.classes={model_classes}) but {where} "
+            f"has {has}; train or use a model with model.classes={data_classes or 1}"
+        )
 
 
 def read_split(path: str | os.PathLike) -> pd.DataFrame:

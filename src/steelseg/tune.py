@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steelseg import metric, rle
+from steelseg import metric
 from steelseg import prepare as prep
 from steelseg.evaluate import labelled_split, model_checkpoint
 from steelseg.postprocess import GATES, ClassPostProcess, PostProcess, check_tta, save_tuned
@@ -261,9 +261,9 @@ def tune(
     model_threshold = predictor.model_threshold
     grid = (grid or Grid()).including(model_threshold)
     options = [()] + ([tta] if tta else [])
-    n_classes = getattr(predictor, "classes", 1)
+    n_classes = predictor.classes
     prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
-    gates = gate_options(getattr(predictor, "gated", False))
+    gates = gate_options(predictor.gated)
     # one scorer per (TTA, class, gate): the competition's metric is a mean over (image,
     # class) pairs, so each class's settings can be chosen on their own
     scorers = {
@@ -276,15 +276,15 @@ def tune(
     n_images = 0
     for p in predictor.predict_files(
         sources,
-        rle.SHAPE,
+        check=mask_of.check,
         on_skip=skipped,
         with_plain=True,
         progress=progress,
         desc=f"tune on {split}",
     ):
         truth = mask_of(p.source.image_id, classes=n_classes > 1)
-        image_prob = getattr(p, "image_prob", None)
-        outputs = {(): (p.plain, getattr(p, "image_plain", image_prob))}
+        image_prob = p.image_prob
+        outputs = {(): (p.plain, p.plain_image_prob)}
         if tta:
             outputs[tta] = (p.prob, image_prob)
         for t, (prob, iprob) in outputs.items():

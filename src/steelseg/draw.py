@@ -1,4 +1,5 @@
-"""Pictures of predictions: the colour overlay and the reference task's four-panel picture.
+"""Pictures of predictions: colour overlays (found / false alarm / missed, or one colour per
+defect class) and the reference task's four-panel picture.
 
 Used by ``steelseg-predict`` (PNG files) and the evaluation report (inline pictures); numpy and
 OpenCV only. Colours are RGB; :func:`to_bgr` turns a picture around for ``cv2.imwrite``.
@@ -6,12 +7,18 @@ OpenCV only. Colours are RGB; :func:`to_bgr` turns a picture around for ``cv2.im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 #: Overlay colours (RGB): found defect, false alarm (or, without ground truth, any prediction),
 #: missed defect.
 TP_RGB, FP_RGB, FN_RGB = (34, 197, 94), (239, 68, 68), (59, 130, 246)
+#: Overlay colour (RGB) of each Severstal defect class, for models of one channel per class;
+#: none of them is the binary overlay's red, green or blue.
+CLASS_RGB = {1: (250, 204, 21), 2: (34, 211, 238), 3: (217, 70, 239), 4: (249, 115, 22)}
+CLASS_LEGEND = "class 1 yellow, 2 cyan, 3 magenta, 4 orange"
 TINT = 0.35  # weight of the colour over the steel: the texture under a defect stays visible
 LABEL_HEIGHT = 28  # pixels of the caption bar above each panel
 
@@ -38,12 +45,36 @@ def overlay(
     Shape:
         image, pred, target: (H, W).
     """
+    pred, target = pred.astype(bool), target.astype(bool)
+    regions = ((pred & target, TP_RGB), (pred & ~target, FP_RGB), (~pred & target, FN_RGB))
+    return _tinted(image, regions, width)
+
+
+def class_overlay(image: np.ndarray, classes: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The grey image with each predicted defect class tinted in its :data:`CLASS_RGB` colour.
+
+    Args:
+        image: Grey uint8 image.
+        classes: The class id of each pixel (0: background, 1..4: :data:`CLASS_RGB`'s keys).
+        width: Output width (height keeps the aspect ratio); None for the image's own.
+
+    Returns:
+        RGB uint8 (h, width, 3), each class tinted and outlined in its colour.
+
+    Shape:
+        image, classes: (H, W).
+    """
+    return _tinted(image, [(classes == c, rgb) for c, rgb in CLASS_RGB.items()], width)
+
+
+def _tinted(
+    image: np.ndarray, regions: Sequence[tuple[np.ndarray, tuple[int, int, int]]], width: int | None
+) -> np.ndarray:
+    """The grey image as RGB with each (bool mask, colour) region tinted and outlined."""
     h, w = image.shape
     size = (w, h) if width is None else (int(width), max(1, round(h * width / w)))
     grey = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if size != (w, h) else image
     canvas = cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB)
-    pred, target = pred.astype(bool), target.astype(bool)
-    regions = ((pred & target, TP_RGB), (pred & ~target, FP_RGB), (~pred & target, FN_RGB))
     outlines = []
     for region, rgb in regions:
         small = region if size == (w, h) else _shrink_any(region, size)

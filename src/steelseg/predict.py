@@ -10,11 +10,19 @@ Notebook use, no Hydra needed::
     prob = predictor.predict_proba(image)                          # float32 (256, 1600)
     mask = predictor.predict(image)                                # bool (256, 1600)
     for p in predictor.predict_files(["a.jpg", "b.jpg"]):          # files, in batches
-        p.source.path, p.image, p.prob
+        p.source.path, p.image, p.prob, p.image_prob
 
-Each image is resized to the size the model was trained at (``hparams.input_size``), run in
-batches (with flip test-time augmentation when asked), and its probability map resized back
-(bilinear) to the image's own size before post-processing (:mod:`steelseg.postprocess`).
+Each image is resized to the size the model was trained at (``hparams.input_size``; without
+one, padded to the network's stride), run in batches (with flip test-time augmentation when
+asked), and its probability map resized back (bilinear) to the image's own size before
+post-processing (:mod:`steelseg.postprocess`).
+
+A binary model (``classes`` 1) gives probabilities ``(H, W)``; a model with one channel per
+defect class (``model.classes=4``) gives ``(C, H, W)``, post-processed per class
+(:class:`~steelseg.postprocess.ClassPostProcess`). A model with the gate head
+(``model.gate=true``) also gives each image's class probabilities ``(C,)``
+(``Prediction.image_prob``, ``predict_proba(..., return_image_prob=True)``), which the
+post-processing's ``gate`` applies to the masks.
 
 :meth:`Predictor.predict_files` is the one loop over image files: it reads them in batches,
 names and skips the unreadable ones, and yields a :class:`Prediction` per image. Prediction,
@@ -31,11 +39,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -49,7 +57,15 @@ from steelseg.io import (
     read_grey,
     write_png,
 )
-from steelseg.postprocess import TTA_CHOICES, PostProcess, check_tta, load_tuned, sidecar_path
+from steelseg.postprocess import (
+    TTA_CHOICES,
+    ClassPostProcess,
+    PostProcess,
+    check_tta,
+    load_tuned,
+    postprocess_from_dict,
+    sidecar_path,
+)
 from steelseg.runtime import (
     STRIDE,
     Engine,
@@ -60,13 +76,28 @@ from steelseg.runtime import (
     sigmoid,
 )
 
+#: what turns probabilities into masks: one setting for a binary model (or for every class),
+#: or one per class
+AnyPostProcess = PostProcess | ClassPostProcess
+
+if TYPE_CHECKING:
+    from steelseg.submission import Sample
+
 log = logging.getLogger(__name__)
 
 #: background threads that decode input images, and that post-process and write outputs,
 #: while the model runs (OpenCV releases the GIL while it decodes and encodes)
 READ_THREADS, WRITE_THREADS = 2, 2
 
-__all__ = ["TTA_CHOICES", "Prediction", "Predictor", "Source", "collect_inputs", "read_grey"]
+__all__ = [
+    "TTA_CHOICES",
+    "Prediction",
+    "Predictor",
+    "Source",
+    "apply_postprocess",
+    "collect_inputs",
+    "read_grey",
+]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -157,6 +188,18 @@ def _as_images(images: Any) -> tuple[list[np.ndarray], bool]:
     return [_grey(np.asarray(a)) for a in images], False
 
 
+def _gathered(
+    arrays: list[np.ndarray], single: bool, empty: tuple[int, ...], dtype: Any = np.float32
+) -> np.ndarray | list[np.ndarray]:
+    """One image's array; several stacked when they share a shape, else the list; none:
+    an empty array of shape ``empty``."""
+    if single:
+        return arrays[0]
+    if arrays and len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    return arrays if arrays else np.zeros(empty, dtype)
+
+
 def _grey(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] in (3, 4):  # OpenCV's BGR(A), as cv2.imread gives
         image = cv2.cvtColor(
@@ -169,18 +212,52 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def apply_postprocess(
+    postprocess: AnyPostProcess, prob: np.ndarray, image_prob: np.ndarray | None = None
+) -> np.ndarray:
+    """The masks of one image's probabilities, gated by its image probabilities.
+
+    A plain :class:`PostProcess` acts on every class of a multi-class model
+    (:meth:`ClassPostProcess.uniform`).
+
+    Shape:
+        prob: (H, W) of a binary model or (C, H, W); image_prob: (C,) or None.
+        Returns bool of ``prob``'s shape.
+    """
+    if prob.ndim == 3:
+        if isinstance(postprocess, PostProcess):
+            postprocess = ClassPostProcess.uniform(postprocess, len(prob))
+        return postprocess.apply(prob, image_prob)
+    if isinstance(postprocess, ClassPostProcess):
+        (postprocess,) = postprocess.classes  # one class (checked by Predictor)
+    return postprocess.apply(prob, None if image_prob is None else float(image_prob[0]))
+
+
 @dataclass
 class Prediction:
     """One image file and its defect probabilities (see :meth:`Predictor.predict_files`).
 
     Shape:
-        image: uint8 (H, W); prob, plain: float32 (H, W), at the image's own size.
+        image: uint8 (H, W); prob, plain: float32 (H, W) for a binary model, (C, H, W) for a
+        model of C classes, at the image's own size; image_prob, plain_image_prob: float32
+        (C,) for a model with the gate head, else None.
     """
 
     source: Source
     image: np.ndarray
     prob: np.ndarray
     plain: np.ndarray | None = None  # without test-time augmentation, when asked for
+    image_prob: np.ndarray | None = None  # the gate head's, averaged over the flips like prob
+    plain_image_prob: np.ndarray | None = None  # without test-time augmentation
+
+    def mask(self, postprocess: AnyPostProcess) -> np.ndarray:
+        """The post-processed masks, gated by :attr:`image_prob`: bool, shaped as ``prob``."""
+        return apply_postprocess(postprocess, self.prob, self.image_prob)
+
+    def defect_mask(self, postprocess: AnyPostProcess) -> np.ndarray:
+        """Where a defect of any class is: bool (H, W) (the mask itself for a binary model)."""
+        mask = self.mask(postprocess)
+        return mask.any(axis=0) if mask.ndim == 3 else mask
 
 
 def log_skip(source: Source, reason: str) -> None:
@@ -211,6 +288,23 @@ class Skipped(list):
         return [{"image_id": s.image_id, "reason": reason} for s, reason in self]
 
 
+def _model_outputs(engine: Engine, classes: int | None, gated: bool | None) -> tuple[int, bool]:
+    """The (classes, gated) of a model: as given, else what the engine says, else binary and
+    ungated; one line when the given and the engine's differ."""
+    for name, given, own in (("classes", classes, engine.classes), ("gated", gated, engine.gated)):
+        if given is not None and own is not None and given != own:
+            raise ValueError(
+                f"the model's metadata says {name}={given}, but the model file has {own}; "
+                "export it again (steelseg-export)"
+            )
+    classes = classes if classes is not None else engine.classes
+    gated = gated if gated is not None else engine.gated
+    classes = 1 if classes is None else int(classes)
+    if classes < 1:
+        raise ValueError(f"classes must be >= 1, got {classes}")
+    return classes, bool(gated)
+
+
 class Predictor:
     """A trained model on a runtime, with its input size, post-processing and test-time flips.
 
@@ -219,13 +313,24 @@ class Predictor:
             :class:`~steelseg.runtime.Engine` (an exported file on ONNX Runtime, OpenVINO or
             TorchScript; see :meth:`from_export`).
         device: For a module: where to run; None: CUDA when available, else CPU.
-        postprocess: How probabilities become masks; None: a threshold at the model's.
+        postprocess: How probabilities become masks; None: a threshold at the model's. For a
+            model of several classes a plain :class:`PostProcess` acts on every class
+            (stored as :meth:`ClassPostProcess.uniform`).
         tta: Flips to average with the plain prediction, from :data:`TTA_CHOICES`.
         batch_size: Images per forward pass.
         precision: For a module: ``fp32`` or ``bf16`` (autocast); None: bf16 on a CUDA GPU that
             supports it (as training does), fp32 elsewhere. Probabilities are always float32.
         input_size: The (H, W) images are resized to; None: the module's trained size.
         threshold: The model's own threshold; None: the module's.
+        classes: The model's mask channels; None: the module's (``model.classes``), else what
+            the engine's graph says, else 1.
+        gated: Whether the model has the gate head; None: the module's (``model.gate``), else
+            what the engine's graph says, else False.
+
+    Attributes:
+        classes: Mask channels: 1 (binary: probabilities (H, W)) or C (probabilities
+            (C, H, W), one per defect class).
+        gated: Whether the model gives image probabilities (C,) (the gate head).
     """
 
     def __init__(
@@ -238,6 +343,8 @@ class Predictor:
         precision: str | None = None,
         input_size: Sequence[int] | None = None,
         threshold: float | None = None,
+        classes: int | None = None,
+        gated: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -249,6 +356,7 @@ class Predictor:
             hp = getattr(model, "hparams", {})
             input_size = input_size if input_size is not None else hp.get("input_size")
             threshold = threshold if threshold is not None else hp.get("threshold")
+        self.classes, self.gated = _model_outputs(self.engine, classes, gated)
         fixed = self.engine.fixed_size
         if input_size is not None and fixed is not None and tuple(input_size) != fixed:
             raise ValueError(
@@ -259,7 +367,9 @@ class Predictor:
         self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
         #: the model's own threshold (what training scored at)
         self.model_threshold = float(threshold) if threshold is not None else 0.5
-        self.postprocess = postprocess or PostProcess(threshold=self.model_threshold)
+        self.postprocess = self.check_postprocess(
+            postprocess or PostProcess(threshold=self.model_threshold)
+        )
         self.tta = check_tta(tta)
         self.batch_size = int(batch_size)
         self.model_file: Path | None = None  # the .ckpt or exported file it came from, if any
@@ -285,6 +395,35 @@ class Predictor:
     def describe(self) -> str:
         """``<runtime> <precision> on <device>``."""
         return self.engine.describe()
+
+    def check_postprocess(self, postprocess: AnyPostProcess) -> AnyPostProcess:
+        """``postprocess`` in the form this model's masks take: a :class:`PostProcess` for a
+        binary model, a :class:`ClassPostProcess` of its classes otherwise.
+
+        Raises:
+            ValueError: a gate on a model without the gate head, or settings for another
+                number of classes.
+        """
+        per_class = (
+            postprocess.classes if isinstance(postprocess, ClassPostProcess) else (postprocess,)
+        )
+        if not self.gated and any(p.gate != "none" for p in per_class):
+            raise ValueError(
+                "postprocess gate needs a model with the gate head (model.gate=true); this "
+                "model has none: set gate to none"
+            )
+        if isinstance(postprocess, PostProcess):
+            return (
+                postprocess
+                if self.classes == 1
+                else ClassPostProcess.uniform(postprocess, self.classes)
+            )
+        if postprocess.n_classes != self.classes:
+            raise ValueError(
+                f"the post-processing has settings for {postprocess.n_classes} classes, but "
+                f"the model predicts {self.classes}; tune it for this model (steelseg-tune)"
+            )
+        return postprocess.classes[0] if self.classes == 1 else postprocess
 
     @classmethod
     def from_checkpoint(
@@ -337,7 +476,8 @@ class Predictor:
 
         Args:
             path: The ``.onnx``, ``.xml`` (OpenVINO) or ``.pt`` (TorchScript) file; its
-                ``<file>.json`` gives the input size, threshold and post-processing.
+                ``<file>.json`` gives the input size, threshold, classes, gate head and
+                post-processing.
             runtime: None: the export's checked default when installed, else the first
                 installed runtime that runs the format.
             precision: None: the export's checked default for that runtime, else the file's
@@ -351,7 +491,7 @@ class Predictor:
         engine = open_engine(path, runtime, precision, threads)
         tuned = load_tuned(path) if use_tuned else None
         if tuned is None and use_tuned:
-            tuned = (PostProcess.from_dict(meta["postprocess"]), check_tta(meta.get("tta", [])))
+            tuned = (postprocess_from_dict(meta["postprocess"]), check_tta(meta.get("tta", [])))
         if postprocess is None and tuned is not None:
             postprocess = tuned[0]
         if tta is None:
@@ -363,6 +503,8 @@ class Predictor:
             batch_size=batch_size,
             input_size=meta.get("input_size"),
             threshold=meta.get("model_threshold", meta.get("threshold")),
+            classes=meta.get("classes", 1),  # exports from before per-class models: binary
+            gated=meta.get("gated", False),
         )
         predictor.model_file = Path(path)
         predictor.metadata = meta
@@ -389,76 +531,118 @@ class Predictor:
         )
 
     def _back(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """(C, h, w) network-size probabilities -> (C, H, W) at the image's own size."""
         h, w = shape
         if self.input_size is None:
-            return np.ascontiguousarray(prob[:h, :w])
-        if prob.shape == (h, w):
+            return np.ascontiguousarray(prob[:, :h, :w])
+        if prob.shape[1:] == (h, w):
             return prob
-        return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in prob])
 
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """TTA-averaged and plain probabilities of a (N, h, w) batch at network size."""
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sigmoid of the engine's outputs: mask (N, C, h, w) and image (N, C) or None."""
+        masks, image = self.engine(np.ascontiguousarray(x))
+        if masks.ndim != 4 or masks.shape[1] != self.classes or (image is None) == self.gated:
+            got = f"{masks.shape}" + ("" if image is None else f" and {image.shape}")
+            raise ValueError(
+                f"the model gave outputs of shape {got}, not the {self.classes}-class mask "
+                f"logits{' and image logits' if self.gated else ''} its metadata names"
+            )
+        return sigmoid(masks), None if image is None else sigmoid(image)
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """TTA-averaged and plain probabilities of a (N, h, w) batch at network size: masks
+        (N, C, h, w) each, and image probabilities (N, C) each (None without the gate head)."""
         x = batch[:, None]  # (N, 1, h, w)
         want = self.engine.input_dtype
         if want is not None and x.dtype != want:
             x = np.rint(x).astype(want) if want == np.uint8 else x.astype(want)
-        plain = sigmoid(self.engine(np.ascontiguousarray(x)))
+        plain, plain_image = self._run(x)
         prob = plain.copy() if self.tta else plain
+        image = plain_image.copy() if self.tta and plain_image is not None else plain_image
         for name in self.tta:
             axis = -1 if name == "hflip" else -2
-            flipped = np.ascontiguousarray(np.flip(x, axis))
-            prob += np.flip(sigmoid(self.engine(flipped)), axis)
+            flipped_prob, flipped_image = self._run(np.flip(x, axis))
+            prob += np.flip(flipped_prob, axis)  # every class channel flips back alike
+            if image is not None:
+                image += flipped_image  # a flip shows the same defects: averaged as they are
         if self.tta:
             prob /= 1 + len(self.tta)
-        return prob[:, 0], plain[:, 0]  # (N, h, w) each
+            if image is not None:
+                image /= 1 + len(self.tta)
+        return prob, plain, image, plain_image
 
-    def _proba(self, grey: list[np.ndarray], with_plain: bool) -> list[tuple[np.ndarray, Any]]:
-        """(probabilities, plain probabilities or None) of each image, at its own size."""
+    def _proba(self, grey: list[np.ndarray], with_plain: bool) -> list[tuple[Any, ...]]:
+        """(probabilities, plain probabilities or None, image probabilities or None, plain
+        image probabilities or None) of each image; probabilities at its own size, (H, W)
+        for a binary model, (C, H, W) otherwise."""
         net = [self.network_input(g) for g in grey]
         out: list[Any] = [None] * len(grey)
         by_shape: dict[tuple[tuple[int, int], np.dtype], list[int]] = {}
         for i, a in enumerate(net):
             by_shape.setdefault((a.shape, a.dtype), []).append(i)
+        binary = self.classes == 1
+
+        def back(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+            prob = self._back(prob, shape)
+            return prob[0] if binary else prob
+
         for idx in by_shape.values():
             for lo in range(0, len(idx), self.batch_size):
                 part = idx[lo : lo + self.batch_size]
-                probs, plains = self._forward(np.stack([net[i] for i in part]))
-                for i, p, q in zip(part, probs, plains):
+                probs, plains, images, plain_images = self._forward(
+                    np.stack([net[i] for i in part])
+                )
+                for j, i in enumerate(part):
                     shape = grey[i].shape
-                    out[i] = (self._back(p, shape), self._back(q, shape) if with_plain else None)
+                    out[i] = (
+                        back(probs[j], shape),
+                        back(plains[j], shape) if with_plain else None,
+                        None if images is None else images[j],
+                        None if plain_images is None or not with_plain else plain_images[j],
+                    )
         return out
 
-    def predict_proba(self, images: Any) -> np.ndarray | list[np.ndarray]:
+    def predict_proba(self, images: Any, return_image_prob: bool = False) -> Any:
         """Defect probabilities of each pixel, at each image's own size.
 
         Args:
             images: One uint8 grey (H, W) or BGR (H, W, 3) image, a sequence of them, or an
                 (N, H, W) array.
+            return_image_prob: Also return the gate head's image probabilities (None for a
+                model without it).
 
         Returns:
             float32 (H, W) for one image; (N, H, W) for several of one size; a list of
-            (H, W) arrays for several sizes.
+            (H, W) arrays for several sizes. For a model of C > 1 classes each (H, W) is
+            (C, H, W). With ``return_image_prob``, a pair: that, and float32 (C,) for one
+            image, (N, C) for several (or None).
         """
         grey, single = _as_images(images)
-        out = [p for p, _ in self._proba(grey, with_plain=False)]
-        if single:
-            return out[0]
-        if out and len({p.shape for p in out}) == 1:
-            return np.stack(out)
-        return out if out else np.zeros((0, 0, 0), np.float32)
+        outs = self._proba(grey, with_plain=False)
+        empty = (0, 0, 0) if self.classes == 1 else (0, self.classes, 0, 0)
+        probs = _gathered([o[0] for o in outs], single, empty)
+        if not return_image_prob:
+            return probs
+        if not self.gated:
+            return probs, None
+        return probs, _gathered([o[2] for o in outs], single, (0, self.classes))
 
     def predict(
-        self, images: Any, postprocess: PostProcess | None = None
+        self, images: Any, postprocess: AnyPostProcess | None = None
     ) -> np.ndarray | list[np.ndarray]:
-        """Binary defect masks, shaped as :meth:`predict_proba`'s output (bool).
+        """Defect masks (bool), shaped as :meth:`predict_proba`'s output: per class for a
+        model of several classes, gated by the image probabilities when the
+        post-processing says so.
 
         Args:
             images: As for :meth:`predict_proba`.
             postprocess: Overrides this predictor's post-processing for this call.
         """
-        pp = postprocess or self.postprocess
-        probs = self.predict_proba(images)
-        return [pp.apply(p) for p in probs] if isinstance(probs, list) else pp.apply(probs)
+        pp = self.postprocess if postprocess is None else self.check_postprocess(postprocess)
+        grey, single = _as_images(images)
+        masks = [apply_postprocess(pp, o[0], o[2]) for o in self._proba(grey, with_plain=False)]
+        return _gathered(masks, single, (0, 0, 0), bool)
 
     # ------------------------------------------------------------------ files
     def predict_files(
@@ -478,8 +662,8 @@ class Predictor:
             shape: The (height, width) every image must have (e.g. to match its mask), or None.
             check: More conditions on a read image: raises ``ValueError`` to skip it.
             on_skip: Told each skipped source and why (default: a logged warning).
-            with_plain: Also give the probabilities without TTA (free: the plain pass is
-                part of the TTA average).
+            with_plain: Also give the probabilities (and image probabilities) without TTA
+                (free: the plain pass is part of the TTA average).
             progress: A progress bar: True, False, or None (only on a terminal).
             desc: The progress bar's label.
 
@@ -538,9 +722,11 @@ class Predictor:
                         continue
                     good.append(s)
                     images.append(image)
-                probs = self._proba(images, with_plain)
-                for s, image, (prob, plain) in zip(good, images, probs):
-                    yield Prediction(s, image, prob, plain)
+                outs = self._proba(images, with_plain)
+                for s, image, (prob, plain, image_prob, plain_image_prob) in zip(
+                    good, images, outs
+                ):
+                    yield Prediction(s, image, prob, plain, image_prob, plain_image_prob)
                 bar.update(len(batch))
 
 
@@ -593,20 +779,29 @@ def predict_to_folder(
     predictor: Predictor,
     sources: Sequence[Source],
     out: str | os.PathLike,
-    postprocess: PostProcess | None = None,
+    postprocess: AnyPostProcess | None = None,
     masks_only: bool = False,
     on_skip: Callable[[Source, str], None] = log_skip,
     progress: bool | None = None,
     unmatched: Sequence[str] = (),
+    sample: Sample | None = None,
 ) -> dict[str, Any]:
     """Predict image files into ``out``: ``steelseg-predict``'s work.
 
-    Writes ``masks/<stem>.png`` (0/255), ``overlays/<stem>.png`` (prediction red; with ground
-    truth: found green, false alarm red, missed blue), ``panels/<stem>.png`` (the reference
+    Writes ``masks/<stem>.png``, ``overlays/<stem>.png``, ``panels/<stem>.png`` (the reference
     demo's four panels, where ground truth is known: a Kaggle-layout folder or its
     ``train_images/`` with train.csv beside it), ``predictions.csv`` (``ImageId,ClassId,
-    EncodedPixels``: ClassId 0 = any defect class, EncodedPixels empty for no defect) and
-    ``predict.json`` (settings, counts, speed, skipped inputs).
+    EncodedPixels``), ``predict.json`` (settings, counts, speed, skipped inputs) and, given
+    a ``sample``, ``submission.csv``.
+
+    * A binary model: masks 0/255; overlays with the prediction red (with ground truth: found
+      green, false alarm red, missed blue); one CSV row per image, ClassId 0 (any defect
+      class), EncodedPixels empty for no defect.
+    * A model of C > 1 classes: masks hold the class id of each pixel (0: no defect; where
+      classes overlap, the most probable); overlays tint each class in its
+      :data:`steelseg.draw.CLASS_RGB` colour; panels compare the defects of any class with
+      the ground truth; CSV rows: one per (image, class) with a defect, ClassId 1..C, and
+      one row ClassId 0 with empty EncodedPixels for an image without any.
 
     Args:
         predictor: The model.
@@ -617,25 +812,40 @@ def predict_to_folder(
         on_skip: Told each skipped input and why.
         progress: A progress bar (None: on a terminal).
         unmatched: Inputs that named no image (recorded as skipped).
+        sample: A Kaggle ``sample_submission.csv`` (:func:`steelseg.submission.read_sample`)
+            whose every image is among ``sources``: also write ``submission.csv`` in its
+            layout (an image of it that is skipped gets empty rows, and is named), and check
+            it as Kaggle would (``submission`` in the returned summary).
 
     Returns:
         The content of ``predict.json``; its ``skipped`` maps each skipped input to the reason.
 
     Raises:
-        ValueError: no sources, or ``out`` cannot be a folder.
+        ValueError: no sources, ``out`` cannot be a folder, a post-processing this model
+            cannot take, or a ``sample`` this model or these sources cannot answer (checked
+            before any image is predicted).
     """
     out = Path(out)
     if not sources:
         raise ValueError("no input images found")
     check_out_folder(out)
+    if sample is not None:
+        check_submission(sample, predictor.classes, sources)
     skipped = Skipped(on_skip)
     for text in unmatched:
         skipped.append((Source(Path(text), text), "no image file matches it"))
-    pp = postprocess or predictor.postprocess
+    pp = predictor.postprocess if postprocess is None else predictor.check_postprocess(postprocess)
+    binary = predictor.classes == 1
     truth = _Truth(sources)
     stems: dict[str, Path] = {}
+    in_sample = set(sample.image_ids) if sample is not None else set()
 
-    def unique_stem(s: Source, image: np.ndarray) -> None:
+    def check(s: Source, image: np.ndarray) -> None:
+        if s.image_id in in_sample and image.shape != rle.SHAPE:
+            raise ValueError(
+                f"it is {image.shape[1]}x{image.shape[0]}; a Kaggle submission needs "
+                f"{rle.SHAPE[1]}x{rle.SHAPE[0]} images"
+            )
         stem = Path(s.image_id).stem
         if stem in stems:
             raise ValueError(
@@ -644,45 +854,54 @@ def predict_to_folder(
             )
         stems[stem] = s.path
 
-    def save(p: Prediction) -> tuple[str, str, bool]:
+    def save(p: Prediction) -> _Saved:
         """Post-process one prediction and write its pictures (in a writer thread)."""
-        mask = pp.apply(p.prob)
-        stem = Path(p.source.image_id).stem
-        write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
-        row = (p.source.image_id, rle.encode(mask), False)
+        image_id, stem = p.source.image_id, Path(p.source.image_id).stem
+        mask = p.mask(pp)  # (H, W), or (C, H, W) per class
+        if binary:
+            write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
+            encoded = [rle.encode(mask)]
+            rows = [(image_id, rle.ANY_CLASS, encoded[0])]
+        else:
+            classes = class_map(mask, p.prob)
+            write_png(out / "masks" / f"{stem}.png", classes)
+            encoded = [rle.encode(m) for m in mask]
+            rows = [(image_id, c, e) for c, e in enumerate(encoded, 1) if e]
+            rows = rows or [(image_id, rle.ANY_CLASS, "")]
+        saved = _Saved(image_id, rows, encoded if image_id in in_sample else None)
         if masks_only:
-            return row
+            return saved
         gt = truth.mask(p.source, p.image.shape)
-        empty_truth = np.zeros_like(mask) if gt is None else gt
-        write_png(
-            out / "overlays" / f"{stem}.png", draw.to_bgr(draw.overlay(p.image, mask, empty_truth))
-        )
+        if binary:
+            empty_truth = np.zeros_like(mask) if gt is None else gt
+            picture = draw.overlay(p.image, mask, empty_truth)
+        else:
+            picture = draw.class_overlay(p.image, classes)
+        write_png(out / "overlays" / f"{stem}.png", draw.to_bgr(picture))
         if gt is None:
-            return row
+            return saved
         from steelseg import metric  # ground truth: a labelled folder (needs torch)
 
-        dice = float(metric.dice_per_image(*metric.mask_counts(mask, gt)))
-        panel = draw.four_panel(p.image, mask, gt, p.source.image_id, dice)
+        defect = mask if binary else mask.any(axis=0)  # panels compare defects of any class
+        dice = float(metric.dice_per_image(*metric.mask_counts(defect, gt)))
+        panel = draw.four_panel(p.image, defect, gt, image_id, dice)
         write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
-        return row[0], row[1], True
+        saved.panel = True
+        return saved
 
     # post-processing and PNG writing run in background threads while the model runs on
     # (in order; at most a few batches wait, so memory stays flat)
-    saved: list[tuple[str, str, bool]] = []
+    saved: list[_Saved] = []
     start = time.perf_counter()
     with ThreadPoolExecutor(WRITE_THREADS, "steelseg-write") as pool:
         waiting: deque = deque()
-        for p in predictor.predict_files(
-            sources, check=unique_stem, on_skip=skipped, progress=progress
-        ):
+        for p in predictor.predict_files(sources, check=check, on_skip=skipped, progress=progress):
             waiting.append(pool.submit(save, p))
             while len(waiting) > 2 * predictor.batch_size:
                 saved.append(waiting.popleft().result())
         saved.extend(f.result() for f in waiting)
-    rows = [(image_id, encoded) for image_id, encoded, _ in saved]
-    n_panels = sum(panel for _, _, panel in saved)
     seconds = time.perf_counter() - start
-    _write_csv(out / "predictions.csv", rows)
+    _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows])
     summary = {
         "checkpoint": str(predictor.checkpoint) if predictor.checkpoint else None,
         "model_file": str(predictor.model_file) if predictor.model_file else None,
@@ -690,23 +909,138 @@ def predict_to_folder(
         "precision": predictor.precision,
         "device": str(predictor.device),
         "input_size": predictor.input_size,
+        "classes": predictor.classes,
+        "gated": predictor.gated,
         "postprocess": pp.to_dict(),
         "tta": list(predictor.tta),
-        "images": len(rows),
-        "with_defect": sum(1 for _, r in rows if r),
-        "panels": n_panels,
+        "images": len(saved),
+        "with_defect": sum(1 for s in saved if any(e for _, _, e in s.rows)),
+        "panels": sum(s.panel for s in saved),
         "seconds": round(seconds, 3),
-        "images_per_second": round(len(rows) / seconds, 3) if seconds > 0 else None,
+        "images_per_second": round(len(saved) / seconds, 3) if seconds > 0 else None,
         "skipped": skipped.by_path(),
+        "submission": None,
     }
+    if not binary:
+        summary["with_defect_by_class"] = {
+            str(c): sum(1 for s in saved if any(row[1] == c for row in s.rows))
+            for c in range(1, predictor.classes + 1)
+        }
+    if sample is not None:
+        summary["submission"] = _write_submission(out / "submission.csv", sample, saved)
     atomic_write_text(out / "predict.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write_csv(path: Path, rows: Sequence[tuple[str, str]]) -> None:
-    """``ImageId,ClassId,EncodedPixels``: one row per image, ClassId 0 (any class)."""
+@dataclass
+class _Saved:
+    """What predict_to_folder keeps of one image: its CSV rows, the RLE of each class (for
+    the submission) and whether it has a panel."""
+
+    image_id: str
+    rows: list[tuple[str, int, str]]
+    class_rles: list[str] | None = None  # only for the images of a submission's sample
+    panel: bool = False
+
+
+def class_map(masks: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The class id of each pixel: 0 where no class is predicted, else the most probable of
+    the classes predicted there (multi-label masks may overlap).
+
+    Shape:
+        masks: bool (C, H, W); prob: (C, H, W). Returns uint8 (H, W), values 0..C.
+    """
+    ids = np.argmax(np.where(masks, prob, -1.0), axis=0).astype(np.uint8) + 1
+    ids[~masks.any(axis=0)] = 0
+    return ids
+
+
+def _write_csv(path: Path, rows: Sequence[tuple[str, int, str]]) -> None:
+    """``ImageId,ClassId,EncodedPixels`` rows (see :func:`predict_to_folder`)."""
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels"])
-    df.insert(1, "ClassId", rle.ANY_CLASS)
+    df = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     atomic_write_text(path, df.to_csv(index=False))
+
+
+# ----------------------------------------------------------------------------- submissions
+def find_sample(inputs: Sequence[str | os.PathLike], sources: Sequence[Source]) -> Path | None:
+    """The Kaggle ``sample_submission.csv`` that goes with the predicted images, if any: the
+    one beside ``test_images/`` when an input is a folder holding ``test_images/`` (or is
+    ``test_images/`` itself) and the images predicted are those test images."""
+    for text in inputs:
+        folder = Path(text)
+        if not folder.is_dir():
+            continue
+        root = folder if (folder / "test_images").is_dir() else folder.parent
+        csv, test_dir = root / "sample_submission.csv", (root / "test_images").resolve()
+        if csv.is_file() and any(s.path.parent.resolve() == test_dir for s in sources):
+            return csv
+    return None
+
+
+def check_submission(sample: Sample, classes: int, sources: Sequence[Source]) -> None:
+    """Check, before anything is predicted, that a model of ``classes`` classes predicting
+    ``sources`` can answer ``sample``.
+
+    Raises:
+        ValueError: the model is not of the 4 Severstal classes, or the sample names images
+            that are not among the sources (:func:`steelseg.submission.check_images` when
+            they come from one folder).
+    """
+    from steelseg import submission
+
+    if classes != submission.N_CLASSES:
+        raise ValueError(
+            f"a Kaggle submission needs {submission.N_CLASSES} defect classes, but the model "
+            f"predicts {classes}; train with model.classes={submission.N_CLASSES}"
+        )
+    folders = {s.path.parent for s in sources}
+    if len(folders) == 1:
+        submission.check_images(sample, folders.pop())
+        return
+    have = {s.image_id for s in sources}
+    missing = [i for i in sample.image_ids if i not in have]
+    if missing:
+        raise ValueError(
+            f"{sample.path.name} names {len(missing)} image(s) not among the inputs: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; is it the sample "
+            "of these images?"
+        )
+
+
+class _RleMasks(Mapping):
+    """ImageId -> uint8 (4, H, W) masks decoded from their RLE when asked for (an image
+    without any: empty masks). The arrays are zero-allocated and only the runs are written,
+    so the untouched pages of the whole test set's masks cost no memory."""
+
+    def __init__(self, rles: Mapping[str, Sequence[str]], image_ids: Sequence[str]) -> None:
+        self.rles, self.image_ids = rles, image_ids
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        if image_id not in self.rles and image_id not in self.image_ids:
+            raise KeyError(image_id)
+        h, w = rle.SHAPE
+        masks = np.zeros((rle.N_CLASSES, w, h), np.uint8)  # column-major, as runs count
+        for c, encoded in enumerate(self.rles.get(image_id, ())):
+            flat = masks[c].reshape(-1)
+            for lo, hi in rle.parse(encoded).tolist():
+                flat[lo:hi] = 1
+        return masks.transpose(0, 2, 1)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def _write_submission(path: Path, sample: Sample, saved: Sequence[_Saved]) -> dict[str, Any]:
+    """Write ``submission.csv`` in the sample's layout and check it; its summary."""
+    from steelseg import submission
+
+    rles = {s.image_id: s.class_rles for s in saved if s.class_rles is not None}
+    left_empty = [i for i in sample.image_ids if i not in rles]  # skipped (named already)
+    submission.write(path, sample, _RleMasks(rles, sample.image_ids))
+    checked = submission.check(path, sample)
+    return {"file": path.name, "sample": str(sample.path), **checked, "left_empty": left_empty}

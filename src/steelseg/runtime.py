@@ -1,8 +1,10 @@
 """Where a model runs: PyTorch, ONNX Runtime or OpenVINO, at fp32, bf16 or INT8.
 
 An :class:`Engine` maps a batch of grey images ``(N, 1, H, W)`` (uint8 or float32 0..255) to
-float32 logits ``(N, 1, H, W)``; :class:`steelseg.predict.Predictor` does the rest (resizing,
-test-time flips, post-processing) the same way on every engine.
+float32 mask logits ``(N, C, H, W)`` (C = the model's classes) and, for a model with the gate
+head, image logits ``(N, C)`` (the second output of an exported graph, ``image_logits``);
+:class:`steelseg.predict.Predictor` does the rest (resizing, test-time flips, post-processing)
+the same way on every engine.
 
 * ``torch``: the checkpoint's module, eager; ``bf16`` runs under autocast (channels_last on a
   CPU). No INT8.
@@ -216,8 +218,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+#: what an engine returns: mask logits, and image logits (None without the gate head)
+Outputs = tuple[np.ndarray, np.ndarray | None]
+
+
 class Engine:
-    """A model on a runtime: ``engine(x)`` -> logits.
+    """A model on a runtime: ``engine(x)`` -> ``(mask logits, image logits or None)``.
 
     Attributes:
         runtime: One of :data:`RUNTIMES`.
@@ -225,9 +231,14 @@ class Engine:
         input_dtype: What the model takes: ``np.uint8`` or ``np.float32`` (values 0..255).
         device: Where it runs (``cpu``, ``cuda:0``).
         fixed_size: ``(H, W)`` when the model only takes that input size, else None.
+        classes: Mask channels C, when the model says (None: not known before a call, as
+            for TorchScript).
+        gated: Whether it has the image-level gate head, when the model says (None: not
+            known before a call).
 
     Shape:
-        x: (N, 1, H, W) grey 0..255. Returns float32 logits (N, 1, H, W).
+        x: (N, 1, H, W) grey 0..255. Returns float32 mask logits (N, C, H, W) and, with the
+        gate head, float32 image logits (N, C), else None.
     """
 
     runtime: str = ""
@@ -235,8 +246,10 @@ class Engine:
     input_dtype: Any = np.uint8
     device: str = "cpu"
     fixed_size: tuple[int, int] | None = None
+    classes: int | None = None
+    gated: bool | None = None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def __call__(self, x: np.ndarray) -> Outputs:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -260,6 +273,19 @@ def _graph_input(shape: list[Any], dtype: str, path: Path) -> tuple[Any, tuple[i
     h, w = shape[2], shape[3]
     fixed = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
     return (np.uint8 if dtype == "uint8" else np.float32), fixed
+
+
+def _graph_outputs(shapes: list[list[Any]], path: Path) -> tuple[int | None, bool]:
+    """Check an exported graph's outputs (mask logits (N, C, H, W), and with the gate head
+    image logits (N, C)); its classes (None: not static) and whether it is gated."""
+    ranks = [len(s) for s in shapes]
+    if ranks not in ([4], [4, 2]):
+        raise ValueError(
+            f"{path} gives outputs of shapes {shapes}; steelseg exports give mask logits "
+            "(N, C, H, W) and, with the gate head, image logits (N, C)"
+        )
+    classes = shapes[0][1]
+    return (classes if isinstance(classes, int) and classes > 0 else None), len(shapes) == 2
 
 
 class OnnxRuntimeEngine(Engine):
@@ -286,12 +312,14 @@ class OnnxRuntimeEngine(Engine):
         dtype = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}.get(inp.type, inp.type)
         self.input_dtype, self.fixed_size = _graph_input(list(inp.shape), dtype, path)
         self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = self.session.get_outputs()
+        self.classes, self.gated = _graph_outputs([list(o.shape) for o in outputs], path)
+        self.output_names = [o.name for o in outputs]
         self.precision = precision
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        return np.asarray(out, dtype=np.float32)
+    def __call__(self, x: np.ndarray) -> Outputs:
+        masks, *image = self.session.run(self.output_names, {self.input_name: x})
+        return _outputs(masks, image[0] if image else None)
 
 
 class OpenVinoEngine(Engine):
@@ -324,6 +352,13 @@ class OpenVinoEngine(Engine):
             inp.get_element_type().get_type_name(), inp.get_element_type().get_type_name()
         )
         self.input_dtype, self.fixed_size = _graph_input(shape, dtype, path)
+        self.classes, self.gated = _graph_outputs(
+            [
+                [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                for o in model.outputs
+            ],
+            path,
+        )
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         hint = self.HINTS[check_precision(precision)]
         if hint is not None:
@@ -334,16 +369,19 @@ class OpenVinoEngine(Engine):
         self.request = self.compiled.create_infer_request()
         self.precision = precision
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> Outputs:
         out = self.request.infer({0: x})
-        return np.asarray(out[self.compiled.output(0)], dtype=np.float32)
+        image = out[self.compiled.output(1)] if self.gated else None
+        return _outputs(out[self.compiled.output(0)], image)
 
 
 class TorchEngine(Engine):
     """A :class:`steelseg.model.SteelSegModule` (or any module of the same call) on PyTorch.
 
     ``bf16`` runs under autocast (channels_last on a CPU); a CUDA GPU with bf16 uses it by
-    default, as training does.
+    default, as training does. The module returns mask logits, or with the gate head a pair
+    (mask logits, image logits); its ``hparams`` (``classes``, ``gate``) say which, when it
+    has them (a TorchScript module tells at its first call).
     """
 
     runtime = "torch"
@@ -373,6 +411,9 @@ class TorchEngine(Engine):
         self.device = str(device)
         self.module = module.eval().to(device)
         self.precision = precision
+        hp = getattr(module, "hparams", None)
+        if hp is not None:
+            self.classes, self.gated = int(hp.get("classes", 1)), bool(hp.get("gate", False))
         net = getattr(self.module, "net", None)
         uses_cl = getattr(self.module, "use_channels_last", None)
         channels_last = (uses_cl(device) if uses_cl else False) or (
@@ -392,7 +433,18 @@ class TorchEngine(Engine):
                 self.torch_device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
             ):
                 out = self.module(t)
-            return out.float().cpu().numpy()
+            masks, image = out if isinstance(out, (tuple, list)) else (out, None)
+            return _outputs(
+                masks.float().cpu().numpy(), None if image is None else image.float().cpu().numpy()
+            )
+
+
+def _outputs(masks: Any, image: Any) -> Outputs:
+    """An engine's outputs as float32 arrays."""
+    return (
+        np.asarray(masks, dtype=np.float32),
+        None if image is None else np.asarray(image, dtype=np.float32),
+    )
 
 
 def open_engine(

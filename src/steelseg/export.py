@@ -9,15 +9,20 @@ The exported graph is the module's forward with the normalisation inside it:
 
 * input ``image``: grey pixel values 0..255, ``(N, 1, H, W)``, uint8 (default) or float32
   (``--input-dtype``); N, H and W are dynamic (H and W multiples of 32; resize images to the
-  ``input_size`` of the metadata, which the model was trained at);
-* output ``logits``: float32 ``(N, 1, H, W)``; ``sigmoid(logits) >= threshold`` is a defect.
+  ``input_size`` of the metadata, which the model was trained at, or, where it is null (a
+  model trained on native-resolution crops), pad them to a multiple of 32);
+* output ``logits``: float32 ``(N, C, H, W)``, C = the model's ``classes`` (1: any defect
+  class; 4: one channel per Severstal class); ``sigmoid(logits) >= threshold`` is a defect;
+* with the gate head (``model.gate``), a second output ``image_logits``: float32 ``(N, C)``,
+  the image-level logit of each class, which the tuned post-processing's ``gate`` applies.
 
 ``--precision int8`` quantizes with ONNX Runtime's static post-training quantization (QDQ,
 weights per channel) calibrated on train-split images; OpenVINO runs the same quantized graph.
 
-Beside the file, ``<file>.json`` holds the metadata: input size, threshold, the tuned
-post-processing and TTA when ``steelseg-tune`` stored some, the source checkpoint, the largest
-absolute logit difference from the PyTorch module on random inputs, and the accuracy check:
+Beside the file, ``<file>.json`` holds the metadata: input size, classes, whether the model is
+gated, threshold, the tuned post-processing (its gate included) and TTA when ``steelseg-tune``
+stored some, the source checkpoint, the largest absolute logit difference from the PyTorch
+module on random inputs (every output), and the accuracy check:
 per-image Dice and pixel IoU on the labelled test split for every installed runtime and
 precision that runs the file, beside PyTorch fp32's, with the fastest that passes as the file's
 ``default``.
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from steelseg import rle
 from steelseg.checkpoint import tensor_bytes
 from steelseg.evaluate import labelled_sources
 from steelseg.io import (
@@ -59,7 +65,7 @@ from steelseg.io import (
     remove_stale,
 )
 from steelseg.model import SteelSegModule, normalise
-from steelseg.postprocess import PostProcess, load_tuned
+from steelseg.postprocess import ClassPostProcess, PostProcess, load_tuned
 from steelseg.predict import Predictor, Source
 from steelseg.runtime import (
     DICE_TOLERANCE,
@@ -93,7 +99,9 @@ class ExportModule(nn.Module):
     """The network plus its input normalisation, free of Lightning and of steelseg code.
 
     Shape:
-        image: (N, 1, H, W) grey values 0..255 (uint8 or float). Returns (N, 1, H, W) logits.
+        image: (N, 1, H, W) grey values 0..255 (uint8 or float), H and W multiples of 32.
+        Returns (N, C, H, W) mask logits, or with the gate head a pair: those and (N, C)
+        image logits.
     """
 
     def __init__(self, module: SteelSegModule) -> None:
@@ -102,8 +110,19 @@ class ExportModule(nn.Module):
         self.register_buffer("mean", module.mean.detach().clone())  # (C, 1, 1), pixel units
         self.register_buffer("std", module.std.detach().clone())
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.net(normalise(image, self.mean, self.std))
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's output names: mask logits, and the gate head's image logits."""
+        gated = getattr(self.net, "classification_head", None) is not None
+        return ["logits", "image_logits"] if gated else ["logits"]
+
+
+def _outputs(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A module's or loaded export's output as a tuple (one tensor per graph output)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _example(size: tuple[int, int], batch: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -119,6 +138,7 @@ def _check_inputs(size: tuple[int, int], dtype: torch.dtype) -> list[torch.Tenso
 
 def export_onnx(model: ExportModule, example: torch.Tensor, path: Path, exporter: str) -> None:
     """Write ``model`` as a single-file ONNX graph with dynamic batch, height and width."""
+    names = model.output_names
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         target = Path(tmp) / path.name
         with warnings.catch_warnings():
@@ -131,29 +151,31 @@ def export_onnx(model: ExportModule, example: torch.Tensor, path: Path, exporter
                 how = {"dynamo": True, "external_data": False, "dynamic_shapes": dims}
             else:
                 axes = {0: "batch", 2: "height", 3: "width"}
+                dynamic = {"image": axes, "logits": axes, "image_logits": {0: "batch"}}
                 how = {
                     "dynamo": False,
                     "opset_version": 17,
-                    "dynamic_axes": {"image": axes, "logits": axes},
+                    "dynamic_axes": {k: dynamic[k] for k in ["image", *names]},
                 }
             with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
                 torch.onnx.export(
-                    model, (example,), target, input_names=["image"], output_names=["logits"], **how
+                    model, (example,), target, input_names=["image"], output_names=names, **how
                 )
         atomic_write_bytes(path, target.read_bytes())
 
 
 def check_onnx(model: ExportModule, path: Path, inputs: list[torch.Tensor]) -> float:
-    """Largest |onnxruntime - PyTorch| logit difference over ``inputs``."""
+    """Largest |onnxruntime - PyTorch| logit difference over ``inputs`` (every output)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
     for x in inputs:
-        (got,) = session.run(["logits"], {"image": x.numpy()})
+        got = session.run(model.output_names, {"image": x.numpy()})
         with torch.inference_mode():
-            want = model(x).numpy()
-        diff = max(diff, float(np.abs(got - want).max()))
+            want = _outputs(model(x))
+        for g, w in zip(got, want, strict=True):
+            diff = max(diff, float(np.abs(g - w.numpy()).max()))
     return diff
 
 
@@ -178,7 +200,8 @@ def check_torchscript(model: ExportModule, path: Path, inputs: list[torch.Tensor
     diff = 0.0
     with torch.inference_mode():
         for x in inputs:
-            diff = max(diff, float((loaded(x) - model(x)).abs().max()))
+            for g, w in zip(_outputs(loaded(x)), _outputs(model(x)), strict=True):
+                diff = max(diff, float((g - w).abs().max()))
     return diff
 
 
@@ -256,12 +279,14 @@ def export(
         raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
     module = SteelSegModule.load_from_checkpoint(checkpoint).eval()
     model = ExportModule(module).eval()
-    size = module.hparams.get("input_size")
-    size = (int(size[0]), int(size[1])) if size else (256, 1600)
+    trained = module.hparams.get("input_size")  # None: native resolution (data.crop)
+    input_size = (int(trained[0]), int(trained[1])) if trained else None
+    size = input_size or rle.SHAPE  # of the example inputs
     dtype = INPUT_DTYPES[input_dtype]
     tuned = load_tuned(checkpoint) if use_tuned else None
     postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
     reference = Predictor(module, "cpu", postprocess, tuned[1] if tuned else (), batch_size, "fp32")
+    postprocess = reference.postprocess  # per class for a model of several (checked)
     test = labelled_sources(checkpoint, "test", data_root, split_file) if check else None
     calibration = None
     if precision == "int8":
@@ -295,7 +320,15 @@ def export(
             elif fmt == "onnx":
                 os.replace(onnx_file, staged)
             meta = _metadata(
-                module, checkpoint, out, fmt, onnx_exporter, input_dtype, size, postprocess, tuned
+                module,
+                checkpoint,
+                out,
+                fmt,
+                onnx_exporter,
+                input_dtype,
+                input_size,
+                postprocess,
+                tuned,
             )
             meta |= {
                 "precision": "int8" if precision == "int8" else "fp32",
@@ -476,6 +509,8 @@ def _accuracy(
             batch_size=reference.batch_size,
             input_size=meta["input_size"],
             threshold=reference.model_threshold,
+            classes=meta["classes"],
+            gated=meta["gated"],
         )
         scores = score_predictor(
             predictor, sources, mask_of, progress=progress, desc=f"check: {runtime} {p}"
@@ -529,7 +564,7 @@ def _write_checked(
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{fmt} export failed ({type(e).__name__}: {first}); try {other}") from e
     with torch.inference_mode():
-        scale = max([1.0] + [float(model(x).abs().max()) for x in inputs])
+        scale = max([1.0] + [float(o.abs().max()) for x in inputs for o in _outputs(model(x))])
     tolerance = TOLERANCE * scale
     if not diff <= tolerance:
         raise ValueError(
@@ -547,11 +582,12 @@ def _metadata(
     fmt: str,
     onnx_exporter: str,
     input_dtype: str,
-    size: tuple[int, int],
-    postprocess: PostProcess,
-    tuned: tuple[PostProcess, tuple[str, ...]] | None,
+    input_size: tuple[int, int] | None,
+    postprocess: PostProcess | ClassPostProcess,
+    tuned: tuple[PostProcess | ClassPostProcess, tuple[str, ...]] | None,
 ) -> dict[str, Any]:
     """What ``<file>.json`` says of an export (the checks' numbers are added by the caller)."""
+    classes, gated = int(module.hparams.get("classes", 1)), bool(module.hparams.get("gate", False))
     return {
         "format": fmt,
         "file": out.name,
@@ -562,8 +598,15 @@ def _metadata(
             "shape": ["N", 1, "H", "W"],
             "values": "grey 0..255, no normalisation (it is inside the graph)",
         },
-        "output": {"name": "logits", "shape": ["N", 1, "H", "W"], "activation": "sigmoid"},
-        "input_size": list(size),
+        "output": {"name": "logits", "shape": ["N", classes, "H", "W"], "activation": "sigmoid"},
+        "image_output": (
+            {"name": "image_logits", "shape": ["N", classes], "activation": "sigmoid"}
+            if gated
+            else None
+        ),
+        "classes": classes,
+        "gated": gated,
+        "input_size": list(input_size) if input_size else None,  # None: pad to size_multiple
         "size_multiple": STRIDE,
         "threshold": postprocess.threshold,
         "model_threshold": float(module.hparams.threshold),

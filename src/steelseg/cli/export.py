@@ -19,12 +19,13 @@ def build_parser():
     p = common.parser(
         PROG,
         "Export a steelseg checkpoint to ONNX, OpenVINO IR or TorchScript (grey 0..255 images "
-        "(N,1,H,W) in, logits out, normalisation inside), optionally quantized to INT8 "
+        "(N,1,H,W) in, mask logits (N,C,H,W) out, and image_logits (N,C) for a model with the "
+        "gate head; normalisation inside), optionally quantized to INT8 "
         "(calibrated on train-split images). Checks the logits against the PyTorch module, then "
         "per-image Dice and IoU on the labelled test split on every installed runtime that runs "
         "the file, against PyTorch fp32; refuses an export that falls more than --tolerance "
-        "below it. Writes FILE and FILE.json (input size, threshold, tuned post-processing, the "
-        "checks, the default runtime).",
+        "below it. Writes FILE and FILE.json (input size, classes, gate head, threshold, tuned "
+        "post-processing, the checks, the default runtime).",
     )
     common.add_checkpoint(p)
     p.add_argument(
@@ -102,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             progress=False if args.no_progress else None,
         )
+        size = meta["input_size"]
+        trained = f"trained at {size[0]}x{size[1]}" if size else "native resolution"
+        outputs = f"{meta['classes']} class(es)" + (", gate head" if meta["gated"] else "")
         print(
             f"{PROG}: wrote {args.out} ({args.format} {meta['precision']}, input "
-            f"{meta['input']['dtype']} (N,1,H,W), trained at {meta['input_size'][0]}x"
-            f"{meta['input_size'][1]}); max abs logit difference from the module "
-            f"{meta['max_abs_diff']:.2e}; metadata {metadata_path(args.out)}"
+            f"{meta['input']['dtype']} (N,1,H,W), {trained}, {outputs}); max abs logit "
+            f"difference from the module {meta['max_abs_diff']:.2e}; metadata "
+            f"{metadata_path(args.out)}"
         )
         accuracy = meta["accuracy"]
         if accuracy["checked"]:

@@ -103,6 +103,20 @@ def load_predictor(
     return predictor
 
 
+def model_outputs(model: str | os.PathLike) -> tuple[int, bool]:
+    """The (classes, gated) of a checkpoint or exported file, read without building the
+    network (to refuse a task the model cannot do before anything runs)."""
+    path = Path(model)
+    if path.suffix.lower() in FILE_FORMATS:
+        meta = load_metadata(path)
+        return int(meta.get("classes", 1)), bool(meta.get("gated", False))
+    require("torch")  # a checkpoint needs it: one line saying so
+    from steelseg.checkpoint import load, steelseg_parts
+
+    hp, _ = steelseg_parts(load(path), path)
+    return int(hp.get("classes", 1)), bool(hp.get("gate", False))
+
+
 def _on_export(
     checkpoint: Path,
     runtime: str,

@@ -28,6 +28,7 @@ TTA_FLIPS = ("hflip", "vflip")  # steelseg.postprocess.TTA_CHOICES, without impo
 RUNTIMES = ("torch", "onnxruntime", "openvino")  # steelseg.runtime.RUNTIMES
 PRECISIONS = ("fp32", "bf16", "int8")  # steelseg.runtime.PRECISIONS
 SPLITS = ("train", "val", "test", "all")  # steelseg.prepare.SPLIT_CHOICES
+GATES = ("none", "hard", "soft")  # steelseg.postprocess.GATES
 
 
 class Parser(argparse.ArgumentParser):
@@ -192,6 +193,18 @@ def add_postprocess(p: argparse.ArgumentParser, title: str) -> argparse._Argumen
         help="fill holes inside predicted defects",
     )
     g.add_argument(
+        "--gate",
+        choices=GATES,
+        help="how the image probability of a model with the gate head (model.gate=true) acts: "
+        "none; hard: empty a class's mask below --gate-threshold; soft: multiply its pixel "
+        "probabilities by it",
+    )
+    g.add_argument(
+        "--gate-threshold",
+        type=fraction,
+        help="with --gate hard: the image probability below which a mask is emptied, in (0, 1)",
+    )
+    g.add_argument(
         "--no-tuned",
         action="store_true",
         help="ignore the post-processing and TTA steelseg-tune stored beside the checkpoint",
@@ -206,6 +219,8 @@ POSTPROCESS_FIELDS = (
     "dilate",
     "close",
     "fill_holes",
+    "gate",
+    "gate_threshold",
 )
 
 
@@ -227,7 +242,7 @@ def predictor(
     import dataclasses
 
     from steelseg.deploy import load_predictor
-    from steelseg.postprocess import PostProcess
+    from steelseg.postprocess import ClassPostProcess, PostProcess
 
     changes = postprocess_overrides(args)
     dataclasses.replace(PostProcess(), **changes)  # a bad value fails before any model work
@@ -242,8 +257,13 @@ def predictor(
         tolerance=args.tolerance,
         progress=not getattr(args, "no_progress", False),
     )
-    if changes:
-        loaded.postprocess = dataclasses.replace(loaded.postprocess, **changes)
+    if changes:  # each value given replaces that value (of every class)
+        pp = loaded.postprocess
+        loaded.postprocess = loaded.check_postprocess(
+            ClassPostProcess(tuple(dataclasses.replace(c, **changes) for c in pp.classes))
+            if isinstance(pp, ClassPostProcess)
+            else dataclasses.replace(pp, **changes)
+        )
     print(f"{prog}: model on {loaded.describe()}{_why(loaded.choice)}", file=sys.stderr)
     return loaded
 

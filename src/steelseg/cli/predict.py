@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from steelseg.cli import common
 
@@ -13,11 +15,18 @@ PROG = "steelseg-predict"
 def build_parser():
     p = common.parser(
         PROG,
-        "Predict defect masks with a steelseg checkpoint or exported model (ONNX / OpenVINO files run without PyTorch). Writes OUT/masks/<id>.png (0/255), "
-        "OUT/overlays/<id>.png, OUT/panels/<id>.png (original / prediction / overlay / ground "
-        "truth, when ground truth is known: a Kaggle-layout folder or its train_images/ with "
-        "train.csv beside it), OUT/predictions.csv (ImageId,ClassId,EncodedPixels; ClassId 0 = "
-        "any defect class, EncodedPixels empty for no defect) and OUT/predict.json.",
+        "Predict defect masks with a steelseg checkpoint or exported model (ONNX / OpenVINO "
+        "files run without PyTorch). Writes OUT/masks/<id>.png (a binary model: 0/255; a "
+        "model of one channel per class: the class id of each pixel, 0 = none), "
+        "OUT/overlays/<id>.png (one colour per class for a per-class model), OUT/panels/<id>.png "
+        "(original / prediction / overlay / ground truth, when ground truth is known: a "
+        "Kaggle-layout folder or its train_images/ with train.csv beside it), "
+        "OUT/predictions.csv (ImageId,ClassId,EncodedPixels; a binary model: one row per "
+        "image, ClassId 0 = any defect class; a per-class model: one row per image and class "
+        "found, ClassId 1..4, and a ClassId 0 row for an image without any; EncodedPixels "
+        "empty for no defect) and OUT/predict.json. With a 4-class model and a "
+        "sample_submission.csv (beside test_images/ of the input folder, or "
+        "--sample-submission), also OUT/submission.csv, checked as Kaggle would.",
     )
     common.add_checkpoint(p, exports=True)
     p.add_argument(
@@ -29,6 +38,14 @@ def build_parser():
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
         "--masks-only", action="store_true", help="write masks and the CSV, no overlays or panels"
+    )
+    p.add_argument(
+        "--sample-submission",
+        type=Path,
+        metavar="FILE",
+        help="a Kaggle sample_submission.csv: also write OUT/submission.csv in its layout for "
+        "every image it names (all must be among the inputs; needs a model.classes=4 model). "
+        "Default: the sample_submission.csv beside test_images/ when the input is that folder",
     )
     g = common.add_postprocess(
         p,
@@ -53,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         if not sources:  # before the model is loaded
             raise ValueError("no input images found")
         check_out_folder(args.out)
+        sample, note = _sample(args, sources)  # before the model is loaded or anything runs
         predictor = common.predictor(args, PROG)
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
         summary = predict_to_folder(
             predictor,
             sources,
@@ -61,15 +81,52 @@ def main(argv: list[str] | None = None) -> int:
             masks_only=args.masks_only,
             progress=False if args.no_progress else None,
             unmatched=unmatched,
+            sample=sample,
         )
         print(
             f"{PROG}: {summary['images']} image(s) predicted ({summary['with_defect']} with a "
             f"defect, {summary['panels']} with ground truth) into {args.out}"
             + common.skipped_note(list(summary["skipped"]))
         )
+        sub = summary["submission"]
+        if sub is not None:
+            empty = sub["left_empty"]
+            print(
+                f"{PROG}: {args.out / sub['file']} is a valid Kaggle submission: "
+                f"{sub['images']} images, {sub['non_empty']} non-empty rows of {sub['rows']}, "
+                f"{sub['layout']} layout"
+                + (f"; {len(empty)} skipped image(s) left empty" if empty else "")
+            )
         return common.SKIPPED if summary["skipped"] else common.OK
 
     return common.run(PROG, body)
+
+
+def _sample(args: argparse.Namespace, sources: list[Any]) -> tuple[Any, str]:
+    """The sample submission to answer (``--sample-submission``, or the one beside the input
+    ``test_images/``), checked against the model and the inputs; and a note when the one found
+    beside the images is left out because the model is binary.
+
+    Raises:
+        ValueError: ``--sample-submission`` for a model that is not of 4 classes; a sample
+            that cannot be read, or names images that are not among the inputs.
+    """
+    from steelseg.deploy import model_outputs
+    from steelseg.predict import check_submission, find_sample
+    from steelseg.submission import N_CLASSES, read_sample
+
+    path = args.sample_submission or find_sample(args.inputs, sources)
+    if path is None:
+        return None, ""
+    classes = model_outputs(args.checkpoint)[0]
+    if args.sample_submission is None and classes != N_CLASSES:
+        return None, (
+            f"no submission.csv for {path}: the model predicts {classes} class(es), a Kaggle "
+            f"submission needs {N_CLASSES} (train with model.classes={N_CLASSES})"
+        )
+    sample = read_sample(path)
+    check_submission(sample, classes, sources)
+    return sample, ""
 
 
 if __name__ == "__main__":

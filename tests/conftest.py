@@ -81,3 +81,22 @@ def tiny_ckpt(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         cfg.data.prepared_dir = str(out / "prepared")
     train(cfg)
     return out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_4gate(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a tiny 4-class model with the gate head (``model.classes=4
+    model.gate=true``), trained 2 batches on 64x320 native-resolution crops, so it has no
+    ``input_size``: prediction runs whole images, padded to the stride.
+
+    Shared read-only by the per-class inference and export tests; never modify it.
+    """
+    from steelseg.train import train
+
+    out = tmp_path_factory.mktemp("tiny_4gate_run")
+    extra = ("test=false", "model.classes=4", "model.gate=true", "data.crop=64x320")
+    cfg = config.compose(tiny_overrides(synth_root, *extra), output_dir=out / "run")
+    with open_dict(cfg):
+        cfg.data.prepared_dir = str(out / "prepared")
+    train(cfg)
+    return out / "run" / "checkpoints" / "last.ckpt"

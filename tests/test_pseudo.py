@@ -135,9 +135,10 @@ def test_training_adds_pseudo_labels_to_train_only(predictor, synth_root, tmp_pa
     added = with_extra.datasets["train"].datasets[1]
     ann = rle.read_annotations(extra / "train.csv", any_class=True)
     assert sorted(added.ids) == sorted(p.name for p in (extra / "train_images").iterdir())
-    for iid, encoded in zip(added.ids, added.rles):  # the extra images carry their pseudo masks
-        assert encoded == rle.merge(ann.loc[ann["ImageId"] == iid, "EncodedPixels"])
-    first = next(i for i, e in enumerate(added.rles) if e)
+    encoded = [r["EncodedPixels"] for r in added.records]
+    for iid, e in zip(added.ids, encoded):  # the extra images carry their pseudo masks
+        assert e == rle.merge(ann.loc[ann["ImageId"] == iid, "EncodedPixels"])
+    first = next(i for i, e in enumerate(encoded) if e)
     item = added[first]
     assert item["image"].shape == (1, 64, 320) and item["mask"].sum() > 0
 

@@ -88,3 +88,18 @@ def test_a_four_class_model_on_binary_labels_is_refused(tiny_ckpt_4gate: Path, t
     with pytest.raises(ValueError, match="merged \\(binary\\) masks only"):
         tune(tiny_ckpt_4gate, split_file=path, grid=SMALL, save=False, progress=False)
     assert not (tmp_path / "e").exists()
+
+
+def test_pseudo_labels_of_a_four_class_model_keep_their_classes(
+    tiny_ckpt_4gate: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from steelseg import rle
+    from steelseg.predict import Predictor
+    from steelseg.pseudo import pseudo_label
+
+    predictor = Predictor.from_checkpoint(tiny_ckpt_4gate, "cpu")
+    out = tmp_path / "pseudo"
+    summary = pseudo_label(predictor, [synth_root / "test_images"], out, max_uncertain=1.0)
+    ann = rle.read_annotations(out / "train.csv")  # Kaggle's rule: ClassId 1..4 only
+    assert set(ann["ClassId"]) <= {1, 2, 3, 4}
+    assert summary["kept"] == len(list((out / "train_images").iterdir()))

@@ -12,10 +12,11 @@ probability between ``low`` and ``high`` (default 0.2 and 0.8). ``OUT`` is a Kag
 folder:
 
 * ``train_images/``: links to the kept images (or copies with ``--copy``);
-* ``train.csv``: ``ImageId,ClassId,EncodedPixels``, one row per kept image with a predicted
-  defect. The model is binary and does not know the defect class, so ClassId is
-  :data:`steelseg.rle.ANY_CLASS` (0); kept images without a row are defect-free, as in Kaggle's
-  file. steelseg reads ClassId 0 only where asked to (``data.extra_roots``, prediction);
+* ``train.csv``: ``ImageId,ClassId,EncodedPixels``, one row per kept image and predicted
+  defect class (ClassId 1..4 for a model with ``model.classes=4``). A binary model does not
+  know the defect class, so its ClassId is :data:`steelseg.rle.ANY_CLASS` (0); kept images
+  without a row are defect-free, as in Kaggle's file. steelseg reads ClassId 0 only where
+  asked to (``data.extra_roots`` of a binary model, prediction);
 * ``scores.csv``: every image tried, with its uncertain fraction, whether it was kept and
   its predicted defect area; ``pseudo.json``: the settings and counts.
 
@@ -112,24 +113,27 @@ def pseudo_label(
         sources, rle.SHAPE, check=unique_id, on_skip=skipped, progress=progress, desc="pseudo"
     ):
         frac = uncertain_fraction(p.prob, low, high)
-        mask = predictor.postprocess.apply(p.prob)
+        mask = p.mask(predictor.postprocess)  # (H, W), or (C, H, W) for a model with classes
         keep = frac <= max_uncertain
         scores.append((p.source.image_id, frac, keep, int(mask.sum())))
         if keep:
             kept[p.source.image_id] = p.source.path
-            encoded = rle.encode(mask)
-            if encoded:
-                labels.append((p.source.image_id, rle.ANY_CLASS, encoded))
+            # a binary model's labels are of any class (ClassId 0); a 4-class model's per class
+            by_class = enumerate(mask, start=1) if mask.ndim == 3 else [(rle.ANY_CLASS, mask)]
+            for class_id, m in by_class:
+                encoded = rle.encode(m)
+                if encoded:
+                    labels.append((p.source.image_id, class_id, encoded))
     summary = {
         "images": len(scores),
         "kept": len(kept),
-        "kept_with_defect": len(labels),
+        "kept_with_defect": len({image_id for image_id, _, _ in labels}),
         "low": low,
         "high": high,
         "max_uncertain": max_uncertain,
         "postprocess": predictor.postprocess.to_dict(),
         "tta": list(predictor.tta),
-        "class_id": rle.ANY_CLASS,
+        "class_id": rle.ANY_CLASS if predictor.classes == 1 else "1.." + str(predictor.classes),
         "images_linked": not copy,
         "skipped": skipped.by_path(),
     }

@@ -405,3 +405,41 @@ def test_check_of_a_missing_or_empty_file(tmp_path: Path) -> None:
     (tmp_path / "submission.csv").write_text("")
     with pytest.raises(ValueError, match="^submission.csv is empty"):
         submission.check(tmp_path / "submission.csv", sample)
+
+
+# ----------------------------------------------------------------------------- acceptance
+def test_a_trained_4_class_models_submission_scores_what_eval_says(
+    tiny_ckpt_4gate: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """A 4-class gated model trained on synthetic data predicts a Kaggle test folder made of
+    its labelled validation images; the scorer above, reading only submission.csv and the
+    split's RLE, gives the competition metric steelseg-eval reports for those images."""
+    import pandas as pd
+
+    from steelseg.cli.predict import main as predict_main
+    from steelseg.evaluate import evaluate
+
+    prepared = tiny_ckpt_4gate.parents[2] / "prepared" / "split.csv"  # the fixture's split
+    split = pd.read_csv(prepared, dtype=str, keep_default_na=False)
+    val = split[split["split"] == "val"]
+    root = tmp_path / "kaggle"
+    (root / "test_images").mkdir(parents=True)
+    for image_id in val["ImageId"]:
+        (root / "test_images" / image_id).symlink_to(synth_root / "train_images" / image_id)
+    sample = write_sample(root / "sample_submission.csv", KAGGLE["2019"], val["ImageId"])
+    out = tmp_path / "out"
+    argv = [str(tiny_ckpt_4gate), str(root), "--out", str(out), "--runtime", "torch"]
+    assert predict_main(argv) == 0
+
+    truth = {
+        row["ImageId"]: np.stack(
+            [kaggle_decode(row[f"EncodedPixels_{c}"], (H, W)) for c in (1, 2, 3, 4)]
+        )
+        for _, row in val.iterrows()
+    }
+    score = kaggle_score(out / "submission.csv", truth)
+    ev = evaluate(tiny_ckpt_4gate, split="val", out=tmp_path / "eval", progress=False, max_panels=0)
+    assert score == pytest.approx(ev["metrics"]["postprocessed"]["kaggle_dice"], abs=1e-9)
+    assert submission.check(out / "submission.csv", submission.read_sample(sample))[
+        "images"
+    ] == len(val)

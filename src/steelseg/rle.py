@@ -260,6 +260,48 @@ def _header(path: str) -> str:
         return f.readline().strip()
 
 
+def read_csv_text(path: str | os.PathLike, what: str, empty_hint: str) -> pd.DataFrame:
+    """Every field of a Kaggle CSV as text (never NaN), blank rows dropped; ``index + 2`` is
+    a row's line number in the file.
+
+    Args:
+        path: The CSV.
+        what: What the file is, for messages (``"annotation CSV"``).
+        empty_hint: What an empty file should have held, for its message.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: empty, not UTF-8, malformed, or a row with more fields than the header;
+            one line naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    name = os.path.basename(path)
+    # Blank lines are kept (then dropped below) so that index + 2 is the file's line number.
+    try:
+        with warnings.catch_warnings():  # index_col=False: extra fields warn, never shift columns
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(
+                path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False
+            )
+    except pd.errors.ParserWarning:
+        raise ValueError(
+            f"{name} has rows with more fields than its header {_header(path)!r}; "
+            "quote fields that hold commas"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{name} is empty; {empty_hint}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{name} is not a text CSV (byte {e.start} is not UTF-8); is it the right file?"
+        ) from None
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{name} is not a well-formed CSV: {str(e).strip()}") from None
+    raw = raw.fillna("")  # a row with fewer fields than the header
+    return raw[(raw != "").any(axis=1)] if len(raw.columns) else raw
+
+
 def read_annotations(
     csv_path: str | os.PathLike, shape: tuple[int, int] = SHAPE, any_class: bool = False
 ) -> pd.DataFrame:
@@ -288,34 +330,13 @@ def read_annotations(
         FileNotFoundError: the CSV does not exist.
         ValueError: a missing column or a bad row; the message names the line and ImageId.
     """
-    path = os.fspath(csv_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation CSV not found: {path}")
-    name = os.path.basename(path)
-    # Blank lines are kept (then dropped below) so that index + 2 is the file's line number.
-    try:
-        with warnings.catch_warnings():  # index_col=False: extra fields warn, never shift columns
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            raw = pd.read_csv(
-                path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False
-            )
-    except pd.errors.ParserWarning:
-        raise ValueError(
-            f"{name} has rows with more fields than its header {_header(path)!r}; "
-            "quote fields that hold commas"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise ValueError(
-            f"{name} is empty; it needs the header 'ImageId,ClassId,EncodedPixels' (or the 2019 "
-            "'ImageId_ClassId,EncodedPixels') and one row per defect"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{name} is not a text CSV (byte {e.start} is not UTF-8); is it the right file?"
-        ) from None
-    except pd.errors.ParserError as e:
-        raise ValueError(f"{name} is not a well-formed CSV: {str(e).strip()}") from None
-    raw = raw[(raw != "").any(axis=1)] if len(raw.columns) else raw
+    name = os.path.basename(os.fspath(csv_path))
+    raw = read_csv_text(
+        csv_path,
+        "annotation CSV",
+        "it needs the header 'ImageId,ClassId,EncodedPixels' (or the 2019 "
+        "'ImageId_ClassId,EncodedPixels') and one row per defect",
+    )
     cols = set(raw.columns)
     if {"ImageId_ClassId", "EncodedPixels"} <= cols:
         key = raw["ImageId_ClassId"]

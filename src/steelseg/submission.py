@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import StringIO
@@ -61,32 +60,12 @@ def _listed(ids: list[str]) -> str:
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
     """Every field of a CSV as text; ``index + 2`` is a row's line number. Blank rows dropped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    name = path.name
-    try:
-        with warnings.catch_warnings():  # index_col=False: extra fields warn, never shift columns
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False
-            )
-    except pd.errors.EmptyDataError:
-        raise ValueError(
-            f"{name} is empty; a {what} starts with the header "
-            f"{','.join(HEADERS['current'])!r} (or the 2019 {','.join(HEADERS['2019'])!r})"
-        ) from None
-    except pd.errors.ParserWarning:
-        raise ValueError(
-            f"{name} has rows with more fields than its header; quote fields that hold commas"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{name} is not a text CSV (byte {e.start} is not UTF-8); is it the right file?"
-        ) from None
-    except pd.errors.ParserError as e:
-        raise ValueError(f"{name} is not a well-formed CSV: {str(e).strip()}") from None
-    df = df.fillna("")  # a row with fewer fields than the header
-    return df[(df != "").any(axis=1)] if len(df.columns) else df
+    return rle.read_csv_text(
+        path,
+        what,
+        f"a {what} starts with the header {','.join(HEADERS['current'])!r} "
+        f"(or the 2019 {','.join(HEADERS['2019'])!r})",
+    )
 
 
 def _layout(columns: tuple[str, ...], name: str) -> str:

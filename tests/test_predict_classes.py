@@ -337,6 +337,19 @@ def test_cli_bad_samples_are_one_line_before_anything(
     assert not out.exists()
 
 
+def test_cli_partial_sample_says_which_images_it_leaves_out(
+    tiny_ckpt_4gate, kaggle_test, tmp_path, capsys
+):
+    sample = kaggle_test / "sample_submission.csv"
+    header, first, *rest = sample.read_text().splitlines()
+    sample.write_text("\n".join([header, first]) + "\n")  # names one of the test images
+    out = tmp_path / "out"
+    assert run_cli(tiny_ckpt_4gate, kaggle_test, "--out", out, "--runtime", "torch") == 0
+    assert f"does not name {len(rest)} predicted image(s)" in capsys.readouterr().err
+    checked = submission.check(out / "submission.csv", submission.read_sample(sample))
+    assert checked["images"] == 1
+
+
 def test_cli_gate_options(tiny_ckpt, tiny_ckpt_4gate, synth_root, tmp_path, capsys):
     image = sorted((synth_root / "test_images").iterdir())[0]
     out = tmp_path / "out"

@@ -995,11 +995,21 @@ def check_submission(sample: Sample, classes: int, sources: Sequence[Source]) ->
             f"a Kaggle submission needs {submission.N_CLASSES} defect classes, but the model "
             f"predicts {classes}; train with model.classes={submission.N_CLASSES}"
         )
+    have = {s.image_id for s in sources}
+    extra = sorted(have - set(sample.image_ids))
+    if extra:  # Kaggle's sample names every test image; a partial one leaves these out
+        log.warning(
+            "%s does not name %d predicted image(s) (%s%s); they get masks but no rows in "
+            "submission.csv",
+            sample.path.name,
+            len(extra),
+            ", ".join(extra[:5]),
+            " ..." if len(extra) > 5 else "",
+        )
     folders = {s.path.parent for s in sources}
     if len(folders) == 1:
         submission.check_images(sample, folders.pop())
         return
-    have = {s.image_id for s in sources}
     missing = [i for i in sample.image_ids if i not in have]
     if missing:
         raise ValueError(

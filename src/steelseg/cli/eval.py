@@ -56,6 +56,15 @@ def print_summary(result: Mapping[str, Any]) -> None:
     for section, group, key, label in HEADLINE:
         vals = [m[v][group][key] for v in VARIANTS]
         print(f"{section + ': ' + label:54.54s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
+    if "kaggle_dice" in m["postprocessed"]:  # a model with classes
+        rows = [
+            ("competition metric (mean over image, class)", [m[v]["kaggle_dice"] for v in VARIANTS])
+        ]
+        for i, _ in enumerate(m["postprocessed"]["classes"]):
+            label = f"class {i + 1}: per-image Dice"
+            rows.append((label, [m[v]["classes"][i]["dice_per_image"] for v in VARIANTS]))
+        for label, vals in rows:
+            print(f"{'Classes: ' + label:54.54s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
 
 
 def _fmt(v: float | None) -> str:

@@ -313,6 +313,7 @@ def check_quickstart(cfg: DictConfig) -> None:
     assert cfg.model.encoder_name == option_yaml("encoder", "mobilenetv3_small")["encoder_name"]
     assert cfg.model.scheduler.name == "onecycle"
     assert cfg.data.synthetic.n_images == 400
+    assert cfg.data.crop == "256x416" and cfg.model.input_size is None  # native resolution
     assert cfg.trainer.accelerator == "cpu"
     assert cfg.model.arch_kwargs == {  # the slim FPN decoder (smp's: 256, 128)
         "decoder_pyramid_channels": 64,

@@ -80,9 +80,10 @@ def test_crop_larger_than_the_images_is_one_line(tiny_cfg) -> None:
 
 
 def test_crop_config_gives_a_native_resolution_model() -> None:
-    cfg = config.compose(["experiment=quickstart", "data.crop=256x416"])
-    assert cfg.model.input_size is None
-    assert list(config.compose(["experiment=quickstart"]).model.input_size) == [128, 800]
+    cfg = config.compose(["experiment=quickstart"])  # trains on native 256x416 crops
+    assert cfg.data.crop == "256x416" and cfg.model.input_size is None
+    squash = ["experiment=quickstart", "data.crop=null", "data.height=128", "data.width=800"]
+    assert list(config.compose(squash).model.input_size) == [128, 800]
 
 
 # ----------------------------------------------------------------------------- classes

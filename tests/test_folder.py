@@ -359,3 +359,15 @@ def test_evaluate_finds_the_default_split_of_a_folder_run(root: Path) -> None:
     data = {"root": str(root), "n_images": None, "split": [0.8, 0.1, 0.1], "n_classes": 2}
     dm = SteelDataModule(str(root), None, None, (0.8, 0.1, 0.1), crop="64x64", n_classes=2)
     assert _prepared_split_csv(data, root) == dm.prepared_dir / "split.csv"
+
+
+def test_tune_a_folder_run_per_class(folder_run) -> None:
+    """steelseg-tune on a folder run: its own split, images of two sizes, 2 classes."""
+    from steelseg.postprocess import ClassPostProcess
+    from steelseg.tune import Grid, tune
+
+    _, ckpt, _ = folder_run
+    grid = Grid(thresholds=(0.5,), min_component_areas=(0,), min_total_areas=(0, 100))
+    result = tune(ckpt, grid=grid, save=False, progress=False)
+    assert isinstance(result.postprocess, ClassPostProcess) and result.postprocess.n_classes == 2
+    assert result.n_images > 0 and result.score >= result.baseline

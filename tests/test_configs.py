@@ -331,6 +331,8 @@ def check_reference_baseline(cfg: DictConfig) -> None:
     assert cfg.callbacks.swa.swa_lrs == 1e-4  # the optimizer's lr
     assert cfg.test_ckpt == "current"  # SWA: test the averaged weights
     assert (cfg.data.height, cfg.data.width, cfg.data.batch_size) == (256, 416, 8)
+    assert cfg.data.crop is None and list(cfg.model.input_size) == [256, 416]  # the squash
+    assert (cfg.model.classes, cfg.model.gate) == (1, False)  # binary, as the reference
     assert cfg.data.synthetic is None
     assert cfg.data.split_file == "reference"
     assert cfg.trainer.max_epochs == 30

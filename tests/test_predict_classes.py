@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import exit_code
 from steelseg import rle, submission
 from steelseg.cli.predict import main
 from steelseg.export import export
@@ -215,10 +216,7 @@ def test_onnx_export_of_a_gated_4_class_model(tiny_ckpt_4gate, gated, images, tm
 
 # ----------------------------------------------------------------------------- CLI
 def run_cli(*argv: str | Path) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's usage errors
-        return e.code
+    return exit_code(main, argv)  # argparse's usage errors included
 
 
 @pytest.fixture

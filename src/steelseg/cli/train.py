@@ -23,6 +23,9 @@ Composes conf/train.yaml with Hydra: pick one option per group (GROUP=OPTION) an
 (key=value), e.g.
   steelseg-train experiment=quickstart
   steelseg-train model=fpn encoder=resnext50_32x4d data=severstal data.root=data/severstal
+  steelseg-train data.crop=256x512 model.classes=4 model.gate=true
+                  (native-resolution crops, the 4 classes, an image-level gate head)
+  steelseg-train data=folder data.root=plant         (images/ + masks/ of a plant's own data)
   steelseg-train -m model=unet,fpn encoder=resnext50_32x4d,efficientnet-b3    (a sweep)
   steelseg-train <same overrides> ckpt_path=last                               (resume)
   steelseg-train experiment=quickstart --cfg job      (print the composed config, run nothing)

@@ -103,3 +103,27 @@ def test_pseudo_labels_of_a_four_class_model_keep_their_classes(
     ann = rle.read_annotations(out / "train.csv")  # Kaggle's rule: ClassId 1..4 only
     assert set(ann["ClassId"]) <= {1, 2, 3, 4}
     assert summary["kept"] == len(list((out / "train_images").iterdir()))
+
+
+def test_a_binary_model_with_the_gate_tunes_and_evaluates(
+    synth_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """classes=1 with the head: one image probability per image gates the merged mask."""
+    from omegaconf import open_dict
+
+    from conftest import tiny_overrides
+    from steelseg import config
+    from steelseg.train import train
+
+    out = tmp_path_factory.mktemp("binary_gate")
+    cfg = config.compose(tiny_overrides(synth_root, "test=false", "model.gate=true"), out / "run")
+    with open_dict(cfg):
+        cfg.data.prepared_dir = str(out / "prepared")
+    train(cfg)
+    ckpt = out / "run" / "checkpoints" / "last.ckpt"
+    result = tune(ckpt, grid=SMALL, progress=False)
+    assert {r["gate"] for r in result.rows} == {"none", "soft", "hard"}
+    ev = evaluate(ckpt, split="val", out=out / "eval", progress=False, max_panels=0)
+    assert ev["metrics"]["postprocessed"]["pixel"]["dice_per_image"] == pytest.approx(
+        result.score, abs=1e-9
+    )

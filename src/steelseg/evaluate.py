@@ -36,7 +36,7 @@ from steelseg import prepare as prep
 from steelseg.checkpoint import run_folder
 from steelseg.io import atomic_write_text, json_ready, read_grey
 from steelseg.postprocess import ClassPostProcess, PostProcess, replaced
-from steelseg.predict import Predictor, Skipped, Source, log_skip
+from steelseg.predict import Predictor, Skipped, Source, apply_postprocess, log_skip
 from steelseg.runtime import DICE_TOLERANCE, FILE_FORMATS, installed, load_metadata
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class Scorer:
         if many:
             row["gt_classes"] = [int((target == c).sum()) for c in range(1, self.classes + 1)]
         for name, pp in self.variants.items():
-            pred = pp.apply(prob, image_prob)
+            pred = apply_postprocess(pp, prob, image_prob)
             merged = pred.any(0) if many else pred
             tp, fp, fn = metric.mask_counts(merged, truth)
             n_true, found, n_pred, matched = metric.defect_counts(merged, truth, self.iou_threshold)

@@ -48,6 +48,20 @@ def _kernel(size: int) -> np.ndarray:
     return np.ones((size, size), dtype=np.uint8)
 
 
+def gate_probabilities(
+    prob: np.ndarray, image_prob: float | None, gate: str, threshold: float
+) -> np.ndarray:
+    """Mask probabilities after the gate (see :data:`GATES`): unchanged for ``none``, times the
+    image probability for ``soft``, all zero for ``hard`` below ``threshold`` (so no pixel
+    reaches any mask threshold). :meth:`PostProcess.apply` and the tuner's grid both gate here.
+    """
+    if gate == "soft":
+        return prob * np.float32(image_prob)
+    if gate == "hard" and image_prob < threshold:
+        return np.zeros_like(prob)
+    return prob
+
+
 @dataclass(frozen=True)
 class PostProcess:
     """Turns probabilities into a binary mask; every step but the threshold is off by default.
@@ -128,10 +142,7 @@ class PostProcess:
                     f"postprocess gate={self.gate!r} needs the image probability of a model with "
                     "the gate head (model.gate=true); set gate to none for this model"
                 )
-            if self.gate == "hard" and float(image_prob) < self.gate_threshold:
-                return np.zeros(prob.shape, bool)
-            if self.gate == "soft":
-                prob = prob * np.float32(image_prob)
+            prob = gate_probabilities(prob, float(image_prob), self.gate, self.gate_threshold)
         mask = (prob >= self.threshold).astype(np.uint8)
         if self.close > 1:
             mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(self.close))

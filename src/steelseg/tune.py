@@ -34,7 +34,14 @@ import numpy as np
 from steelseg import metric
 from steelseg import prepare as prep
 from steelseg.evaluate import labelled_split, model_checkpoint
-from steelseg.postprocess import GATES, ClassPostProcess, PostProcess, check_tta, save_tuned
+from steelseg.postprocess import (
+    GATES,
+    ClassPostProcess,
+    PostProcess,
+    check_tta,
+    gate_probabilities,
+    save_tuned,
+)
 from steelseg.predict import Predictor, Skipped, Source, log_skip
 
 log = logging.getLogger(__name__)
@@ -184,15 +191,6 @@ def gate_options(gated: bool) -> list[tuple[str, float]]:
     return [("none", 0.5), ("soft", 0.5), *(("hard", t) for t in GATE_THRESHOLDS)]
 
 
-def gated(prob: np.ndarray, image_prob: float | None, gate: str, threshold: float) -> np.ndarray:
-    """Probabilities after a gate, as :meth:`PostProcess.apply` gates them."""
-    if gate == "soft":
-        return prob * np.float32(image_prob)
-    if gate == "hard" and image_prob < threshold:
-        return np.zeros_like(prob)
-    return prob
-
-
 @dataclass
 class TuneResult:
     """What :func:`tune` found."""
@@ -293,7 +291,7 @@ def tune(
                 target = truth == c + 1 if n_classes > 1 else truth
                 ip = None if iprob is None else float(np.asarray(iprob).reshape(-1)[c])
                 for g in gates:
-                    scorers[t, c, g].add(gated(prob_c, ip, *g), target)
+                    scorers[t, c, g].add(gate_probabilities(prob_c, ip, *g), target)
         n_images += 1
     if n_images == 0:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")

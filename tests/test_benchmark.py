@@ -88,6 +88,8 @@ RUNTIME_MODEL_KEYS = {"model", "trained", "test_images", "skipped", "auto", "pre
 
 @pytest.fixture(scope="module")
 def benchmark():
+    """scripts/benchmark.py; loading it puts scripts/ on sys.path, so its sections' package
+    (scripts/bench/) imports as ``bench``."""
     spec = importlib.util.spec_from_file_location("steelseg_benchmark", SCRIPTS / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -121,15 +123,15 @@ def test_data_path_and_rle_sections(benchmark, tmp_path: Path, capsys) -> None:
 def test_reference_style_dataset_matches_the_split(
     benchmark, synth_root: Path, tmp_path: Path
 ) -> None:
+    from bench.context import split_rows
+    from bench.reference_loop import ReferenceStyleDataset
     from steelseg import rle
     from steelseg.dataset import SteelDataModule
 
     dm = SteelDataModule(str(synth_root), str(tmp_path / "p"), n_images=None, cache=False)
     dm.prepare_data()
-    rows_ = benchmark.split_rows(tmp_path / "p", "val")
-    ds = benchmark.ReferenceStyleDataset(
-        rows_, synth_root, (64, 320), False, 3, (0.5,) * 3, (0.25,) * 3
-    )
+    rows_ = split_rows(tmp_path / "p", "val")
+    ds = ReferenceStyleDataset(rows_, synth_root, (64, 320), False, 3, (0.5,) * 3, (0.25,) * 3)
     x, y = ds[0]
     assert x.shape == (3, 64, 320) and x.dtype.is_floating_point
     assert y.shape == (1, 64, 320) and set(y.unique().tolist()) <= {0.0, 1.0}
@@ -137,15 +139,19 @@ def test_reference_style_dataset_matches_the_split(
 
 
 def test_projection_of_the_reference_recipe(benchmark) -> None:
+    from bench.summary import project_reference_recipe
+
     row = {"train_images_per_s": 400.0, "val_images_per_s": 1000.0, "epoch_overhead_s": 0.5}
     # 30 x (800/400 + 100/1000 + 0.5) + 3 s of start-up
-    assert benchmark.project_reference_recipe(row | {"fixed_s": 3.0}) == pytest.approx(81.0)
-    assert benchmark.project_reference_recipe(None) is None
+    assert project_reference_recipe(row | {"fixed_s": 3.0}) == pytest.approx(81.0)
+    assert project_reference_recipe(None) is None
 
 
 def test_seed_is_a_deprecated_alias_of_the_reference_section(benchmark, caplog) -> None:
-    assert benchmark.parse_sections("seed") == ["reference"]
-    assert benchmark.parse_sections("model, seed,reference") == ["model", "reference"]
+    from bench.options import parse_sections
+
+    assert parse_sections("seed") == ["reference"]
+    assert parse_sections("model, seed,reference") == ["model", "reference"]
     assert "deprecated" in caplog.text
     assert benchmark.build_parser().parse_args(["--seed-batch", "2"]).reference_batch == 2
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 from steelseg.evaluate import evaluate
+from steelseg.labelled import labelled_images
+from steelseg.predict import Predictor
 
 
 def kaggle_view(sample: Path, into: Path) -> Path:
@@ -46,7 +48,8 @@ def main() -> None:
         root = kaggle_view(a.sample, Path(tmp) / "data")
         for model in a.models:
             out = Path(tmp) / "eval" / f"{len(rows)}"
-            r = evaluate(model, split="all", data_root=root, out=out, progress=False)
+            images = labelled_images(root)  # every labelled image, nothing prepared
+            r = evaluate(Predictor.from_checkpoint(model), images, "all", out, progress=False)
             for variant in ("threshold_only", "postprocessed"):
                 m = r["metrics"][variant]
                 rows.append(

@@ -156,3 +156,25 @@ def run_main(
         return code
     print(code, file=sys.stderr)
     return 1
+
+
+def eval_ckpt(ckpt, split="val", data_root=None, split_file=None, **kwargs):
+    """What steelseg-eval does in the library: the run's labelled split, the checkpoint on
+    PyTorch (with its tuned values), :func:`steelseg.evaluate.evaluate`."""
+    from steelseg.evaluate import evaluate
+    from steelseg.labelled import labelled_split, model_checkpoint
+    from steelseg.predict import Predictor
+
+    images = labelled_split(model_checkpoint(ckpt), split, data_root, split_file)
+    return evaluate(Predictor.from_checkpoint(ckpt, "cpu"), images, split, **kwargs)
+
+
+def tune_ckpt(ckpt, split="val", data_root=None, split_file=None, **kwargs):
+    """What steelseg-tune does in the library: the run's labelled split, the plain checkpoint
+    on PyTorch, :func:`steelseg.tune.tune`."""
+    from steelseg.labelled import labelled_split, model_checkpoint
+    from steelseg.predict import Predictor
+    from steelseg.tune import tune
+
+    images = labelled_split(model_checkpoint(ckpt), split, data_root, split_file)
+    return tune(Predictor.from_checkpoint(ckpt, "cpu", use_tuned=False), images, split, **kwargs)

@@ -30,9 +30,9 @@ import steelseg.model
 from steelseg import config
 from steelseg.dataset import SteelDataModule, parse_crop
 from steelseg.losses import LOSSES, WeightedLoss
-from steelseg.metric import SegMetrics
 from steelseg.model import ARCHS, OPTIMIZERS, SteelSegModule, build_network
 from steelseg.prepare import resolve_split_file
+from steelseg.segmetrics import SegMetrics
 
 CONF = config.conf_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())

@@ -6,6 +6,7 @@ The data folder is the session's ``synth_root`` (30 images: 24 train, 3 val, 3 t
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import tiny_overrides
-from steelseg import config
+from steelseg import config, layouts
 from steelseg import prepare as prep
+from steelseg.cache import cache_dir
 from steelseg.dataset import SteelDataModule, check_size, train_transform
 
 NO_RANDOM_FLIP = {"p_flip": 1.0, "brightness": 0.0, "contrast": 0.0, "shift": 0.0}
@@ -127,7 +129,7 @@ def test_cache_on_and_off_give_identical_eval_batches(
     uncached = ready(datamodule(shared_cfg, cache=False))
     assert prepared.datasets["val"].cache is not None  # really read from the cache ...
     assert uncached.datasets["val"].cache is None  # ... and really decoded from JPEG
-    assert (prep.cache_dir(prepared.prepared_dir, prepared.size) / "images.npy").exists()
+    assert (cache_dir(prepared.prepared_dir, prepared.size) / "images.npy").exists()
     for stage in ("val", "test"):
         a = list(getattr(prepared, f"{stage}_dataloader")())
         b = list(getattr(uncached, f"{stage}_dataloader")())
@@ -206,7 +208,7 @@ def test_config_size_not_multiple_of_32_fails_at_instantiate(fresh_cfg: DictConf
 
 # ----------------------------------------------------------------------------- bad splits
 def test_empty_train_split_fails_at_setup(fresh_cfg: DictConfig, synth_root: Path) -> None:
-    images = prep.list_images(synth_root)
+    images = layouts.list_images(synth_root)
     write_split(
         Path(fresh_cfg.data.prepared_dir), [(i, "val") for i in images[:2]] + [(images[2], "test")]
     )
@@ -216,7 +218,7 @@ def test_empty_train_split_fails_at_setup(fresh_cfg: DictConfig, synth_root: Pat
 
 
 def test_split_naming_a_missing_image_fails_at_setup(fresh_cfg: DictConfig, synth_root) -> None:
-    images = prep.list_images(synth_root)
+    images = layouts.list_images(synth_root)
     rows = [(i, "train") for i in images[:4]] + [("0000dead.jpg", "val"), (images[4], "test")]
     write_split(Path(fresh_cfg.data.prepared_dir), rows)
     dm = instantiate(fresh_cfg.data)
@@ -235,6 +237,40 @@ def test_prepared_dir_made_with_other_parameters(fresh_cfg: DictConfig) -> None:
     assert split_csv.read_bytes() == before  # refused, not overwritten
 
 
+def test_prepared_dir_for_is_the_data_modules_folder(tmp_path: Path) -> None:
+    """A run's ``data`` section -> the folder its DataModule prepares in, where labelled_split
+    looks too: with every setting, with settings left out (training's defaults), with
+    data.prepared_dir, and in the folder layout (where n_classes counts)."""
+    defaults = inspect.signature(SteelDataModule).parameters
+    assert {k: defaults[k].default for k in prep.SPLIT_SETTINGS} == prep.SPLIT_SETTINGS
+    kaggle, folder = tmp_path / "kaggle", tmp_path / "folder"
+    (folder / "images").mkdir(parents=True)
+    full = {
+        "n_images": 40,
+        "split": [30, 5, 5],
+        "seed": 3,
+        "only_defective": True,
+        "split_file": None,
+        "val_fraction": 0.2,
+        "skip_bad": True,
+        "n_classes": 2,
+    }
+    cases = [
+        {"root": str(kaggle), **full},
+        {"root": str(kaggle)},
+        {"root": str(kaggle), "prepared_dir": str(tmp_path / "mine")},
+        {"root": str(folder), **full},
+        {"root": str(folder), "n_classes": 3},
+    ]
+    folders = []
+    for data in cases:
+        dm = SteelDataModule(**data)
+        assert prep.prepared_dir_for(data) == dm.prepared_dir, data
+        assert prep.prepared_dir_for(data, Path(data["root"])) == dm.prepared_dir, data
+        folders.append(dm.prepared_dir)
+    assert len(set(folders)) == len(cases)  # every case is a split of its own
+
+
 def test_root_without_data_says_how_to_get_it(fresh_cfg: DictConfig, tmp_path: Path) -> None:
     dm = datamodule(fresh_cfg, root=str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="data=synthetic"):
@@ -249,7 +285,7 @@ def test_synthetic_data_is_generated_into_an_empty_root(
     synthetic = {"n_images": 6, "seed": 0, "n_test": 1}
     dm = ready(datamodule(fresh_cfg, root=str(root), synthetic=synthetic, split=[0.8, 0.1, 0.1]))
     assert (root / "train.csv").exists()
-    assert len(prep.list_images(root)) == 6
+    assert len(layouts.list_images(root)) == 6
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 4, "val": 1, "test": 1}
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 1, 64, 320)

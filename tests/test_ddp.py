@@ -20,8 +20,8 @@ from hydra.utils import instantiate
 
 from conftest import tiny_overrides
 from steelseg import config
-from steelseg.metric import SegMetrics
 from steelseg.model import SteelSegModule
+from steelseg.segmetrics import SegMetrics
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ from helpers import exit_code, standard_labels, write_kaggle
 from steelseg import rle
 from steelseg.cli.common import parse_tta
 from steelseg.cli.eval import main
-from steelseg.evaluate import Scorer, labelled_split
+from steelseg.evaluate import Scorer
 from steelseg.io import json_ready
+from steelseg.labelled import labelled_split
 from steelseg.metric import counts_at_thresholds, threshold_sweep
 from steelseg.postprocess import PostProcess
 

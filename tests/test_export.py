@@ -111,7 +111,8 @@ def test_cli_and_errors(tiny_ckpt, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"steelseg-export: error: checkpoint {tmp_path / 'none.ckpt'} does not exist"]
     with pytest.raises(
-        ValueError, match=r"unknown format 'tflite'; choose from \['onnx', 'openvino', 'torchscript'\]"
+        ValueError,
+        match=r"unknown format 'tflite'; choose from \['onnx', 'openvino', 'torchscript'\]",
     ):
         export(tiny_ckpt, tmp_path / "x", "tflite")
     assert not (tmp_path / "x.onnx").exists()

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from helpers import exit_code
+from steelseg import layouts, rle
 from steelseg import prepare as prep
-from steelseg import rle
+from steelseg.cache import load_sample
 from steelseg.cli.prepare import main as prepare_main
 
 SIZES = ((96, 160), (128, 192))  # (height, width): two sizes, as a plant's cameras give
@@ -56,19 +57,19 @@ def root(tmp_path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- the reader
 def test_folder_labels_table(root: Path) -> None:
-    df = prep.image_labels(root, n_classes=2)  # dispatches on the layout
+    df = layouts.image_labels(root, n_classes=2)  # dispatches on the layout
     expected = masks_of()
     assert df["ImageId"].tolist() == sorted(expected)
     assert list(df.columns) == [c for c in prep.SPLIT_COLUMNS if c != "split"] + [
         "EncodedPixels_1",
         "EncodedPixels_2",
     ]
-    assert prep.data_classes(list(df.columns)) == 2
+    assert layouts.data_classes(list(df.columns)) == 2
     for row in df.to_dict("records"):
         mask = expected[row["ImageId"]]
-        assert prep.row_shape(row) == mask.shape  # each image's own size
+        assert layouts.row_shape(row) == mask.shape  # each image's own size
         np.testing.assert_array_equal(
-            rle.class_mask(prep.row_masks(row), mask.shape), mask
+            rle.class_mask(layouts.row_masks(row), mask.shape), mask
         )  # per class, at the image's size
         np.testing.assert_array_equal(rle.decode(row["EncodedPixels"], mask.shape), mask > 0)
         present = sorted(set(np.unique(mask).tolist()) - {0})
@@ -77,12 +78,12 @@ def test_folder_labels_table(root: Path) -> None:
         assert row["defect_pixels"] == int((mask > 0).sum())
     assert (df["classes"] == "").sum() == 2  # clean images are rows too
     # None: as many classes as the masks hold (reading labels to evaluate)
-    assert prep.data_classes(list(prep.folder_labels(root, None).columns)) == 2
+    assert layouts.data_classes(list(layouts.folder_labels(root, None).columns)) == 2
     # binary masks need no n_classes: the default is 1
     binary = write_folder(root.parent / "binary", 4)
     for f in (binary / "masks").iterdir():
         cv2.imwrite(str(f), (cv2.imread(str(f), cv2.IMREAD_UNCHANGED) > 0).astype(np.uint8))
-    assert prep.data_classes(list(prep.image_labels(binary).columns)) == 1
+    assert layouts.data_classes(list(layouts.image_labels(binary).columns)) == 1
 
 
 def test_read_mask_reads_palette_and_one_bit_pngs_as_class_ids(tmp_path: Path) -> None:
@@ -93,8 +94,8 @@ def test_read_mask_reads_palette_and_one_bit_pngs_as_class_ids(tmp_path: Path) -
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)  # red, green: class colours
     palette.save(tmp_path / "p.png")
     Image.fromarray(mask > 0).save(tmp_path / "b.png")  # mode "1"
-    np.testing.assert_array_equal(prep.read_mask(tmp_path / "p.png"), mask)
-    np.testing.assert_array_equal(prep.read_mask(tmp_path / "b.png"), mask > 0)
+    np.testing.assert_array_equal(layouts.read_mask(tmp_path / "p.png"), mask)
+    np.testing.assert_array_equal(layouts.read_mask(tmp_path / "b.png"), mask > 0)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -169,7 +170,7 @@ def test_bad_folder_is_one_line_and_writes_nothing(
 ) -> None:
     damage(root)
     with pytest.raises(error, match=message):
-        prep.image_labels(root, n_classes=2)
+        layouts.image_labels(root, n_classes=2)
     out = tmp_path / "out"
     code = exit_code(prepare_main, ["--data-dir", root, "--out", out, "--n-classes", "2"])
     err = capsys.readouterr().err.strip()
@@ -182,7 +183,7 @@ def test_bad_folder_is_one_line_and_writes_nothing(
 @pytest.mark.parametrize("damage", [_image_without_mask, _mask_without_image])
 def test_skip_bad_drops_unpaired_files_with_a_warning(root: Path, tmp_path: Path, caplog, damage):
     damage(root)
-    df = prep.folder_labels(root, 2, skip_bad=True)
+    df = layouts.folder_labels(root, 2, skip_bad=True)
     images = {p.name for p in (root / "images").iterdir()}
     masks = {p.stem for p in (root / "masks").iterdir()}
     assert set(df["ImageId"]) == {i for i in images if Path(i).stem in masks}
@@ -210,17 +211,17 @@ def test_prepare_command_on_a_folder(root: Path, tmp_path: Path, capsys) -> None
     argv = ["--data-dir", root, "--out", out, "--n-classes", "2", "--n-images", "all"]
     assert exit_code(prepare_main, argv) == 0
     assert "train 8, val 1, test 1" in capsys.readouterr().out
-    split = prep.read_split(out / "split.csv")
-    assert prep.data_classes(list(split.columns)) == 2
+    split = layouts.read_split(out / "split.csv")
+    assert layouts.data_classes(list(split.columns)) == 2
     assert {tuple(s) for s in split[["height", "width"]].values} == set(SIZES)
     meta = json.loads((out / "prepare.json").read_text())
     assert meta["params"]["n_classes"] == 2
     assert "train_csv_sha256" not in meta
-    assert meta[prep.MASKS_DIGEST] == prep.labels_digest(root)[1]
+    assert meta[layouts.MASKS_DIGEST] == layouts.labels_digest(root)[1]
     # a sample decodes at its own size, class ids intact
     row = split.to_dict("records")[0]
-    image, mask = prep.load_sample(
-        root, row["ImageId"], prep.row_masks(row), None, prep.row_shape(row)
+    image, mask = load_sample(
+        root, row["ImageId"], layouts.row_masks(row), None, layouts.row_shape(row)
     )
     np.testing.assert_array_equal(mask, masks_of()[row["ImageId"]])
     assert image.shape == mask.shape
@@ -325,7 +326,8 @@ def test_predict_a_folder_with_ground_truth_from_its_masks(folder_run, tmp_path)
 
 
 def test_truth_of_a_folder_is_the_merged_mask_at_the_image_size(root: Path) -> None:
-    from steelseg.predict import _Truth, collect_inputs
+    from steelseg.inputs import collect_inputs
+    from steelseg.writer import _Truth
 
     sources, empty = collect_inputs([root])
     assert not empty and [s.image_id for s in sources] == sorted(masks_of())
@@ -340,34 +342,34 @@ def test_truth_of_a_folder_is_the_merged_mask_at_the_image_size(root: Path) -> N
 
 
 def test_evaluate_a_folder(folder_run, tmp_path) -> None:
-    from steelseg.evaluate import evaluate
+    from helpers import eval_ckpt
 
     root, ckpt, prepared = folder_run
-    result = evaluate(ckpt, split="test", out=tmp_path / "eval", progress=False, max_panels=0)
-    split = prep.read_split(prepared / "split.csv")
+    result = eval_ckpt(ckpt, split="test", out=tmp_path / "eval", progress=False, max_panels=0)
+    split = layouts.read_split(prepared / "split.csv")
     assert result["n_images"] == (split["split"] == "test").sum() == 1
     assert 0.0 <= result["metrics"]["threshold_only"]["pixel"]["iou"] <= 1.0
     # every labelled image of the folder, nothing prepared
-    every = evaluate(ckpt, "all", root, out=tmp_path / "all", progress=False, max_panels=0)
+    every = eval_ckpt(ckpt, "all", root, out=tmp_path / "all", progress=False, max_panels=0)
     assert every["n_images"] == len(masks_of())
 
 
 def test_evaluate_finds_the_default_split_of_a_folder_run(root: Path) -> None:
     from steelseg.dataset import SteelDataModule
-    from steelseg.evaluate import _prepared_split_csv
 
     data = {"root": str(root), "n_images": None, "split": [0.8, 0.1, 0.1], "n_classes": 2}
     dm = SteelDataModule(str(root), None, None, (0.8, 0.1, 0.1), crop="64x64", n_classes=2)
-    assert _prepared_split_csv(data, root) == dm.prepared_dir / "split.csv"
+    assert prep.prepared_dir_for(data, root) == dm.prepared_dir  # as labelled_split looks
 
 
 def test_tune_a_folder_run_per_class(folder_run) -> None:
     """steelseg-tune on a folder run: its own split, images of two sizes, 2 classes."""
+    from helpers import tune_ckpt
     from steelseg.postprocess import ClassPostProcess
-    from steelseg.tune import Grid, tune
+    from steelseg.tune import Grid
 
     _, ckpt, _ = folder_run
     grid = Grid(thresholds=(0.5,), min_component_areas=(0,), min_total_areas=(0, 100))
-    result = tune(ckpt, grid=grid, save=False, progress=False)
+    result = tune_ckpt(ckpt, grid=grid, save=False, progress=False)
     assert isinstance(result.postprocess, ClassPostProcess) and result.postprocess.n_classes == 2
     assert result.n_images > 0 and result.score >= result.baseline

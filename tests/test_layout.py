@@ -82,6 +82,18 @@ def test_import_steelseg_gives_every_module_lazily() -> None:
     assert done.stdout.split() == ["PostProcess", "(256,", "1600)"]
 
 
+def test_numpy_metrics_load_no_torch() -> None:
+    """Scoring masks (evaluation, tuning, reports) needs numpy, not torch or smp."""
+    code = (
+        "import sys, numpy as np, steelseg.metric as m;"
+        "print(m.pixel_scores(np.array([1, 0]), np.array([0, 0]), np.array([1, 0]))['iou']);"
+        f"print(','.join(h for h in {HEAVY!r} + ('torchmetrics',) if h in sys.modules) or 'none')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0.5", "none"]
+
+
 def test_help_loads_nothing_heavy() -> None:
     """Every ``--help`` answers before torch, Lightning or OpenCV is imported (timed in the
     closing notes, not here). One interpreter asks each command in turn and says, after each,

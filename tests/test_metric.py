@@ -1,4 +1,5 @@
-"""steelseg.metric: IoU / Dice at a threshold (dataset-level) and per-image Dice (Kaggle rule).
+"""steelseg.metric: IoU / Dice at a threshold (dataset-level) and per-image Dice (Kaggle rule);
+steelseg.segmetrics: the same numbers accumulated over batches during training.
 
 Hand-computed cases use 2x2 images and logits of +-4 (sigmoid 0.982 / 0.018), so which pixels
 are predicted never depends on rounding; random cases are checked against plain numpy.
@@ -10,14 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from steelseg.metric import (
-    SegMetrics,
-    confusion,
-    dice,
-    dice_per_image,
-    iou,
-    threshold_sweep,
-)
+from steelseg.metric import dice, dice_per_image, iou, threshold_sweep
+from steelseg.segmetrics import SegMetrics, confusion
 
 HI, LO = 4.0, -4.0  # logits clearly above / below probability 0.5
 

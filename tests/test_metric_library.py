@@ -1,10 +1,14 @@
-"""steelseg.metric's one metric path gives the numbers of the hand-written formulas it replaced.
+"""steelseg.metric's one metric path gives smp.metrics' numbers and those of the hand-written
+formulas it replaced.
 
-The old formulas (steelseg.metric before it went through smp, evaluate.pixel_scores and
-Scorer.add, tune.GridScorer, predict.four_panel, evaluate.counts_at_thresholds, the rank-based
-roc_auc) are copied below as references. Numbers computed in float64 or Python floats must
-agree to 1e-12; the old torch functions computed in float32, so against them the tolerance is
-float32's relative epsilon.
+steelseg.metric is numpy; every score it shares with smp.metrics (iou_score, f1_score, get_stats)
+is pinned to smp here, bit for bit where both compute in float64. The old formulas
+(steelseg.metric before it went through smp, evaluate.pixel_scores and Scorer.add,
+tune.GridScorer, predict.four_panel, evaluate.counts_at_thresholds, the rank-based roc_auc) are
+copied below as references. Numbers computed in float64 or Python floats must agree to 1e-12;
+the old torch functions computed in float32, so against them the tolerance is float32's relative
+epsilon. SegMetrics (steelseg.segmetrics) must log the numbers it logged when it scored its
+counts with smp on tensors.
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ import torch
 
 from steelseg import metric
 from steelseg.metric import (
-    SegMetrics,
-    confusion,
     counts_at_thresholds,
     dice,
     dice_per_image,
     iou,
     iou_per_image,
+    kaggle_dice,
     mask_counts,
     pixel_scores,
     roc_auc,
     threshold_curve,
     threshold_sweep,
 )
+from steelseg.segmetrics import SegMetrics, confusion
 
 EPS32 = float(torch.finfo(torch.float32).eps)  # relative tolerance against float32 results
 THRESHOLDS = [0.1, 0.3, 0.45, 0.5, 0.7, 0.9]
@@ -150,6 +154,13 @@ def old_roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def smp_score(name: str, tp, fp, fn, reduction: str) -> np.ndarray:
+    """smp.metrics' ``name`` (iou_score, f1_score) of counts, in float64, 0/0 counted 1."""
+    t, p, n = (torch.as_tensor(np.asarray(c), dtype=torch.float64) for c in (tp, fp, fn))
+    fn_ = getattr(smp.metrics, name)
+    return fn_(t, p, n, torch.zeros_like(t), reduction=reduction, zero_division=1.0).numpy()
+
+
 # ----------------------------------------------------------------------------- fixed masks
 N_IMAGES = 40
 
@@ -217,17 +228,15 @@ def test_pixel_scores_equal_old_formulas(counts) -> None:
 
 def test_pixel_scores_per_image_dice_is_smp_micro_imagewise(counts) -> None:
     tp, fp, fn = counts
-    t, p, n = (torch.from_numpy(c)[:, None] for c in counts)
-    lib = smp.metrics.f1_score(
-        t, p, n, torch.zeros_like(t), reduction="micro-imagewise", zero_division=1.0
-    )
-    assert pixel_scores(tp, fp, fn)["dice_per_image"] == pytest.approx(float(lib), rel=4 * EPS32)
+    lib = smp_score("f1_score", *(c[:, None] for c in counts), "micro-imagewise")
+    # the same per-image Dice, averaged in another summation order
+    assert pixel_scores(tp, fp, fn)["dice_per_image"] == pytest.approx(float(lib), rel=1e-14)
     assert pixel_scores(tp, fp, fn)["dice_per_image"] == pytest.approx(
         float(dice_per_image(tp, fp, fn).mean()), abs=1e-12
     )
 
 
-def test_pixel_scores_torch_and_numpy_agree(counts) -> None:
+def test_pixel_scores_of_cpu_tensors_and_numpy_agree(counts) -> None:
     a = pixel_scores(*counts)
     b = pixel_scores(*(torch.from_numpy(c) for c in counts))
     assert a == b
@@ -255,11 +264,10 @@ def test_iou_and_dice_equal_old_formulas(counts) -> None:
     tp, fp, fn = counts
     tensors = [torch.from_numpy(c) for c in counts]
     for new, old in ((iou, old_iou_t), (dice, old_dice_t)):
-        got_t = new(*tensors)
-        assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.float64
-        assert got_t.item() == pytest.approx(old(*tensors).item(), rel=4 * EPS32)
-        assert float(new(tp, fp, fn)) == got_t.item()  # numpy in, np.float64 out
-        assert isinstance(new(tp, fp, fn), np.float64)
+        got = new(tp, fp, fn)
+        assert isinstance(got, np.float64)
+        assert got == pytest.approx(old(*tensors).item(), rel=4 * EPS32)
+        assert new(*tensors) == got  # CPU tensors are counts too
     exact = old_python_scores(tp, fp, fn)
     assert iou(tp, fp, fn) == pytest.approx(exact["iou"], rel=0, abs=1e-12)
     assert dice(tp, fp, fn) == pytest.approx(exact["dice"], rel=0, abs=1e-12)
@@ -272,9 +280,7 @@ def test_dice_per_image_equals_old_formulas(counts) -> None:
     exact = [old_scorer_dice(*c) for c in zip(tp.tolist(), fp.tolist(), fn.tolist())]
     assert got.tolist() == pytest.approx(exact, rel=0, abs=1e-12)
     old = old_dice_per_image_t(*(torch.from_numpy(c) for c in counts))
-    got_t = dice_per_image(*(torch.from_numpy(c) for c in counts))
-    assert isinstance(got_t, torch.Tensor) and got_t.tolist() == got.tolist()
-    assert got_t.tolist() == pytest.approx(old.tolist(), rel=4 * EPS32)
+    assert got.tolist() == pytest.approx(old.tolist(), rel=4 * EPS32)
     # the Kaggle rule and its counterparts, image by image
     assert np.all(got[(tp + fp + fn) == 0] == 1.0)
     assert np.all(got[(tp == 0) & (fp + fn > 0)] == 0.0)
@@ -315,6 +321,88 @@ def test_four_panel_dice_from_mask_counts(masks) -> None:
         )
     with pytest.raises(ValueError, match="same shape"):
         mask_counts(pred[0], target[0, :5])
+
+
+# ----------------------------------------------------------------------------- smp.metrics pins
+def test_scores_are_smp_metrics_bit_for_bit(counts) -> None:
+    tp, fp, fn = counts
+    assert iou(tp, fp, fn) == smp_score("iou_score", tp, fp, fn, "micro")
+    assert dice(tp, fp, fn) == smp_score("f1_score", tp, fp, fn, "micro")
+    rng = np.random.default_rng(5)
+    grid = [rng.integers(0, 3000, (3, 7, 8)) for _ in range(3)]  # e.g. the tuner's grid
+    for c in grid:
+        c[rng.random((3, 7, 8)) < 0.2] = 0  # with 0/0 points
+    np.testing.assert_array_equal(dice_per_image(*grid), smp_score("f1_score", *grid, "none"))
+    np.testing.assert_array_equal(iou_per_image(*grid), smp_score("iou_score", *grid, "none"))
+    big = [np.array([3 * 2**40, 2**41 + 1]), np.array([7, 2**30]), np.array([2**33, 5])]
+    assert iou(*big) == smp_score("iou_score", *big, "micro")  # beyond float32's 2**24
+    # smp's micro reduction gives 0/0 = NaN for an all-empty dataset; ours counts it 1
+    zeros = np.zeros(3, dtype=np.int64)
+    assert np.isnan(smp_score("iou_score", zeros, zeros, zeros, "micro"))
+    assert iou(zeros, zeros, zeros) == dice(zeros, zeros, zeros) == 1.0
+
+
+def test_kaggle_dice_is_smp_macro_imagewise() -> None:
+    rng = np.random.default_rng(6)
+    tp, fp, fn = (rng.integers(0, 50, (30, 4)) for _ in range(3))
+    for c in (tp, fp, fn):
+        c[rng.random((30, 4)) < 0.5] = 0  # many empty (image, class) pairs
+    lib = smp_score("f1_score", tp, fp, fn, "macro-imagewise")
+    assert kaggle_dice(tp, fp, fn) == pytest.approx(float(lib), rel=1e-14)
+
+
+def test_counts_are_smp_get_stats(masks) -> None:
+    probs, pred, target = masks
+    t = torch.from_numpy(target.astype(np.int64))[:, None]  # smp's (N, 1, H, W)
+    stats = smp.metrics.get_stats(torch.from_numpy(pred.astype(np.int64))[:, None], t, "binary")
+    assert [list(c) for c in zip(*(mask_counts(p, m) for p, m in zip(pred, target)))] == [
+        s.ravel().tolist() for s in stats[:3]
+    ]
+    prob_t = torch.from_numpy(probs)[:, None]
+    at = np.stack([np.stack(counts_at_thresholds(p, m, THRESHOLDS)) for p, m in zip(probs, target)])
+    for i, th in enumerate(THRESHOLDS):  # (N, 3, T): smp thresholds float32 probabilities at th
+        stats = smp.metrics.get_stats(prob_t, t, mode="binary", threshold=th)
+        assert at[:, :, i].T.tolist() == [s.ravel().tolist() for s in stats[:3]], th
+
+
+def old_segmetrics_score(name: str, *counts: torch.Tensor) -> torch.Tensor:
+    """SegMetrics.compute's old IoU or Dice: smp (micro) of its float64 states, as float32."""
+    z = torch.zeros_like(counts[0])
+    score = getattr(smp.metrics, name)(*counts, z, reduction="micro", zero_division=1.0)
+    return torch.nan_to_num(score, nan=1.0).float()
+
+
+def test_segmetrics_logs_the_numbers_smp_gave_it(masks) -> None:
+    """compute() scores the states with steelseg.metric; before, with smp on tensors."""
+    probs, _, target = masks
+    logits = torch.logit(torch.from_numpy(probs).double()).float()[:, None]
+    rng = np.random.default_rng(7)
+    class_logits = torch.from_numpy(rng.normal(0, 3, (N_IMAGES, 3, 12, 20))).float()
+    class_target = torch.from_numpy(rng.random((N_IMAGES, 3, 12, 20)) < 0.2).float()
+    class_target[:8] = 0
+    for m, x, y in (
+        (SegMetrics(0.5), logits, torch.from_numpy(target).float()[:, None]),
+        (SegMetrics(0.4, classes=3), class_logits, class_target),
+    ):
+        for sl in (slice(0, 7), slice(7, 30), slice(30, N_IMAGES)):
+            m.update(x[sl], y[sl])
+        out = m.compute()
+        n = m.n_images.clamp(min=1)
+        want = {
+            "iou": old_segmetrics_score("iou_score", m.tp, m.fp, m.fn),
+            "dice": old_segmetrics_score("f1_score", m.tp, m.fp, m.fn),
+            "dice_per_image": (m.dice_sum / n).float(),
+        }
+        if m.classes > 1:
+            want["kaggle_dice"] = (m.pair_dice_sum.sum() / (n * m.classes)).float()
+            for c in range(m.classes):
+                counts = (m.class_tp[c], m.class_fp[c], m.class_fn[c])
+                want[f"iou_c{c + 1}"] = old_segmetrics_score("iou_score", *counts)
+                want[f"dice_c{c + 1}"] = old_segmetrics_score("f1_score", *counts)
+        assert list(out) == list(want)
+        for k, v in want.items():
+            assert out[k].dtype == torch.float32 and out[k].shape == ()
+            assert out[k].item() == v.item(), k
 
 
 def test_segmetrics_equals_pixel_scores(masks, counts) -> None:

@@ -8,11 +8,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from steelseg import config, rle
+from steelseg import config, layouts, rle
 from steelseg import prepare as prep
+from steelseg.cache import cache_dir, load_sample
 from steelseg.dataset import parse_crop, targets
-from steelseg.metric import SegMetrics, dice_per_image, kaggle_dice
+from steelseg.metric import dice_per_image, kaggle_dice
 from steelseg.model import SteelSegModule
+from steelseg.segmetrics import SegMetrics
 
 TINY = dict(
     arch="fpn",
@@ -63,11 +65,11 @@ def test_crop_trains_on_native_windows_and_validates_whole_strips(tiny_cfg) -> N
     assert train["image"].shape == train["mask"].shape == (1, 64, 128)
     assert val["image"].shape == val["mask"].shape == (1, *rle.SHAPE)  # no resize
     assert dm.cache_size() == rle.SHAPE  # the cache holds full-size images
-    assert (prep.cache_dir(dm.prepared_dir, rle.SHAPE) / "images.npy").exists()
+    assert (cache_dir(dm.prepared_dir, rle.SHAPE) / "images.npy").exists()
     # the window is a piece of the full-resolution image, not of a resized one
-    full = prep.read_split(dm.prepared_dir / "split.csv")
+    full = layouts.read_split(dm.prepared_dir / "split.csv")
     row = full[full["split"] == "train"].iloc[0]
-    image, _ = prep.load_sample(dm.root, row["ImageId"], prep.row_masks(row), None)
+    image, _ = load_sample(dm.root, row["ImageId"], layouts.row_masks(row), None)
     crop = train["image"][0].numpy()
     windows = np.lib.stride_tricks.sliding_window_view(image, crop.shape)
     assert (windows == crop).all(axis=(2, 3)).any()
@@ -99,7 +101,7 @@ def test_targets_one_hot_and_merged() -> None:
 
 def test_four_class_batches_follow_train_csv(tiny_cfg) -> None:
     dm = _data(tiny_cfg, ("model.classes", 4), ("data.crop", "64x128"))
-    split = prep.read_split(dm.prepared_dir / "split.csv")
+    split = layouts.read_split(dm.prepared_dir / "split.csv")
     ds = dm.datasets["val"]
     for i in range(len(ds)):
         item = ds[i]
@@ -112,7 +114,10 @@ def test_four_class_batches_follow_train_csv(tiny_cfg) -> None:
 
 
 def test_classes_the_data_does_not_have_are_refused(tiny_cfg, tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"model has 3 classes \(model.classes=3\) but .* has 4 classes; .*model.classes=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"model has 3 classes \(model.classes=3\) but .* has 4 classes; .*model.classes=4",
+    ):
         _data(tiny_cfg, ("model.classes", 3))
 
 

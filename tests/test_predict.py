@@ -40,7 +40,10 @@ def module_proba(predictor: Predictor, image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- API
 def test_loads_once_with_the_trained_size(predictor):
     assert predictor.input_size == (64, 320)
-    assert predictor.device == "cpu" and (predictor.runtime, predictor.precision) == ("torch", "fp32")
+    assert predictor.device == "cpu" and (predictor.runtime, predictor.precision) == (
+        "torch",
+        "fp32",
+    )
     assert not predictor.module.training
     assert predictor.postprocess == PostProcess(threshold=0.5) and predictor.tta == ()
 

@@ -354,6 +354,28 @@ def test_only_defective_too_many(data, out):
     assert_nothing_written(out)
 
 
+# ----------------------------------------------------------------------------- prepared folder
+def test_prepare_json_records_the_params_a_run_is_found_by(data, out):
+    """prepare.json's params are prepare_params of prepare()'s settings given as a run's
+    ``data`` section (the rest left at their defaults), whose hash names the default folder."""
+    prep.prepare(data, out, n_images=30, split="20,5,5", seed=4)
+    settings = {"n_images": 30, "split": [20, 5, 5], "seed": 4}
+    assert json.loads((out / "prepare.json").read_text())["params"] == prep.prepare_params(
+        data, settings
+    )
+
+
+def test_prepared_dir_for_another_copy_of_the_data(tmp_path):
+    """A run's prepared_dir counts for its own data root only; another copy of the data has
+    the split of the same settings in its default folder."""
+    a, b, mine = tmp_path / "a", tmp_path / "b", tmp_path / "mine"
+    run = {"root": str(a), "prepared_dir": str(mine), "n_images": 30, "seed": 4}
+    assert prep.prepared_dir_for(run) == prep.prepared_dir_for(run, a) == mine
+    default = prep.prepared_dir_for({**run, "prepared_dir": None})
+    assert default.parent == a / "prepared"
+    assert prep.prepared_dir_for(run, b) == b / "prepared" / default.name
+
+
 # ----------------------------------------------------------------------------- split_file
 def write_spec(path: Path, rows) -> Path:
     pd.DataFrame(rows, columns=["ImageId", "split"]).to_csv(path, index=False)
@@ -607,7 +629,7 @@ def test_cache_failure_leaves_no_cache_folder(data, out, monkeypatch):
     def boom(path):
         raise ValueError(f"cannot read image {path}")
 
-    monkeypatch.setattr(prep, "read_grey", boom)
+    monkeypatch.setattr("steelseg.cache.read_grey", boom)
     with pytest.raises(ValueError, match="cannot read image"):
         prep.prepare(data, out, n_images=6, cache_size=(64, 400))
     assert not [p for p in out.iterdir() if "cache" in p.name]
@@ -617,7 +639,7 @@ def test_cache_failure_leaves_no_split_csv(data, out, monkeypatch):
     def boom(path):
         raise ValueError(f"cannot read image {path}")
 
-    monkeypatch.setattr(prep, "read_grey", boom)
+    monkeypatch.setattr("steelseg.cache.read_grey", boom)
     with pytest.raises(ValueError):
         prep.prepare(data, out, n_images=6, cache_size=(64, 400))
     assert_nothing_written(out)

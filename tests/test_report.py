@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steelseg.evaluate import evaluate
+from helpers import eval_ckpt
 from steelseg.report import FN_RGB, FP_RGB, SCRIPT, TP_RGB, overlay, render_report
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
@@ -27,7 +27,7 @@ CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 def tiny_eval(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """steelseg-eval of the tiny checkpoint on its validation images, into a temp folder."""
     out = tmp_path_factory.mktemp("eval")
-    result = evaluate(tiny_ckpt, "val", out=out, device="cpu", progress=False)
+    result = eval_ckpt(tiny_ckpt, "val", out=out, progress=False)
     return out / "report.html", result
 
 

@@ -4,6 +4,7 @@ accuracy on the test split, the automatic choice, and prediction without PyTorch
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -111,9 +112,9 @@ def _fp32(ckpt: Path, tmp_path: Path) -> Path:
 
 def test_an_export_failing_the_tolerance_is_refused(tiny_ckpt, tmp_path, monkeypatch):
     """A runtime that scores below fp32 by more than the tolerance: refused, both numbers."""
-    from steelseg import evaluate
+    from steelseg import accuracy
 
-    real = evaluate.score_predictor
+    real = accuracy.score_predictor
 
     def worse(predictor, *args, **kwargs):
         scores = real(predictor, *args, **kwargs)
@@ -121,7 +122,7 @@ def test_an_export_failing_the_tolerance_is_refused(tiny_ckpt, tmp_path, monkeyp
             scores["dice_per_image"] -= 0.01
         return scores
 
-    monkeypatch.setattr(evaluate, "score_predictor", worse)
+    monkeypatch.setattr(accuracy, "score_predictor", worse)
     out = tmp_path / "m.onnx"
     with pytest.raises(ValueError, match=r"fails the accuracy check: .* vs .* for PyTorch fp32"):
         export(tiny_ckpt, out, "onnx", onnx_exporter="torchscript", precision="fp32")
@@ -129,14 +130,29 @@ def test_an_export_failing_the_tolerance_is_refused(tiny_ckpt, tmp_path, monkeyp
 
 
 # ----------------------------------------------------------------------------- the choice
-def test_auto_picks_a_runtime_within_tolerance_and_caches_it(tiny_ckpt, tmp_path, monkeypatch):
-    ckpt = tmp_path / "run" / "checkpoints" / "m.ckpt"  # a copy inside a copy of its run
+def copy_of_run(tiny_ckpt: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint inside a copy of its run (no runtime chosen yet)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "m.ckpt"
     run = tiny_ckpt.parent.parent
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text((run / "config.yaml").read_text())
     ckpt.parent.mkdir()
     ckpt.write_bytes(tiny_ckpt.read_bytes())
-    p = deploy.load_predictor(ckpt)
+    return ckpt
+
+
+def test_auto_picks_a_runtime_within_tolerance_and_caches_it(
+    tiny_ckpt, tmp_path, monkeypatch, caplog
+):
+    ckpt = copy_of_run(tiny_ckpt, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="steelseg.deploy"):
+        p = deploy.load_predictor(ckpt, progress=False)
+    said = caplog.text  # what it measures, before it starts; then each pair (no bar here)
+    n = len(deploy.runtime_candidates())
+    assert f"choosing a runtime for m.ckpt: timing and scoring {n} runtime/precision" in said
+    assert "steelseg-export m.ckpt --choose-runtime does this ahead of time" in said
+    assert f"auto: measuring torch fp32, the reference (1 of {n + 1})" in said
+    assert f"auto: measuring {deploy.runtime_candidates()[-1][0]}" in said and "chose " in said
     assert p.choice is not None and (p.runtime, p.precision) == (
         p.choice["runtime"],
         p.choice["precision"],
@@ -152,10 +168,34 @@ def test_auto_picks_a_runtime_within_tolerance_and_caches_it(tiny_ckpt, tmp_path
         raise AssertionError("measured again")
 
     monkeypatch.setattr(deploy, "_measure", no_measuring)
+    caplog.clear()
     again = deploy.load_predictor(ckpt)
     assert (again.runtime, again.precision) == (p.runtime, p.precision)
+    assert "choosing a runtime" not in caplog.text  # cached: nothing to say
     plain = deploy.load_predictor(ckpt, "torch", "fp32")
     assert plain.describe() == "torch fp32 on cpu" and plain.choice is None
+
+
+def test_the_runtime_choice_ahead_of_time(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """steelseg-export CKPT --choose-runtime measures once; a later load only reads it."""
+    ckpt = copy_of_run(tiny_ckpt, tmp_path)
+    assert export_main([str(ckpt), "--choose-runtime", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"--runtime auto runs {ckpt} on " in out and "PyTorch fp32" in out
+    assert len([line for line in out.splitlines() if line.startswith("  ")]) >= 2  # the table
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(deploy, "_measure", no_measuring)
+    p = deploy.load_predictor(ckpt)
+    assert p.choice == deploy.cached_choice(ckpt)
+
+
+def test_export_needs_out_unless_choosing_the_runtime(tiny_ckpt, capsys):
+    with pytest.raises(SystemExit):
+        export_main([str(tiny_ckpt)])
+    assert "--out is required (or --choose-runtime)" in capsys.readouterr().err
 
 
 def test_auto_without_validation_images_is_pytorch(tiny_ckpt, tmp_path):

@@ -28,6 +28,7 @@ import pytest
 
 from helpers import ENTRY_POINTS, grey_of, run_main, standard_labels, write_kaggle
 from steelseg import io, prepare, synth
+from steelseg.cache import cache_matches
 
 #: Runs a console script's main in a fresh interpreter, killing itself (SIGKILL) just before
 #: its k-th os.replace; k = 0 never kills and prints how many there were.
@@ -82,7 +83,7 @@ def assert_split_whole(out: Path, cache: str | None = None) -> dict:
     assert len(rows) == sum(meta["counts"].values())
     if cache is not None:
         folder = out / cache
-        assert prepare.cache_matches(folder, io.file_digest(out / "split.csv"))
+        assert cache_matches(folder, io.file_digest(out / "split.csv"))
         images = np.load(folder / "images.npy", mmap_mode="r")
         assert images.shape[0] == len(rows)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
@@ -253,7 +254,7 @@ def test_training_prepares_again_a_split_a_killed_run_left(tiny_cfg) -> None:
 
 
 def test_eval_refuses_a_split_a_killed_run_left(tiny_ckpt: Path, tmp_path: Path) -> None:
-    from steelseg.evaluate import labelled_split
+    from steelseg.labelled import labelled_split
 
     run = tmp_path / "run"
     shutil.copytree(tiny_ckpt.parent.parent, run)

@@ -416,8 +416,8 @@ def test_a_trained_4_class_models_submission_scores_what_eval_says(
     split's RLE, gives the competition metric steelseg-eval reports for those images."""
     import pandas as pd
 
+    from helpers import eval_ckpt
     from steelseg.cli.predict import main as predict_main
-    from steelseg.evaluate import evaluate
 
     prepared = tiny_ckpt_4gate.parents[2] / "prepared" / "split.csv"  # the fixture's split
     split = pd.read_csv(prepared, dtype=str, keep_default_na=False)
@@ -438,7 +438,9 @@ def test_a_trained_4_class_models_submission_scores_what_eval_says(
         for _, row in val.iterrows()
     }
     score = kaggle_score(out / "submission.csv", truth)
-    ev = evaluate(tiny_ckpt_4gate, split="val", out=tmp_path / "eval", progress=False, max_panels=0)
+    ev = eval_ckpt(
+        tiny_ckpt_4gate, split="val", out=tmp_path / "eval", progress=False, max_panels=0
+    )
     assert score == pytest.approx(ev["metrics"]["postprocessed"]["kaggle_dice"], abs=1e-9)
     assert submission.check(out / "submission.csv", submission.read_sample(sample))[
         "images"

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import exit_code
+from helpers import exit_code, tune_ckpt
 from steelseg.cli.tune import main
 from steelseg.postprocess import PostProcess, load_tuned, sidecar_path
 from steelseg.predict import Predictor
-from steelseg.tune import Grid, GridScorer, rank, tune
+from steelseg.tune import Grid, GridScorer, rank
 
 
 def per_image_dice(pred: np.ndarray, target: np.ndarray) -> float:
@@ -149,7 +149,7 @@ def own_ckpt(tiny_ckpt: Path, tmp_path: Path) -> Path:
 
 def test_tune_writes_the_sidecar_that_predict_uses(own_ckpt: Path) -> None:
     grid = Grid([0.4, 0.6], [0, 100], [0, 2000])
-    result = tune(own_ckpt, "val", grid=grid, progress=False)
+    result = tune_ckpt(own_ckpt, "val", grid=grid, progress=False)
     assert result.sidecar == sidecar_path(own_ckpt) and result.sidecar.is_file()
     assert result.score >= result.baseline  # the plain model is among the candidates
     assert result.score == result.rows[0]["dice_per_image"]

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steelseg.evaluate import evaluate, labelled_split
+from helpers import eval_ckpt, tune_ckpt
+from steelseg.labelled import labelled_split
 from steelseg.postprocess import ClassPostProcess, load_tuned
-from steelseg.tune import GATE_THRESHOLDS, Grid, tune
+from steelseg.tune import GATE_THRESHOLDS, Grid
 
 SMALL = Grid(thresholds=(0.3, 0.5, 0.7), min_component_areas=(0, 100), min_total_areas=(0, 500))
 
@@ -24,7 +25,7 @@ def tuned(tiny_ckpt_4gate: Path, tmp_path_factory: pytest.TempPathFactory):
     ckpt.write_bytes(tiny_ckpt_4gate.read_bytes())
     run = tiny_ckpt_4gate.parent.parent
     (ckpt.parent.parent / "config.yaml").write_text((run / "config.yaml").read_text())
-    return ckpt, tune(ckpt, grid=SMALL, progress=False)
+    return ckpt, tune_ckpt(ckpt, grid=SMALL, progress=False)
 
 
 def test_tune_chooses_settings_per_class_and_a_gate(tuned) -> None:
@@ -49,7 +50,7 @@ def test_eval_scores_the_tuned_settings_as_tune_did(tuned, tmp_path: Path) -> No
     """The competition metric steelseg-eval gives the tuned model on val equals tune's score:
     the grid's arithmetic and the post-processing's masks agree, gate included."""
     ckpt, result = tuned
-    ev = evaluate(ckpt, split="val", out=tmp_path, progress=False, max_panels=2)
+    ev = eval_ckpt(ckpt, split="val", out=tmp_path, progress=False, max_panels=2)
     post = ev["metrics"]["postprocessed"]
     assert post["kaggle_dice"] == pytest.approx(result.score, abs=1e-9)
     plain = ev["metrics"]["threshold_only"]
@@ -68,7 +69,7 @@ def test_eval_scores_the_tuned_settings_as_tune_did(tuned, tmp_path: Path) -> No
 
 def test_eval_merged_numbers_match_the_class_masks(tiny_ckpt_4gate: Path, tmp_path: Path) -> None:
     """The binary numbers of a 4-class model score the merged mask (any class)."""
-    ev = evaluate(tiny_ckpt_4gate, split="val", out=tmp_path, progress=False, max_panels=0)
+    ev = eval_ckpt(tiny_ckpt_4gate, split="val", out=tmp_path, progress=False, max_panels=0)
     ids, _, mask_of = labelled_split(tiny_ckpt_4gate, "val")
     for row in ev["images"]:
         assert row["gt_pixels"] == int(mask_of(row["image_id"]).sum())
@@ -83,10 +84,10 @@ def test_a_four_class_model_on_binary_labels_is_refused(tiny_ckpt_4gate: Path, t
     path = tmp_path / "binary_split.csv"
     binary.to_csv(path, index=False)
     with pytest.raises(ValueError, match="has 4 classes .* merged \\(binary\\) masks only") as e:
-        evaluate(tiny_ckpt_4gate, split="val", split_file=path, out=tmp_path / "e")
+        eval_ckpt(tiny_ckpt_4gate, split="val", split_file=path, out=tmp_path / "e")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="merged \\(binary\\) masks only"):
-        tune(tiny_ckpt_4gate, split_file=path, grid=SMALL, save=False, progress=False)
+        tune_ckpt(tiny_ckpt_4gate, split_file=path, grid=SMALL, save=False, progress=False)
     assert not (tmp_path / "e").exists()
 
 
@@ -121,9 +122,9 @@ def test_a_binary_model_with_the_gate_tunes_and_evaluates(
         cfg.data.prepared_dir = str(out / "prepared")
     train(cfg)
     ckpt = out / "run" / "checkpoints" / "last.ckpt"
-    result = tune(ckpt, grid=SMALL, progress=False)
+    result = tune_ckpt(ckpt, grid=SMALL, progress=False)
     assert {r["gate"] for r in result.rows} == {"none", "soft", "hard"}
-    ev = evaluate(ckpt, split="val", out=out / "eval", progress=False, max_panels=0)
+    ev = eval_ckpt(ckpt, split="val", out=out / "eval", progress=False, max_panels=0)
     assert ev["metrics"]["postprocessed"]["pixel"]["dice_per_image"] == pytest.approx(
         result.score, abs=1e-9
     )

@@ -1,19 +1,24 @@
-"""steelseg: binary segmentation of steel surface defects (Kaggle Severstal layout).
+"""steelseg: segmentation of steel surface defects (Kaggle Severstal and folder layouts).
 
 Modules follow the data path, and none imports one further along it:
 
 * ``io`` (atomic writes, reading images), ``runtime`` (PyTorch / ONNX Runtime / OpenVINO
-  engines, no torch needed), ``config`` (Hydra configs, metric names);
+  engines, no torch needed), ``config`` (Hydra configs, compose);
 * ``rle`` (Kaggle run-length encoding, train.csv) -> ``synth`` (synthetic data in the Kaggle
-  layout) -> ``prepare`` (stratified split, uint8 cache) -> ``dataset`` (Dataset,
-  LightningDataModule);
-* ``losses``, ``metric`` (IoU, Dice, per-image Dice, detection) -> ``checkpoint`` (atomic,
-  weights-only checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep``
-  -> ``train`` (fit, validate, test);
-* ``postprocess`` -> ``submission`` (Kaggle submission CSV) -> ``draw`` (overlays) ->
-  ``predict`` (Predictor, the one loop over image files) -> ``report`` (HTML) -> ``evaluate``
-  -> ``tune``, ``pseudo``, ``export`` -> ``deploy`` (which runtime a model runs on) ->
-  ``compare``;
+  layout) -> ``layouts`` (the Kaggle and folder layouts and their labels) -> ``cache`` (the
+  uint8 cache of a split) -> ``prepare`` (stratified split, the prepared folder) ->
+  ``dataset`` (Dataset, LightningDataModule);
+* ``losses``, ``metric`` (IoU, Dice, per-image Dice, detection; numpy, no torch) ->
+  ``segmetrics`` (the training metric, torchmetrics) -> ``checkpoint`` (atomic, weights-only
+  checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep`` -> ``train``
+  (fit, validate, test);
+* ``postprocess`` (thresholds, areas, the gate, the stored settings) -> ``inputs`` (which
+  images to predict) -> ``submission`` (Kaggle submission CSV) -> ``draw`` (overlays) ->
+  ``labelled`` (a run's labelled images and their masks) -> ``predict`` (the Predictor, the
+  one loop over image files) -> ``writer`` (predictions into a folder) -> ``accuracy`` (a
+  predictor against PyTorch fp32 on labelled images) -> ``report`` (HTML) -> ``evaluate`` ->
+  ``tune``, ``pseudo``, ``export`` -> ``deploy`` (``load_predictor``, the one way in to a
+  model; the runtime choice) -> ``compare``;
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
 
 Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
@@ -34,19 +39,26 @@ MODULES = (
     "config",
     "rle",
     "synth",
+    "layouts",
+    "cache",
     "prepare",
     "dataset",
     "losses",
     "metric",
+    "segmetrics",
     "checkpoint",
     "callbacks",
     "model",
     "sweep",
     "train",
     "postprocess",
+    "inputs",
     "submission",
     "draw",
+    "labelled",
     "predict",
+    "writer",
+    "accuracy",
     "report",
     "evaluate",
     "tune",
@@ -60,6 +72,7 @@ __all__ = list(MODULES)
 
 if TYPE_CHECKING:  # pragma: no cover
     from steelseg import (
+        cache,
         callbacks,
         checkpoint,
         cli,
@@ -70,7 +83,10 @@ if TYPE_CHECKING:  # pragma: no cover
         draw,
         evaluate,
         export,
+        inputs,
         io,
+        labelled,
+        layouts,
         losses,
         metric,
         model,
@@ -81,11 +97,13 @@ if TYPE_CHECKING:  # pragma: no cover
         report,
         rle,
         runtime,
+        segmetrics,
         submission,
         sweep,
         synth,
         train,
         tune,
+        writer,
     )
 
 

@@ -168,22 +168,6 @@ def resolve(ckpt_path: str | os.PathLike | None, output_dir: str | os.PathLike) 
     return path
 
 
-def run_folder(checkpoint_or_run: str | os.PathLike) -> Path:
-    """The training run folder of a checkpoint (``RUN/checkpoints/x.ckpt``), or a run folder.
-
-    A checkpoint outside a ``checkpoints/`` folder belongs to the folder it is in.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-    """
-    path = Path(checkpoint_or_run)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint or run folder {path} does not exist")
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def steelseg_parts(ckpt: Any, path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """The hyper-parameters and state dict of a loaded steelseg checkpoint.
 

@@ -26,8 +26,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from steelseg.config import HEADLINE
 from steelseg.io import atomic_write, atomic_write_text
+from steelseg.metric import HEADLINE
 from steelseg.sweep import FAILED_FILE
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # trainer.accelerator values that pick a CUDA GPU
-#: what a run scores (:class:`steelseg.metric.SegMetrics`), logged as ``val/<name>``, ``test/<name>``
-METRIC_NAMES = ("iou", "dice", "dice_per_image")
-#: the headline numbers of a run (printed by steelseg-train, the first columns of a sweep summary)
-HEADLINE = tuple(f"{split}/{name}" for split in ("val", "test") for name in METRIC_NAMES)
 
 
 def auto_precision(accelerator: str = "auto") -> str:

@@ -31,9 +31,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from steelseg import layouts, rle
 from steelseg import prepare as prep
-from steelseg import rle
-from steelseg.io import locked
+from steelseg.cache import build_cache, cache_dir, load_sample
+from steelseg.io import file_digest, locked
 from steelseg.runtime import STRIDE
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ class SteelDataset(Dataset):
             image, mask = np.array(images[positions[i]]), np.array(masks[positions[i]])  # copies
         else:
             r = self.records[i]
-            image, mask = prep.load_sample(
-                self.data_dir, r["ImageId"], prep.row_masks(r), self.size, prep.row_shape(r)
+            image, mask = load_sample(
+                self.data_dir, r["ImageId"], layouts.row_masks(r), self.size, layouts.row_shape(r)
             )
         if self.transform is not None:
             # albumentations 2 seeds itself from the OS unless told; drawing its seed from torch
@@ -192,7 +193,7 @@ class SteelDataModule(pl.LightningDataModule):
     Args:
         root: Kaggle-layout folder (``train.csv``, ``train_images/``) or folder layout
             (``images/``, ``masks/``: a plant's own data, see
-            :func:`steelseg.prepare.folder_labels`).
+            :func:`steelseg.layouts.folder_labels`).
         prepared_dir: Where split.csv (and the cache) go; default
             ``root/prepared/<hash of the selection parameters>``.
         n_images: Images to select (None: all).
@@ -262,22 +263,7 @@ class SteelDataModule(pl.LightningDataModule):
         self.root = Path(root)
         split = None if split is None else tuple(split)
         self.n_classes = int(n_classes)
-        self.params = prep.prepare_params(
-            n_images,
-            split,
-            seed,
-            only_defective,
-            split_file,
-            val_fraction,
-            skip_bad,
-            prep.layout_n_classes(self.root, self.n_classes),
-        )
-        self.prepared_dir = (
-            Path(prepared_dir)
-            if prepared_dir
-            else prep.default_prepared_dir(self.root, self.params)
-        )
-        self.kw = dict(
+        self.kw = dict(  # prepare()'s arguments: the settings that decide the split
             n_images=n_images,
             split=split,
             seed=seed,
@@ -286,6 +272,10 @@ class SteelDataModule(pl.LightningDataModule):
             val_fraction=val_fraction,
             skip_bad=skip_bad,
             n_classes=self.n_classes,
+        )
+        self.params = prep.prepare_params(self.root, self.kw)
+        self.prepared_dir = prep.prepared_dir_for(
+            {"root": self.root, "prepared_dir": prepared_dir, **self.kw}
         )
         self.size: tuple[int, int] | None = None if self.crop else (height, width)
         self.use_cache = cache
@@ -305,7 +295,7 @@ class SteelDataModule(pl.LightningDataModule):
         parallel jobs on a fresh data root wait for the first and reuse its work. A split that
         a killed run left incomplete is prepared again.
         """
-        if self.synthetic is not None and prep.is_folder_layout(self.root):
+        if self.synthetic is not None and layouts.is_folder_layout(self.root):
             raise ValueError(
                 f"data.synthetic would generate synthetic data into data.root={self.root}, which "
                 "holds images/ + masks/ (e.g. experiment=quickstart sets it); add "
@@ -317,7 +307,10 @@ class SteelDataModule(pl.LightningDataModule):
             if not synth.is_complete(self.root, **self.synthetic):
                 log.info("generating synthetic Severstal-format data in %s", self.root)
                 synth.generate(self.root, **self.synthetic)
-        if not prep.is_folder_layout(self.root) and not (self.root / "train.csv").exists():
+        if (
+            not layouts.is_folder_layout(self.root)
+            and not (self.root / layouts.KAGGLE_CSV).exists()
+        ):
             raise FileNotFoundError(
                 f"data.root={self.root} has no train.csv. Download the Kaggle data "
                 "(kaggle competitions download -c severstal-steel-defect-detection), unzip it "
@@ -332,7 +325,7 @@ class SteelDataModule(pl.LightningDataModule):
                 )
                 prep.prepare(self.root, self.prepared_dir, **self.kw)
             elif meta is not None:
-                if meta.get("split_sha256") != prep.file_digest(self.prepared_dir / "split.csv"):
+                if meta.get("split_sha256") != file_digest(self.prepared_dir / "split.csv"):
                     log.warning(
                         "%s/split.csv was edited after it was prepared; using it as it is",
                         self.prepared_dir,
@@ -350,7 +343,7 @@ class SteelDataModule(pl.LightningDataModule):
                 prep.prepare(self.root, self.prepared_dir, **self.kw)
             size = self.cache_size()
             if size is not None:
-                prep.build_cache(self.root, self.prepared_dir, size)
+                build_cache(self.root, self.prepared_dir, size)
 
     def cache_size(self) -> tuple[int, int] | None:
         """(height, width) of the cache this data uses: the training size, the images' own
@@ -359,7 +352,7 @@ class SteelDataModule(pl.LightningDataModule):
             return None
         if self.size is not None:
             return self.size
-        shapes = self._shapes(prep.read_split(self.prepared_dir / "split.csv"))
+        shapes = self._shapes(layouts.read_split(self.prepared_dir / "split.csv"))
         if len(set(shapes)) == 1:
             return shapes[0]
         log.info("images of several sizes: decoding them every epoch (no cache)")
@@ -367,7 +360,7 @@ class SteelDataModule(pl.LightningDataModule):
 
     @staticmethod
     def _shapes(rows: pd.DataFrame) -> list[tuple[int, int]]:
-        return [prep.row_shape(r) for r in rows.to_dict("records")]
+        return [layouts.row_shape(r) for r in rows.to_dict("records")]
 
     def _check_prepared(self, meta: dict) -> None:
         """Fail if an existing split was made with other parameters or from other data."""
@@ -377,9 +370,13 @@ class SteelDataModule(pl.LightningDataModule):
                 f"but the config asks for {self.params}; delete that folder or set "
                 "data.prepared_dir to another one"
             )
-        key, digest = prep.labels_digest(self.root)
+        key, digest = layouts.labels_digest(self.root)
         if meta.get(key) != digest:
-            labels = "train.csv" if key == prep.TRAIN_CSV_DIGEST else f"{prep.FOLDER_MASKS}/"
+            labels = (
+                layouts.KAGGLE_CSV
+                if key == layouts.TRAIN_CSV_DIGEST
+                else f"{layouts.FOLDER_MASKS}/"
+            )
             raise ValueError(
                 f"the prepared split in {self.prepared_dir} was made from another {labels} "
                 f"(sha256 {meta.get(key)}, now {digest}); delete that folder "
@@ -393,11 +390,11 @@ class SteelDataModule(pl.LightningDataModule):
         """Fail, naming a few, if images a prepared split lists are gone from the data."""
         for i, iid in enumerate(image_ids):  # an edited split must not escape the data folder
             rle.check_image_id(iid, f"{split_csv} line {i + 2}")
-        present = set(prep.list_images(self.root))
+        present = set(layouts.list_images(self.root))
         missing = [i for i in image_ids if i not in present]
         if missing:
             raise ValueError(
-                f"{split_csv} does not match {prep.image_dir(self.root)}: {len(missing)} listed "
+                f"{split_csv} does not match {layouts.image_dir(self.root)}: {len(missing)} listed "
                 f"image(s) are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
                 "); delete the prepared folder or point data.root at the right data"
             )
@@ -412,7 +409,7 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} does not exist; run prepare_data() first "
                 "(Trainer.fit does) or steelseg-prepare"
             )
-        rows = prep.read_split(split_csv)
+        rows = layouts.read_split(split_csv)
         missing_cols = set(prep.SPLIT_COLUMNS[:3]) - set(rows.columns)
         if missing_cols:
             raise ValueError(f"{split_csv} lacks columns {sorted(missing_cols)}; re-run prepare")
@@ -422,7 +419,9 @@ class SteelDataModule(pl.LightningDataModule):
                 f"{split_csv} has no training images (counts: {counts.to_dict()});"
                 " prepare it again with more images or another split"
             )
-        prep.check_classes(self.classes, prep.data_classes(list(rows.columns)), str(self.root))
+        layouts.check_classes(
+            self.classes, layouts.data_classes(list(rows.columns)), str(self.root)
+        )
         self._check_images_present(split_csv, rows["ImageId"])
         shapes = self._shapes(rows)
         if self.crop is not None:
@@ -431,7 +430,7 @@ class SteelDataModule(pl.LightningDataModule):
         self.uniform = len(set(shapes)) == 1
         cache = None
         size = self.cache_size()
-        cdir = prep.cache_dir(self.prepared_dir, size) if size is not None else None
+        cdir = cache_dir(self.prepared_dir, size) if size is not None else None
         if cdir is not None and (cdir / "masks.npy").exists():
             cache = (
                 np.load(cdir / "images.npy", mmap_mode="r"),
@@ -476,10 +475,10 @@ class SteelDataModule(pl.LightningDataModule):
 
     def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
         """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
-        rows = prep.image_labels(
+        rows = layouts.image_labels(
             root, self.kw["skip_bad"], any_class=True, n_classes=self.n_classes
         )
-        bad = prep.check_images(root, rows["ImageId"], prep.image_shapes(rows))
+        bad = layouts.check_images(root, rows["ImageId"], layouts.image_shapes(rows))
         if bad:
             listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5])
             msg = f"data.extra_roots: {len(bad)} image(s) of {root} cannot be used: {listed}"
@@ -487,8 +486,8 @@ class SteelDataModule(pl.LightningDataModule):
                 raise ValueError(msg + " (set data.skip_bad=true to drop them)")
             log.warning("%s; dropping them", msg)
             rows = rows[~rows["ImageId"].isin(bad)]
-        prep.check_classes(
-            self.classes, prep.data_classes(list(rows.columns)), f"data.extra_roots {root}"
+        layouts.check_classes(
+            self.classes, layouts.data_classes(list(rows.columns)), f"data.extra_roots {root}"
         )
         log.info("data.extra_roots: %d training image(s) from %s", len(rows), root)
         return SteelDataset(rows, root, self.size, self.classes, aug)

@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from steelseg.accuracy import check_runtimes, check_text
+from steelseg.inputs import Source
 from steelseg.io import atomic_write_text, file_digest, json_ready, locked, read_grey
-from steelseg.postprocess import load_tuned, sidecar_path
-from steelseg.predict import Predictor, Source
+from steelseg.labelled import labelled_sources
+from steelseg.postprocess import PostProcess, sidecar_path
+from steelseg.predict import Predictor
 from steelseg.runtime import (
     DICE_TOLERANCE,
     FILE_FORMATS,
@@ -58,8 +61,15 @@ def load_predictor(
     use_tuned: bool = True,
     tolerance: float = DICE_TOLERANCE,
     progress: bool | None = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Predictor:
-    """The model of a checkpoint or exported file, on the runtime and precision asked for.
+    """The model of a checkpoint or exported file, on the runtime and precision asked for: the
+    one way every command and notebook gets a model.
+
+    The post-processing and flips are the stored ones
+    (:func:`steelseg.postprocess.model_settings`: the ``steelseg-tune`` sidecar, else an
+    export's metadata, else the model's threshold), each value of ``overrides`` (e.g. the
+    command line's ``--threshold``) replacing one of them, for every class.
 
     ``auto`` on a CPU: the fastest installed runtime and precision whose per-image Dice on the
     checkpoint's validation images stays within ``tolerance`` of PyTorch fp32's
@@ -69,6 +79,7 @@ def load_predictor(
 
     The returned predictor's ``choice`` says how ``auto`` chose (None when it did not).
     """
+    PostProcess(**dict(overrides or {}))  # a bad value fails before any model work
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -79,7 +90,7 @@ def load_predictor(
         require(rt)  # before anything is exported or measured
     if path.suffix.lower() in FILE_FORMATS:
         return Predictor.from_export(
-            path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned
+            path, rt, pr, tta=tta, batch_size=batch_size, use_tuned=use_tuned, overrides=overrides
         )
     gpu = str(device).startswith("cuda") if device else _cuda_available()
     choice = None
@@ -91,14 +102,20 @@ def load_predictor(
             rt, pr = choice["runtime"], choice["precision"]
     if rt == "torch":
         predictor = Predictor.from_checkpoint(
-            path, device, tta=tta, batch_size=batch_size, use_tuned=use_tuned, precision=pr
+            path,
+            device,
+            tta=tta,
+            batch_size=batch_size,
+            use_tuned=use_tuned,
+            precision=pr,
+            overrides=overrides,
         )
     else:
         if gpu:
             raise ValueError(
                 f"{rt} runs on the CPU here; use --runtime torch on {device or 'cuda'}"
             )
-        predictor = _on_export(path, rt, pr or "fp32", tta, batch_size, use_tuned)
+        predictor = _on_export(path, rt, pr or "fp32", tta, batch_size, use_tuned, overrides)
     predictor.choice = choice
     return predictor
 
@@ -124,22 +141,22 @@ def _on_export(
     tta: Sequence[str] | None,
     batch_size: int,
     use_tuned: bool,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Predictor:
     """A checkpoint on ONNX Runtime / OpenVINO, through its cached export; the post-processing
     and TTA are the checkpoint's tuned ones (read now, so later tuning counts)."""
-    tuned = load_tuned(checkpoint) if use_tuned else None
     file = cached_export(checkpoint, "int8" if precision == "int8" else "fp32")
     predictor = Predictor.from_export(
         file,
         runtime,
         precision,
-        postprocess=tuned[0] if tuned else None,
-        tta=tta if tta is not None else (tuned[1] if tuned else ()),
+        tta=tta,
         batch_size=batch_size,
-        use_tuned=False,
+        use_tuned=use_tuned,
+        overrides=overrides,
+        tuned_beside=checkpoint,
     )
     predictor.model_file = predictor.checkpoint = checkpoint
-    predictor.tuned_sidecar = sidecar_path(checkpoint) if tuned else None
     return predictor
 
 
@@ -200,38 +217,25 @@ def choose_runtime(
     and INT8, as installed (bf16 only on a CPU with it; INT8 through an export calibrated once
     on the run's train split). Measured once (model-only images/s on a batch of validation
     images, and per-image Dice on up to :data:`AUTO_IMAGES` of them, with the tuned
-    post-processing) and cached in
-    ``<name>.runtime.json``, which is measured again when the checkpoint, its tuned values,
-    the CPU, the installed runtimes or the tolerance change. Without validation images (a
-    checkpoint outside its run folder), PyTorch fp32.
+    post-processing) and cached in ``<name>.runtime.json``, which is measured again when the
+    checkpoint, its tuned values, the CPU, the installed runtimes or the tolerance change.
+    Without validation images (a checkpoint outside its run folder), PyTorch fp32.
+
+    Measuring says what it does before it starts (a warning), then shows a progress bar with
+    an estimate of the time left (``progress``; without one, a line per pair). ``steelseg-export
+    CKPT --choose-runtime`` runs this step ahead of time.
 
     Returns:
         ``{"runtime", "precision", "speedup", "reason", "runs": [...]}``.
     """
     checkpoint = Path(checkpoint)
-    cache = checkpoint.with_suffix(".runtime.json")
-    tuned = sidecar_path(checkpoint)
-    key = {
-        "checkpoint_sha256": file_digest(checkpoint),
-        "tuned_sha256": file_digest(tuned) if tuned.is_file() else None,
-        "cpu": cpu_name(),
-        "versions": versions(),
-        "tolerance": tolerance,
-        "precision": precision,
-        "batch_size": batch_size,
-    }
+    cache = runtime_choice_path(checkpoint)
+    key = _choice_key(checkpoint, tolerance, precision, batch_size)
     with locked(cache, "the runtime choice"):
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                return cached["choice"]
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass
-        from steelseg.evaluate import labelled_sources
-
-        reference = Predictor.from_checkpoint(
-            checkpoint, "cpu", precision="fp32"
-        )  # a bad file fails here
+        cached = cached_choice(checkpoint, key)
+        if cached is not None:
+            return cached
+        reference = Predictor.from_checkpoint(checkpoint, "cpu", precision="fp32")  # bad: here
         val = labelled_sources(checkpoint, "val", None, None)
         if val is None:
             return {
@@ -246,6 +250,41 @@ def choose_runtime(
     return choice
 
 
+def runtime_choice_path(checkpoint: str | os.PathLike) -> Path:
+    """Where :func:`choose_runtime` caches its choice: ``<name>.runtime.json``."""
+    return Path(checkpoint).with_suffix(".runtime.json")
+
+
+def cached_choice(
+    checkpoint: str | os.PathLike, key: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The cached runtime choice of ``checkpoint`` when it still holds (same checkpoint, tuned
+    values, CPU, runtimes and settings: ``key``, default the defaults'), else None."""
+    checkpoint = Path(checkpoint)
+    key = key if key is not None else _choice_key(checkpoint, DICE_TOLERANCE, None, 8)
+    try:
+        cached = json.loads(runtime_choice_path(checkpoint).read_text())
+        return cached["choice"] if cached.get("key") == key else None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def _choice_key(
+    checkpoint: Path, tolerance: float, precision: str | None, batch_size: int
+) -> dict[str, Any]:
+    """What a cached choice depends on."""
+    tuned = sidecar_path(checkpoint)
+    return {
+        "checkpoint_sha256": file_digest(checkpoint),
+        "tuned_sha256": file_digest(tuned) if tuned.is_file() else None,
+        "cpu": cpu_name(),
+        "versions": versions(),
+        "tolerance": tolerance,
+        "precision": precision,
+        "batch_size": batch_size,
+    }
+
+
 def _measure(
     checkpoint: Path,
     reference: Predictor,
@@ -256,46 +295,63 @@ def _measure(
     progress: bool | None,
 ) -> dict[str, Any]:
     """Score and time every runtime candidate on validation images (see choose_runtime)."""
-    from steelseg.evaluate import runtime_check, score_predictor
-
     sources, mask_of = val
     sources = sources[:AUTO_IMAGES]
-    batch = np.stack([reference.network_input(read_grey(s.path)) for s in sources[:batch_size]])[
-        :, None
-    ]
-    ref = score_predictor(reference, sources, mask_of, progress=progress, desc="auto: torch fp32")
-    ref_speed = throughput(reference.engine, batch)
-    rows = []
-    for runtime, p in runtime_candidates(precision):
-        start = time.perf_counter()
-        try:
-            if (runtime, p) == ("torch", "fp32"):
-                predictor, speed = reference, ref_speed
-            else:
-                predictor = (
-                    Predictor.from_checkpoint(checkpoint, "cpu", precision=p)
-                    if runtime == "torch"
-                    else _on_export(checkpoint, runtime, p, None, batch_size, True)
-                )
-                speed = throughput(predictor.engine, batch)
-            scores = score_predictor(predictor, sources, mask_of, desc=f"auto: {runtime} {p}")
-        except (ValueError, OSError, RuntimeError) as e:  # a runtime that cannot run it here
-            log.warning("auto: %s %s left out: %s", runtime, p, e)
-            continue
-        row = runtime_check(ref, scores, tolerance)
-        row |= {"model_images_per_s": speed, "speedup": speed / ref_speed}
-        row["seconds_to_measure"] = round(time.perf_counter() - start, 2)
-        rows.append(row)
+    batch = np.stack([reference.network_input(read_grey(s.path)) for s in sources[:batch_size]])
+    batch = batch[:, None]  # (N, 1, h, w) as the engines take it
+    pairs = runtime_candidates(precision)
+    log.warning(
+        "choosing a runtime for %s: timing and scoring %d runtime/precision pairs (%s) on %d "
+        "validation images against PyTorch fp32, exporting to %s as needed; once, then cached "
+        "in %s (steelseg-export %s --choose-runtime does this ahead of time)",
+        checkpoint.name,
+        len(pairs),
+        ", ".join(f"{r} {p}" for r, p in pairs),
+        len(sources),
+        checkpoint.with_suffix(".exports").name,
+        runtime_choice_path(checkpoint).name,
+        checkpoint.name,
+    )
+    with _Steps(len(pairs) + 1, progress) as steps:
+        steps.next("torch fp32, the reference")
+
+        def candidates():
+            for runtime, p in pairs:
+                steps.next(f"{runtime} {p}")
+                yield runtime, p, partial(_candidate, checkpoint, reference, runtime, p, batch_size)
+            steps.next("done")
+
+        def speed(predictor: Predictor) -> dict[str, float]:
+            return {"model_images_per_s": throughput(predictor.engine, batch)}
+
+        ref, rows = check_runtimes(
+            reference, candidates(), sources, mask_of, tolerance, False, "auto", speed
+        )
+    ref_speed = next(
+        (
+            r["model_images_per_s"]
+            for r in rows
+            if (r["runtime"], r["precision"]) == ("torch", "fp32")
+        ),
+        None,
+    ) or throughput(reference.engine, batch)
+    for r in rows:
+        r["speedup"] = r["model_images_per_s"] / ref_speed
     passed = [r for r in rows if r["ok"]]
     if not passed:
-        from steelseg.evaluate import check_text
-
         tried = "; ".join(check_text(r, "validation") for r in rows) or "none could run here"
         raise ValueError(
             f"no {precision or ''} runtime keeps per-image Dice within {tolerance} of PyTorch "
             f"fp32: {tried}. Use --runtime torch, or another --precision or --tolerance"
         )
     best = max(passed, key=lambda r: r["model_images_per_s"])
+    log.warning(
+        "chose %s %s: %.1fx PyTorch fp32 (measured in %.0f s)",
+        best["runtime"],
+        best["precision"],
+        best["speedup"],
+        sum(r["seconds_to_measure"] for r in rows),
+    )
     return {
         "runtime": best["runtime"],
         "precision": best["precision"],
@@ -306,6 +362,52 @@ def _measure(
         ),
         "runs": rows,
     }
+
+
+def _candidate(
+    checkpoint: Path, reference: Predictor, runtime: str, precision: str, batch_size: int
+) -> Predictor:
+    """The checkpoint on one runtime and precision of the choice (its cached export for ONNX
+    Runtime and OpenVINO, made when first asked for)."""
+    if (runtime, precision) == ("torch", "fp32"):
+        return reference
+    if runtime == "torch":
+        return Predictor.from_checkpoint(checkpoint, "cpu", precision=precision)
+    return _on_export(checkpoint, runtime, precision, None, batch_size, True)
+
+
+class _Steps:
+    """The runtime choice's progress: a bar over the pairs with the time left (tqdm's
+    estimate from the pairs done), or, without a bar, a line per pair."""
+
+    def __init__(self, total: int, progress: bool | None) -> None:
+        from tqdm import tqdm
+
+        self.total, self.done = total, -1
+        self.bar = tqdm(
+            total=total,
+            desc="choosing a runtime",
+            unit="pair",
+            disable=False if progress else None if progress is None else True,
+            leave=False,
+        )
+        self.quiet = self.bar.disable
+
+    def next(self, what: str) -> None:
+        """Start measuring ``what`` (the one before is done)."""
+        if self.done >= 0:
+            self.bar.update()
+        self.done += 1
+        if self.done < self.total:
+            self.bar.set_postfix_str(what)
+            if self.quiet:
+                log.warning("auto: measuring %s (%d of %d)", what, self.done + 1, self.total)
+
+    def __enter__(self) -> _Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def _cuda_available() -> bool:

@@ -15,7 +15,7 @@ runs the model at full resolution (256x1600) over the split and writes into ``--
   defaults, with command-line overrides); a threshold curve; per-image numbers.
 * ``report.html``: the same as a self-contained page (see :mod:`steelseg.report`).
 
-:func:`labelled_split` finds the images and masks of a run's prepared split; the tuner uses it too.
+The labelled images come from :func:`steelseg.labelled.labelled_split`.
 """
 
 from __future__ import annotations
@@ -32,138 +32,18 @@ from typing import Any
 import numpy as np
 
 from steelseg import metric, report, rle
-from steelseg import prepare as prep
-from steelseg.checkpoint import run_folder
-from steelseg.io import atomic_write_text, json_ready, read_grey
-from steelseg.postprocess import ClassPostProcess, PostProcess, replaced
-from steelseg.predict import Predictor, Skipped, Source, apply_postprocess, log_skip
-from steelseg.runtime import DICE_TOLERANCE, FILE_FORMATS, installed, load_metadata
+from steelseg.accuracy import reference_predictor, runtime_check, score_predictor
+from steelseg.inputs import Skipped, Source, log_skip
+from steelseg.io import atomic_write_text, json_ready, read_grey, run_folder
+from steelseg.labelled import LabelledImages, MaskReader, model_checkpoint
+from steelseg.layouts import check_classes
+from steelseg.postprocess import ClassPostProcess, PostProcess
+from steelseg.predict import Predictor, apply_postprocess
+from steelseg.runtime import DICE_TOLERANCE
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("threshold_only", "postprocessed")
-
-
-# ----------------------------------------------------------------------------- labelled split
-def _run_data_config(run: Path) -> dict[str, Any] | None:
-    """The ``data`` section of the run's ``config.yaml`` (written by steelseg-train), or None."""
-    from omegaconf import OmegaConf
-
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        return None
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)
-    data = cfg.get("data") if isinstance(cfg, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg_path} has no 'data' section; pass --data-root and --split-file")
-    return data
-
-
-def _prepared_split_csv(data: Mapping[str, Any], root: Path) -> Path:
-    """Where split.csv of the run's data parameters is for ``root``: the run's prepared_dir
-    when ``root`` is the run's own data folder, else the default folder inside ``root``."""
-    same_root = Path(data.get("root", "")).resolve() == root.resolve()
-    if data.get("prepared_dir") and same_root:
-        return Path(data["prepared_dir"]) / "split.csv"
-    split = data.get("split")
-    params = prep.prepare_params(
-        data.get("n_images"),
-        None if split is None else tuple(split),
-        data.get("seed", 42),
-        data.get("only_defective", False),
-        data.get("split_file"),
-        data.get("val_fraction", 0.1),
-        data.get("skip_bad", False),
-        prep.layout_n_classes(root, data.get("n_classes")),
-    )
-    return prep.default_prepared_dir(root, params) / "split.csv"
-
-
-def model_checkpoint(model: str | os.PathLike) -> Path:
-    """The checkpoint behind a model file, whose run holds the labelled splits: the file
-    itself, or the checkpoint an export was made from (named in its metadata)."""
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    if path.suffix.lower() in FILE_FORMATS:
-        source = load_metadata(path).get("checkpoint")
-        return Path(source) if source else path
-    return path
-
-
-def labelled_split(
-    checkpoint_or_run: str | os.PathLike,
-    split: str = "val",
-    data_root: str | os.PathLike | None = None,
-    split_file: str | os.PathLike | None = None,
-) -> tuple[list[str], list[Path], prep.MaskReader]:
-    """Images and full-resolution masks of one split of the data a model was trained on.
-
-    The data folder and the prepared ``split.csv`` come from the run's ``config.yaml`` (the
-    checkpoint lives in ``<run>/checkpoints/``) unless given. ``split="all"`` with no split
-    file to read (none given and none prepared for ``data_root``) takes every labelled image
-    of the data folder: evaluating a Kaggle-layout folder needs no preparation step.
-
-    Args:
-        checkpoint_or_run: A checkpoint inside a run folder, or the run folder.
-        split: ``train``, ``val``, ``test`` or ``all``.
-        data_root: Kaggle-layout folder holding ``train_images/`` (default: the run's
-            ``data.root``).
-        split_file: A prepared ``split.csv`` (``ImageId, split, EncodedPixels``; see
-            ``steelseg-prepare``) to use instead of the run's.
-
-    Returns:
-        See :func:`steelseg.prepare.labelled_images`.
-
-    Raises:
-        FileNotFoundError: the run, data folder or split file is missing.
-        ValueError: unknown split, malformed split file, or an empty split.
-    """
-    if split not in prep.SPLIT_CHOICES:
-        raise ValueError(f"unknown split {split!r}; choose from {list(prep.SPLIT_CHOICES)}")
-    run = run_folder(checkpoint_or_run)
-    data = _run_data_config(run)
-    if data_root is None and data is None:
-        raise FileNotFoundError(
-            f"{run} has no config.yaml (is the checkpoint inside a steelseg-train run folder?); "
-            "pass --data-root (and --split-file, or --split all)"
-        )
-    root = Path(data_root if data_root is not None else data["root"])
-    csv = Path(split_file) if split_file is not None else None
-    if csv is None and data is not None:
-        prepared = _prepared_split_csv(data, root)
-        if prepared.is_file() or split != "all":  # else: every labelled image of the folder
-            csv = prepared
-        if prepared.is_file() and prep.complete_split(prepared.parent) is None:
-            raise ValueError(
-                f"the prepared split {prepared} is incomplete (no matching prepare.json: a run "
-                "was stopped while writing it); run steelseg-train or steelseg-prepare again, "
-                "or pass --split-file"
-            )
-    if csv is None and split != "all" and (root / "train_images").is_dir():
-        raise FileNotFoundError(
-            f"{run} has no config.yaml to find the prepared split in; pass --split-file, or "
-            "--split all for every labelled image of the folder"
-        )
-    return prep.labelled_images(root, csv, split)
-
-
-def labelled_sources(
-    checkpoint: str | os.PathLike,
-    split: str,
-    data_root: str | os.PathLike | None,
-    split_file: str | os.PathLike | None,
-) -> tuple[list[Source], Any] | None:
-    """:func:`labelled_split` as sources and a mask reader, or None (logged) when the
-    checkpoint has no run to find them in and no ``data_root`` or ``split_file`` was given."""
-    try:
-        ids, paths, mask_of = labelled_split(checkpoint, split, data_root, split_file)
-    except FileNotFoundError as e:
-        if data_root is not None or split_file is not None:
-            raise
-        log.debug("no labelled %s split (%s)", split, e)
-        return None
-    return [Source(p, i) for i, p in zip(ids, paths)], mask_of
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -304,95 +184,6 @@ class Scorer:
         return out
 
 
-# ----------------------------------------------------------------------------- runtimes
-def score_predictor(
-    predictor: Predictor,
-    sources: Sequence[Source],
-    mask_of: prep.MaskReader,
-    postprocess: PostProcess | None = None,
-    progress: bool | None = False,
-    desc: str = "score",
-) -> dict[str, Any]:
-    """Per-image Dice and pixel IoU of ``predictor`` on labelled images (the runtime checks).
-
-    Returns:
-        ``{"runtime", "precision", "n_images", "dice_per_image", "iou", "images_per_s"}``;
-        images/s includes reading the files.
-    """
-    pp = postprocess or predictor.postprocess
-    counts = []
-    start = time.perf_counter()
-    for p in predictor.predict_files(
-        sources, check=mask_of.check, on_skip=lambda s, r: None, progress=progress, desc=desc
-    ):
-        counts.append(metric.mask_counts(p.defect_mask(pp), mask_of(p.source.image_id)))
-    seconds = time.perf_counter() - start
-    if not counts:
-        raise ValueError("none of the labelled images could be read")
-    scores = metric.pixel_scores(*(np.array(c, dtype=np.int64) for c in zip(*counts)))
-    return {
-        "runtime": predictor.runtime,
-        "precision": predictor.precision,
-        "n_images": len(counts),
-        "dice_per_image": float(scores["dice_per_image"]),
-        "iou": float(scores["iou"]),
-        "images_per_s": round(len(counts) / max(seconds, 1e-9), 3),
-    }
-
-
-def runtime_check(
-    reference: Mapping[str, Any], scores: Mapping[str, Any], tolerance: float
-) -> dict[str, Any]:
-    """``scores`` against the PyTorch fp32 ``reference`` (both from :func:`score_predictor`):
-    the per-image Dice drop, and whether it is within ``tolerance``."""
-    drop = reference["dice_per_image"] - scores["dice_per_image"]
-    return {
-        **scores,
-        "reference_dice_per_image": reference["dice_per_image"],
-        "reference_iou": reference["iou"],
-        "dice_drop": drop,
-        "iou_drop": reference["iou"] - scores["iou"],
-        "tolerance": tolerance,
-        "ok": bool(drop <= tolerance),
-    }
-
-
-def reference_predictor(predictor: Predictor) -> Predictor | None:
-    """The same model on PyTorch fp32 (with the same post-processing and flips), to check
-    ``predictor`` against; None when it is that already, or when PyTorch or the checkpoint
-    behind an export is not here (logged)."""
-    if (predictor.runtime, predictor.precision) == ("torch", "fp32"):
-        return None
-    source = predictor.checkpoint
-    if source is None or not source.is_file() or not installed("torch"):
-        log.warning(
-            "no PyTorch fp32 check of %s: %s",
-            predictor.describe(),
-            "PyTorch is not installed"
-            if source and source.is_file()
-            else "no checkpoint behind it",
-        )
-        return None
-    return Predictor.from_checkpoint(
-        source,
-        "cpu",
-        postprocess=predictor.postprocess,
-        tta=predictor.tta,
-        batch_size=predictor.batch_size,
-        precision="fp32",
-    )
-
-
-def check_text(row: Mapping[str, Any], split: str) -> str:
-    """One line: a runtime's per-image Dice and IoU on ``split`` beside PyTorch fp32's."""
-    return (
-        f"{row['runtime']} {row['precision']}: per-image Dice {row['dice_per_image']:.4f} vs "
-        f"{row['reference_dice_per_image']:.4f} for PyTorch fp32 (drop {row['dice_drop']:+.4f}, "
-        f"tolerance {row['tolerance']}), IoU {row['iou']:.4f} vs {row['reference_iou']:.4f} on "
-        f"{row['n_images']} {split} images"
-    )
-
-
 # ----------------------------------------------------------------------------- evaluation
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """``<run>/eval/<checkpoint name>-<split>``."""
@@ -400,16 +191,10 @@ def default_out_dir(checkpoint: Path, split: str) -> Path:
 
 
 def evaluate(
-    checkpoint: str | os.PathLike | Predictor,
+    predictor: Predictor,
+    images: LabelledImages,
     split: str = "test",
-    data_root: str | os.PathLike | None = None,
-    split_file: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    tta: Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    use_tuned: bool = True,
-    device: str | None = None,
-    batch_size: int = 8,
     iou_threshold: float = 0.5,
     max_panels: int = 50,
     panel_width: int = 800,
@@ -417,91 +202,112 @@ def evaluate(
     on_skip: Callable[[Source, str], None] = log_skip,
     check_fp32: bool = True,
     tolerance: float = DICE_TOLERANCE,
-    load: Callable[[], Predictor] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a model on a labelled split; write ``eval.json`` and ``report.html``.
+    """Evaluate a model on labelled images; write ``eval.json`` and ``report.html``.
 
     Args:
-        checkpoint: A steelseg checkpoint (``.ckpt``, run on PyTorch) or exported file (with
-            ``load``), or a :class:`~steelseg.predict.Predictor` (any runtime: see
-            :func:`steelseg.deploy.load_predictor`); ``tta``, ``use_tuned``, ``device`` and
-            ``batch_size`` then come from it.
-        split: ``train``, ``val``, ``test`` or ``all`` (see :func:`labelled_split`).
-        data_root: Data folder, default the run's.
-        split_file: A prepared split.csv, default the run's.
+        predictor: The model on any runtime, with its post-processing and flips
+            (:func:`steelseg.deploy.load_predictor`: the tuned sidecar and any overrides).
+        images: The labelled images (:func:`steelseg.labelled.labelled_split`).
+        split: Their split's name (``train``, ``val``, ``test`` or ``all``), recorded.
         out: Output folder (default ``<run>/eval/<checkpoint>-<split>``).
-        tta: Test-time flips (``hflip``, ``vflip``); None: the tuned ones (or none).
-        overrides: :class:`~steelseg.postprocess.PostProcess` fields replacing the tuned or
-            default values, e.g. ``{"min_total_area": 500}``.
-        use_tuned: Start from the tuned sidecar beside the checkpoint when there is one.
-        device: ``cpu``, ``cuda``, ...; None: a GPU when present.
-        batch_size: Images per forward pass.
         iou_threshold: Component IoU at which a true defect counts as found.
         max_panels: Per-image panels in the report (worst first).
         panel_width: Width in pixels of each panel picture (images are 1600 wide).
         progress: Show a progress bar (None: on a terminal).
-        on_skip: Told each image that cannot be read (or is not 1600x256) and why.
+        on_skip: Told each image that cannot be read (or is not its mask's size) and why.
         check_fp32: When the model runs on another runtime or precision than PyTorch fp32,
-            score the split with PyTorch fp32 too (:func:`reference_predictor`); ``eval.json``
-            and the report then give both per-image Dice and IoU (``runtime_check``).
+            score the images with PyTorch fp32 too (:func:`steelseg.accuracy.reference_predictor`);
+            ``eval.json`` and the report then give both per-image Dice and IoU
+            (``runtime_check``).
         tolerance: The per-image Dice drop below the reference the check accepts.
-        load: Builds the predictor once the labelled images are found (a command's
-            runtime choice), instead of loading ``checkpoint`` on PyTorch.
 
     Returns:
         The content of ``eval.json`` (NaN as None).
     """
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else None
-    checkpoint = Path(predictor.model_file if predictor is not None else checkpoint)
-    source = model_checkpoint(checkpoint)
-    ids, paths, mask_of = labelled_split(source, split, data_root, split_file)
-    out = Path(out) if out is not None else default_out_dir(source, split)
-    if predictor is None and load is not None:
-        predictor = load()
-    if predictor is None:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=use_tuned
-        )
-    n_classes = predictor.classes
-    prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
-    post = replaced(predictor.postprocess, **dict(overrides or {}))
+    ids, paths, mask_of = images
+    check_classes(predictor.classes, mask_of.n_classes, str(mask_of.where))
+    out = Path(out) if out is not None else default_out_dir(_source(predictor), split)
+    sources = [Source(p, i) for i, p in zip(ids, paths)]
+    scorer = _scorer(predictor, iou_threshold)
+    skipped = Skipped(on_skip)
+    seconds = _score_images(predictor, sources, mask_of, scorer, skipped, progress, split)
+    result = _result(predictor, scorer, split, paths, seconds, skipped)
+    if check_fp32:
+        check = _fp32_check(predictor, sources, mask_of, result, progress, split, tolerance)
+        if check is not None:
+            result["runtime_check"] = check
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
+    panels = _panel_loader(predictor.classes, dict(zip(ids, paths)), scorer, mask_of)
+    report.write_report(result, panels, out / "report.html", max_panels, panel_width)
+    return result
+
+
+def _source(predictor: Predictor) -> Path:
+    """The checkpoint behind the predictor (whose run folder holds the evaluations)."""
+    return predictor.checkpoint or model_checkpoint(predictor.model_file)
+
+
+def _scorer(predictor: Predictor, iou_threshold: float) -> Scorer:
+    """Scores the model's own threshold alone and the post-processing in use."""
     plain = PostProcess(threshold=predictor.model_threshold)
-    if n_classes > 1:
-        plain = ClassPostProcess.uniform(plain, n_classes)
-    scorer = Scorer(
-        {"threshold_only": plain, "postprocessed": post},
+    if predictor.classes > 1:
+        plain = ClassPostProcess.uniform(plain, predictor.classes)
+    return Scorer(
+        {"threshold_only": plain, "postprocessed": predictor.postprocess},
         iou_threshold=iou_threshold,
         keep_masks=["postprocessed"],  # drawn in the report
-        classes=n_classes,
+        classes=predictor.classes,
     )
 
-    skipped = Skipped(on_skip)
+
+def _score_images(
+    predictor: Predictor,
+    sources: Sequence[Source],
+    mask_of: MaskReader,
+    scorer: Scorer,
+    skipped: Skipped,
+    progress: bool | None,
+    split: str,
+) -> float:
+    """Predict and score every image; the seconds it took."""
     start = time.perf_counter()
-    sources = [Source(p, i) for i, p in zip(ids, paths)]
     for p in predictor.predict_files(
         sources, check=mask_of.check, on_skip=skipped, progress=progress, desc=f"eval {split}"
     ):
-        truth = mask_of(p.source.image_id, classes=n_classes > 1)
+        truth = mask_of(p.source.image_id, classes=predictor.classes > 1)
         scorer.add(p.source.image_id, p.prob, truth, p.image_prob)
-    seconds = time.perf_counter() - start
     if not scorer.images:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")
+    return time.perf_counter() - start
 
-    result = json_ready(
+
+def _result(
+    predictor: Predictor,
+    scorer: Scorer,
+    split: str,
+    paths: Sequence[Path],
+    seconds: float,
+    skipped: Skipped,
+) -> dict[str, Any]:
+    """eval.json's content: the model and its settings, and every number."""
+    model_file = Path(predictor.model_file).resolve() if predictor.model_file else None
+    return json_ready(
         {
-            "checkpoint": str(checkpoint.resolve()),
+            "checkpoint": str(model_file),
             "split": split,
             "data_root": str(paths[0].parent.parent.resolve()),
             "n_images": len(scorer.images),
             "n_defective": sum(r["gt_pixels"] > 0 for r in scorer.images),
-            "classes": n_classes,
+            "classes": predictor.classes,
             "tta": list(predictor.tta),
             "device": str(predictor.device),
             "runtime": predictor.runtime,
             "precision": predictor.precision,
-            "model_file": str(checkpoint.resolve()),
+            "model_file": str(model_file),
             "tuned_sidecar": str(predictor.tuned_sidecar) if predictor.tuned_sidecar else None,
-            "overrides": dict(overrides or {}),
+            "overrides": dict(predictor.overrides),
             "seconds": round(seconds, 2),
             "images_per_s": round(len(scorer.images) / max(seconds, 1e-9), 3),
             "metrics": {name: scorer.summary(name) for name in VARIANTS},
@@ -510,34 +316,47 @@ def evaluate(
             "skipped": skipped.by_id(),
         }
     )
-    reference = reference_predictor(predictor) if check_fp32 else None
-    if reference is not None:
-        check = runtime_check(
-            score_predictor(reference, sources, mask_of, post, progress, f"{split}: fp32 check"),
-            {
-                "runtime": predictor.runtime,
-                "precision": predictor.precision,
-                "n_images": result["n_images"],
-                "dice_per_image": result["metrics"]["postprocessed"]["pixel"]["dice_per_image"],
-                "iou": result["metrics"]["postprocessed"]["pixel"]["iou"],
-                "images_per_s": result["images_per_s"],
-            },
-            tolerance,
-        )
-        result["runtime_check"] = json_ready(check)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
 
-    path_of = dict(zip(ids, paths))
+
+def _fp32_check(
+    predictor: Predictor,
+    sources: Sequence[Source],
+    mask_of: MaskReader,
+    result: Mapping[str, Any],
+    progress: bool | None,
+    split: str,
+    tolerance: float,
+) -> dict[str, Any] | None:
+    """The model on another runtime or precision against PyTorch fp32 on the same images
+    (None when it is PyTorch fp32, or that cannot run here)."""
+    reference = reference_predictor(predictor)
+    if reference is None:
+        return None
+    pixel = result["metrics"]["postprocessed"]["pixel"]
+    scores = {
+        "runtime": predictor.runtime,
+        "precision": predictor.precision,
+        "n_images": result["n_images"],
+        "dice_per_image": pixel["dice_per_image"],
+        "iou": pixel["iou"],
+        "images_per_s": result["images_per_s"],
+    }
+    desc = f"{split}: fp32 check"
+    ref = score_predictor(reference, sources, mask_of, predictor.postprocess, progress, desc)
+    return json_ready(runtime_check(ref, scores, tolerance))
+
+
+def _panel_loader(
+    classes: int, path_of: Mapping[str, Path], scorer: Scorer, mask_of: MaskReader
+) -> Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The report's reader of one image's (image, predicted mask, true mask); class-id masks
+    for a multi-class model."""
 
     def load_panel(image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image, predicted mask, true mask); class-id masks for a multi-class model."""
         image = read_grey(path_of[image_id])
         kept = scorer.masks["postprocessed"][image_id]
-        if n_classes == 1:
+        if classes == 1:
             return image, rle.decode(kept, image.shape) > 0, mask_of(image_id)
-        pred = rle.class_mask(kept, image.shape)
-        return image, pred, mask_of(image_id, classes=True)
+        return image, rle.class_mask(kept, image.shape), mask_of(image_id, classes=True)
 
-    report.write_report(result, load_panel, out / "report.html", max_panels, panel_width)
-    return result
+    return load_panel

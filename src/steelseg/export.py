@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,9 @@ import torch
 from torch import nn
 
 from steelseg import rle
+from steelseg.accuracy import check_runtimes, check_text
 from steelseg.checkpoint import tensor_bytes
-from steelseg.evaluate import labelled_sources
+from steelseg.inputs import Source
 from steelseg.io import (
     DiskFullError,
     atomic_write_bytes,
@@ -64,9 +65,10 @@ from steelseg.io import (
     read_grey,
     remove_stale,
 )
+from steelseg.labelled import labelled_sources
 from steelseg.model import SteelSegModule, normalise
-from steelseg.postprocess import ClassPostProcess, PostProcess, load_tuned
-from steelseg.predict import Predictor, Source
+from steelseg.postprocess import ClassPostProcess, ModelSettings, PostProcess, model_settings
+from steelseg.predict import Predictor
 from steelseg.runtime import (
     DICE_TOLERANCE,
     FILE_FORMATS,
@@ -283,10 +285,8 @@ def export(
     input_size = (int(trained[0]), int(trained[1])) if trained else None
     size = input_size or rle.SHAPE  # of the example inputs
     dtype = INPUT_DTYPES[input_dtype]
-    tuned = load_tuned(checkpoint) if use_tuned else None
-    postprocess = tuned[0] if tuned else PostProcess(threshold=float(module.hparams.threshold))
-    reference = Predictor(module, "cpu", postprocess, tuned[1] if tuned else (), batch_size, "fp32")
-    postprocess = reference.postprocess  # per class for a model of several (checked)
+    stored = model_settings(checkpoint, use_tuned=use_tuned)
+    reference = Predictor(module, "cpu", stored.postprocess, stored.tta, batch_size, "fp32")
     test = labelled_sources(checkpoint, "test", data_root, split_file) if check else None
     calibration = None
     if precision == "int8":
@@ -327,8 +327,8 @@ def export(
                 onnx_exporter,
                 input_dtype,
                 input_size,
-                postprocess,
-                tuned,
+                reference.postprocess,  # per class for a model of several (checked)
+                stored,
             )
             meta |= {
                 "precision": "int8" if precision == "int8" else "fp32",
@@ -478,8 +478,6 @@ def _accuracy(
 ) -> dict[str, Any]:
     """The accuracy check of the staged export (see :func:`export`): ``accuracy`` and
     ``default`` entries of the metadata. Raises ``ValueError`` when it fails."""
-    from steelseg.evaluate import check_text, runtime_check, score_predictor
-
     own = meta["precision"]
     runs = [
         (runtime, p)
@@ -499,10 +497,9 @@ def _accuracy(
             "default": {"runtime": runtime, "precision": p},
         }
     sources, mask_of = test
-    ref = score_predictor(reference, sources, mask_of, progress=progress, desc="check: torch fp32")
-    rows = []
-    for runtime, p in runs:
-        predictor = Predictor(
+
+    def on(runtime: str, p: str) -> Callable[[], Predictor]:
+        return lambda: Predictor(
             open_engine(path, runtime, p),
             postprocess=reference.postprocess,
             tta=reference.tta,
@@ -512,11 +509,13 @@ def _accuracy(
             classes=meta["classes"],
             gated=meta["gated"],
         )
-        scores = score_predictor(
-            predictor, sources, mask_of, progress=progress, desc=f"check: {runtime} {p}"
-        )
-        rows.append(runtime_check(ref, scores, tolerance))
+
+    ref, rows = check_runtimes(
+        reference, [(r, p, on(r, p)) for r, p in runs], sources, mask_of, tolerance, progress
+    )
     asked = [r for r in rows if precision == "auto" or r["precision"] == precision]
+    if not asked:
+        raise ValueError(f"no installed runtime could run the {own} export; nothing was written")
     passed = [r for r in asked if r["ok"]]
     if not passed:
         worst = min(asked, key=lambda r: r["dice_drop"])
@@ -584,7 +583,7 @@ def _metadata(
     input_dtype: str,
     input_size: tuple[int, int] | None,
     postprocess: PostProcess | ClassPostProcess,
-    tuned: tuple[PostProcess | ClassPostProcess, tuple[str, ...]] | None,
+    stored: ModelSettings,
 ) -> dict[str, Any]:
     """What ``<file>.json`` says of an export (the checks' numbers are added by the caller)."""
     classes, gated = int(module.hparams.get("classes", 1)), bool(module.hparams.get("gate", False))
@@ -611,8 +610,8 @@ def _metadata(
         "threshold": postprocess.threshold,
         "model_threshold": float(module.hparams.threshold),
         "postprocess": postprocess.to_dict(),
-        "postprocess_tuned": tuned is not None,
-        "tta": list(tuned[1]) if tuned else [],
+        "postprocess_tuned": stored.sidecar is not None,
+        "tta": list(stored.tta),
         "arch": module.hparams.arch,
         "encoder_name": module.hparams.encoder_name,
         "checkpoint": str(Path(checkpoint).resolve()),

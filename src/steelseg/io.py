@@ -380,3 +380,19 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def run_folder(checkpoint_or_run: str | os.PathLike) -> Path:
+    """The training run folder of a checkpoint (``RUN/checkpoints/x.ckpt``), or a run folder.
+
+    A checkpoint outside a ``checkpoints/`` folder belongs to the folder it is in.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+    """
+    path = Path(checkpoint_or_run)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint or run folder {path} does not exist")
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent

@@ -1,11 +1,12 @@
-"""Every segmentation and detection metric of steelseg, computed in one place.
+"""Every number steelseg reports about a segmentation, in plain numpy (no torch).
 
-Tensor contract (see :mod:`steelseg.dataset`): logits ``(N, C, H, W)`` float, targets
-``(N, C, H, W)`` in {0, 1}; C = 1 (merged defect classes) or one channel per class. Probabilities appear only here and at prediction time.
+Evaluation, tuning and reports score masks with these functions; the training metric
+(:class:`steelseg.segmetrics.SegMetrics`) scores its counts with them too, once per epoch.
 
 Pixel metrics go through one path: per-image counts (true positives, false positives, false
-negatives; :func:`confusion`, :func:`mask_counts`, :func:`counts_at_thresholds`) are scored by
-``segmentation_models_pytorch.metrics`` (smp) in float64:
+negatives; :func:`mask_counts`, :func:`counts_at_thresholds`) are scored in float64 by the
+formulas of ``segmentation_models_pytorch.metrics`` (smp; ``tests/test_metric_library.py`` pins
+each function to it):
 
 * **IoU / Dice** are dataset-level ("micro"): the counts are summed over every pixel of every
   image, then divided once (:func:`iou`, :func:`dice`); 1.0 when there is nothing to find and
@@ -14,73 +15,31 @@ negatives; :func:`confusion`, :func:`mask_counts`, :func:`counts_at_thresholds`)
   an empty mask counts 1 (the Kaggle competition's rule) and a non-empty prediction on an empty
   mask 0; its mean over images is the headline ``dice_per_image``.
 * :func:`pixel_scores` gives all three (and the summed counts) from per-image counts,
-  :func:`threshold_curve` / :func:`threshold_sweep` the same at every threshold, and
-  :class:`SegMetrics` accumulates them during training (reduced correctly under DDP).
+  :func:`threshold_curve` / :func:`threshold_sweep` the same at every threshold.
 
 Detection metrics (image level: :func:`image_detection`, :func:`roc_auc`; defect level:
-:func:`defect_counts`, :func:`defect_detection`) are plain numpy on full-resolution masks; no
-library matches connected components, and :func:`roc_auc` stays exact rank-based code (see there).
+:func:`defect_counts`, :func:`defect_detection`) work on full-resolution masks; no library
+matches connected components, and :func:`roc_auc` stays exact rank-based code (see there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-import segmentation_models_pytorch as smp
-import torch
-from torchmetrics import Metric
+from numpy.typing import ArrayLike
 
-from steelseg.config import HEADLINE, METRIC_NAMES  # noqa: F401 (HEADLINE: re-exported)
-
-#: what :class:`SegMetrics` computes (``val/<name>``, ``test/<name>``; see steelseg.config)
-NAMES = METRIC_NAMES
+#: what a run scores (:class:`steelseg.segmetrics.SegMetrics`), logged as ``val/<name>``,
+#: ``test/<name>``
+NAMES = ("iou", "dice", "dice_per_image")
+#: the headline numbers of a run (printed by steelseg-train, the first columns of a sweep summary)
+HEADLINE = tuple(f"{split}/{name}" for split in ("val", "test") for name in NAMES)
 #: default thresholds of :func:`threshold_sweep`: 0.05, 0.10, ..., 0.95
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
-#: pixel counts: a numpy array, a tensor (any device) or a Python int
-Counts = np.ndarray | torch.Tensor | int
-
 
 # ----------------------------------------------------------------------------- counts
-def confusion(
-    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image true positives, false positives and false negatives (``sigmoid >= threshold``).
-
-    Shape:
-        logits, target: (N, 1, H, W). Returns three (N,) int64 tensors.
-    """
-    tp, fp, fn, _ = smp.metrics.get_stats(
-        logits.sigmoid(), target.long(), mode="binary", threshold=threshold
-    )  # each (N, 1)
-    return tp[:, 0], fp[:, 0], fn[:, 0]
-
-
-def class_confusion(
-    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-(image, class) true positives, false positives and false negatives.
-
-    Shape:
-        logits, target: (N, C, H, W), one channel per class. Returns three (N, C) int64 tensors.
-    """
-    tp, fp, fn, _ = smp.metrics.get_stats(
-        logits.sigmoid(), target.long(), mode="multilabel", threshold=threshold
-    )
-    return tp, fp, fn
-
-
-def kaggle_dice(tp: Counts, fp: Counts, fn: Counts) -> float:
-    """The Severstal competition's metric: mean Dice over (image, class) pairs, 1 where the
-    prediction and the truth are both empty.
-
-    Shape:
-        tp, fp, fn: (N, C) counts of each image and class.
-    """
-    return float(np.mean(np.asarray(dice_per_image(*(np.asarray(c) for c in (tp, fp, fn))))))
-
-
 def mask_counts(pred: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
     """True positives, false positives and false negatives of one predicted mask.
 
@@ -138,63 +97,53 @@ def counts_at_thresholds(
 
 
 # ----------------------------------------------------------------------------- scores
-# smp's scores are elementwise on tensors of counts; tn is not used by IoU or F1, so zeros stand
-# in for it. Counts are scored in float64: a dataset's pixel counts exceed float32's 2**24.
-def _float64(
-    tp: Counts, fp: Counts, fn: Counts
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """The counts as float64 tensors (on the device of any tensor among them); whether any was."""
-    tensors = [c for c in (tp, fp, fn) if isinstance(c, torch.Tensor)]
-    device = tensors[0].device if tensors else None
-    out = [
-        c.detach().to(torch.float64)
-        if isinstance(c, torch.Tensor)
-        else torch.as_tensor(np.asarray(c), dtype=torch.float64, device=device)
-        for c in (tp, fp, fn)
-    ]
+# smp's iou_score and f1_score, in float64 numpy. Counts are whole numbers, exact in float64 (a
+# dataset's pixel counts exceed float32's 2**24), so every score rounds once, in its division,
+# and equals smp's float64 number bit for bit. Arguments are anything np.asarray takes: numpy
+# arrays, Python ints, CPU tensors.
+def _float64(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> tuple[np.ndarray, ...]:
+    """The counts as float64 arrays of one shape."""
+    out = tuple(np.asarray(c, dtype=np.float64) for c in (tp, fp, fn))
     if not out[0].shape == out[1].shape == out[2].shape:
-        raise ValueError(
-            f"tp, fp and fn must have the same shape, got {[tuple(c.shape) for c in out]}"
-        )
-    return out[0], out[1], out[2], bool(tensors)
+        raise ValueError(f"tp, fp and fn must have the same shape, got {[c.shape for c in out]}")
+    return out
 
 
-def _returned(score: torch.Tensor, as_tensor: bool) -> torch.Tensor | np.ndarray | np.float64:
-    """A tensor for tensor inputs, else numpy (an ``np.float64`` when 0-d)."""
-    return score if as_tensor else score.cpu().numpy()[()]
+def _ratio_or_one(num: np.ndarray, den: np.ndarray) -> np.ndarray | np.float64:
+    """``num / den`` elementwise, 1 where ``den`` is 0: nothing to find and nothing found (smp's
+    ``zero_division=1.0``). An ``np.float64`` when 0-d."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = num / den
+    return np.where(den == 0, 1.0, score)[()]
 
 
-def _micro(
-    score_fn: Callable[..., torch.Tensor], tp: Counts, fp: Counts, fn: Counts
-) -> torch.Tensor | np.float64:
-    t, p, n, as_tensor = _float64(tp, fp, fn)
-    score = score_fn(t, p, n, torch.zeros_like(t), reduction="micro", zero_division=1.0)
-    # smp (0.6) applies zero_division to every reduction but "micro", which returns 0/0 = NaN
-    # for an all-empty dataset; nothing to find and nothing found counts 1.0 here.
-    return _returned(torch.nan_to_num(score, nan=1.0), as_tensor)
+def _iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray | np.float64:
+    return _ratio_or_one(tp, tp + fp + fn)  # smp's _iou_score
 
 
-def iou(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.float64:
+def _dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray | np.float64:
+    return _ratio_or_one(2 * tp, 2 * tp + fn + fp)  # smp's _fbeta_score with beta 1
+
+
+def iou(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> np.float64:
     """Dataset-level IoU of summed counts (smp ``iou_score``, micro); 1.0 when all are empty.
 
     Shape:
-        tp, fp, fn: any shape, the same for all, e.g. (N,) per image. Returns a 0-d float64
-        tensor for tensor inputs, else an ``np.float64``.
+        tp, fp, fn: any shape, the same for all, e.g. (N,) per image.
     """
-    return _micro(smp.metrics.iou_score, tp, fp, fn)
+    return _iou(*(c.sum() for c in _float64(tp, fp, fn)))
 
 
-def dice(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.float64:
+def dice(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> np.float64:
     """Dataset-level Dice (F1) of summed counts (smp ``f1_score``, micro); 1.0 when all are empty.
 
     Shape:
-        tp, fp, fn: any shape, the same for all, e.g. (N,) per image. Returns a 0-d float64
-        tensor for tensor inputs, else an ``np.float64``.
+        tp, fp, fn: any shape, the same for all, e.g. (N,) per image.
     """
-    return _micro(smp.metrics.f1_score, tp, fp, fn)
+    return _dice(*(c.sum() for c in _float64(tp, fp, fn)))
 
 
-def dice_per_image(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.ndarray:
+def dice_per_image(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> np.ndarray | np.float64:
     """Dice of each element (smp ``f1_score``, no reduction); 0/0 is 1 (Kaggle rule).
 
     An element is usually one image: an empty prediction on an empty mask scores 1, anything
@@ -202,30 +151,26 @@ def dice_per_image(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.ndar
     (areas, totals) grid of one image).
 
     Shape:
-        tp, fp, fn: any shape, the same for all. Returns float64 of that shape: a tensor (on
-        the inputs' device) for tensor inputs, else a numpy array (``np.float64`` when 0-d).
+        tp, fp, fn: any shape, the same for all. Returns float64 of that shape (an
+        ``np.float64`` when 0-d).
     """
-    t, p, n, as_tensor = _float64(tp, fp, fn)
-    score = smp.metrics.f1_score(t, p, n, torch.zeros_like(t), reduction="none", zero_division=1.0)
-    return _returned(score, as_tensor)
+    return _dice(*_float64(tp, fp, fn))
 
 
-def iou_per_image(tp: Counts, fp: Counts, fn: Counts) -> torch.Tensor | np.ndarray:
+def iou_per_image(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> np.ndarray | np.float64:
     """IoU of each element (smp ``iou_score``, no reduction); 0/0 is 1.
 
     On counts already summed over images (e.g. the tuner's (thresholds, areas, totals) sums)
     each element is the dataset-level IoU of that setting, equal to :func:`iou` of its images.
 
     Shape:
-        tp, fp, fn: any shape, the same for all. Returns float64 of that shape: a tensor for
-        tensor inputs, else a numpy array (``np.float64`` when 0-d).
+        tp, fp, fn: any shape, the same for all. Returns float64 of that shape (an
+        ``np.float64`` when 0-d).
     """
-    t, p, n, as_tensor = _float64(tp, fp, fn)
-    score = smp.metrics.iou_score(t, p, n, torch.zeros_like(t), reduction="none", zero_division=1.0)
-    return _returned(score, as_tensor)
+    return _iou(*_float64(tp, fp, fn))
 
 
-def pixel_scores(tp: Counts, fp: Counts, fn: Counts) -> dict[str, float]:
+def pixel_scores(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> dict[str, float]:
     """Dataset-level IoU / Dice and mean per-image Dice (Kaggle rule) from per-image counts.
 
     ``dice_per_image`` is smp's ``f1_score`` with ``reduction="micro-imagewise"`` (each image's
@@ -236,89 +181,28 @@ def pixel_scores(tp: Counts, fp: Counts, fn: Counts) -> dict[str, float]:
         (ints).
 
     Shape:
-        tp, fp, fn: (N,), one element per image (numpy or torch).
+        tp, fp, fn: (N,), one element per image.
     """
-    t, p, n, _ = _float64(tp, fp, fn)
-    t, p, n = (c.reshape(-1, 1) for c in (t, p, n))  # smp's (images, classes)
-    per_image = smp.metrics.f1_score(
-        t, p, n, torch.zeros_like(t), reduction="micro-imagewise", zero_division=1.0
-    )
+    t, p, n = (c.ravel() for c in _float64(tp, fp, fn))
+    per_image = _dice(t, p, n)
     return {
         "iou": float(iou(t, p, n)),
         "dice": float(dice(t, p, n)),
-        "dice_per_image": float(per_image),
+        "dice_per_image": float(per_image.mean()) if per_image.size else math.nan,
         "tp": int(t.sum()),
         "fp": int(p.sum()),
         "fn": int(n.sum()),
     }
 
 
-class SegMetrics(Metric):
-    """Accumulates IoU, Dice and per-image Dice over batches (reduced correctly under DDP).
+def kaggle_dice(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> float:
+    """The Severstal competition's metric: mean Dice over (image, class) pairs, 1 where the
+    prediction and the truth are both empty.
 
-    The states are summed counts and the sum of per-image Dice (:func:`dice_per_image`), so
-    the outputs equal :func:`pixel_scores` of all the images seen. With ``classes > 1`` these
-    score the merged mask (a pixel is predicted defective when any class's probability reaches
-    the threshold), and per-class IoU and Dice (``iou_c1``, ``dice_c1``, ...) and the
-    competition's :func:`kaggle_dice` come on top.
-
-    Example:
-        >>> m = SegMetrics(threshold=0.5)
-        >>> m.update(logits, masks)          # per batch
-        >>> m.compute()                      # {"iou": ..., "dice": ..., "dice_per_image": ...}
+    Shape:
+        tp, fp, fn: (N, C) counts of each image and class.
     """
-
-    full_state_update = False
-
-    def __init__(self, threshold: float = 0.5, classes: int = 1) -> None:
-        super().__init__()
-        self.threshold = threshold
-        self.classes = int(classes)
-        for name in ("tp", "fp", "fn", "dice_sum", "n_images"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        if self.classes > 1:
-            for name in ("class_tp", "class_fp", "class_fn", "pair_dice_sum"):
-                zeros = torch.zeros(self.classes, dtype=torch.float64)
-                self.add_state(name, default=zeros, dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch.
-
-        Shape:
-            logits, target: (N, C, H, W), C = ``classes``.
-        """
-        logits = logits.detach()
-        if self.classes > 1:
-            tp, fp, fn = class_confusion(logits, target, self.threshold)  # (N, C) each
-            self.class_tp += tp.sum(0)
-            self.class_fp += fp.sum(0)
-            self.class_fn += fn.sum(0)
-            self.pair_dice_sum += dice_per_image(tp, fp, fn).sum(0)
-            # merged: the highest logit of a pixel reaches the threshold iff any class does
-            logits, target = logits.amax(1, keepdim=True), target.amax(1, keepdim=True)
-        tp, fp, fn = confusion(logits, target, self.threshold)
-        self.tp += tp.sum()
-        self.fp += fp.sum()
-        self.fn += fn.sum()
-        self.dice_sum += dice_per_image(tp, fp, fn).sum()
-        self.n_images += tp.numel()
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``iou``, ``dice``, ``dice_per_image`` (and per class, ``kaggle_dice``), each 0-d
-        float32."""
-        n = self.n_images.clamp(min=1)
-        out = {
-            "iou": iou(self.tp, self.fp, self.fn).float(),
-            "dice": dice(self.tp, self.fp, self.fn).float(),
-            "dice_per_image": (self.dice_sum / n).float(),
-        }
-        if self.classes > 1:
-            out["kaggle_dice"] = (self.pair_dice_sum.sum() / (n * self.classes)).float()
-            for c in range(self.classes):
-                t, p, f = self.class_tp[c], self.class_fp[c], self.class_fn[c]
-                out[f"iou_c{c + 1}"] = iou(t, p, f).float()
-                out[f"dice_c{c + 1}"] = dice(t, p, f).float()
-        return out
+    return float(np.mean(dice_per_image(tp, fp, fn)))
 
 
 # ----------------------------------------------------------------------------- threshold curve
@@ -348,16 +232,14 @@ def threshold_curve(
 
 
 def threshold_sweep(
-    probs: torch.Tensor | np.ndarray,
-    target: torch.Tensor | np.ndarray,
-    thresholds: Sequence[float] | None = None,
+    probs: ArrayLike, target: ArrayLike, thresholds: Sequence[float] | None = None
 ) -> list[dict[str, float]]:
     """IoU, Dice and per-image Dice at each threshold, for choosing one on validation data.
 
     :func:`counts_at_thresholds` of each image, scored by :func:`threshold_curve`.
 
     Args:
-        probs: Probabilities (after sigmoid).
+        probs: Probabilities (after sigmoid); a tensor may sit on any device.
         target: Masks in {0, 1}.
         thresholds: Thresholds to try, in any order; default 0.05, 0.10, ..., 0.95.
 
@@ -369,16 +251,20 @@ def threshold_sweep(
         probs, target: (N, 1, H, W) or (N, H, W).
     """
     thresholds = list(SWEEP_THRESHOLDS if thresholds is None else thresholds)
-    probs, target = (
-        x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        for x in (probs, target)
-    )
+    probs, target = _numpy(probs), _numpy(target)
     distinct, back = np.unique(np.asarray(thresholds, dtype=np.float64), return_inverse=True)
     counts = np.zeros((len(probs), 3, len(distinct)), dtype=np.int64)  # (N, 3, distinct T)
     for i, (p, m) in enumerate(zip(probs, target)):
         counts[i] = counts_at_thresholds(p, m, distinct)
     counts = counts[:, :, back.ravel()]  # (N, 3, T): back in the caller's order
     return threshold_curve(counts[:, 0], counts[:, 1], counts[:, 2], thresholds)
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    """``x`` as a numpy array; a tensor (on any device) is detached and copied to the CPU first."""
+    if hasattr(x, "detach"):  # a torch.Tensor, recognised without importing torch
+        x = x.detach().cpu()
+    return np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- detection

@@ -26,8 +26,8 @@ from torch import nn
 
 from steelseg import checkpoint as ckpt_io
 from steelseg.losses import WeightedLoss
-from steelseg.metric import SegMetrics
 from steelseg.runtime import STRIDE
+from steelseg.segmetrics import SegMetrics
 
 #: config name -> smp architecture name
 ARCHS: dict[str, str] = {

@@ -285,6 +285,29 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | (outside[1:-1, 1:-1] == 0)
 
 
+def apply_postprocess(
+    postprocess: PostProcess | ClassPostProcess,
+    prob: np.ndarray,
+    image_prob: np.ndarray | None = None,
+) -> np.ndarray:
+    """The masks of one image's probabilities, gated by its image probabilities.
+
+    A plain :class:`PostProcess` acts on every class of a multi-class model
+    (:meth:`ClassPostProcess.uniform`).
+
+    Shape:
+        prob: (H, W) of a binary model or (C, H, W); image_prob: (C,) or None.
+        Returns bool of ``prob``'s shape.
+    """
+    if prob.ndim == 3:
+        if isinstance(postprocess, PostProcess):
+            postprocess = ClassPostProcess.uniform(postprocess, len(prob))
+        return postprocess.apply(prob, image_prob)
+    if isinstance(postprocess, ClassPostProcess):
+        (postprocess,) = postprocess.classes  # one class (checked by Predictor)
+    return postprocess.apply(prob, None if image_prob is None else float(image_prob[0]))
+
+
 # ----------------------------------------------------------------------------- tuned sidecar
 def sidecar_path(checkpoint: str | Path) -> Path:
     """Where the tuned post-processing of a checkpoint lives: ``<name>.postprocess.json``."""
@@ -312,6 +335,51 @@ def load_tuned(
             f"{path} is not a valid tuned post-processing file ({e}); delete it or run "
             "steelseg-tune again"
         ) from None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model file predicts unless told otherwise (see :func:`model_settings`).
+
+    Attributes:
+        postprocess: The stored post-processing; None: a threshold at the model's own.
+        tta: The stored test-time flips.
+        sidecar: The ``steelseg-tune`` file they came from, if any.
+    """
+
+    postprocess: PostProcess | ClassPostProcess | None = None
+    tta: tuple[str, ...] = ()
+    sidecar: Path | None = None
+
+
+def model_settings(
+    model_file: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    use_tuned: bool = True,
+    tuned_beside: str | Path | None = None,
+) -> ModelSettings:
+    """The post-processing and test-time flips a model file predicts with by default: the one
+    place that says which stored values win.
+
+    With ``use_tuned``, the ``steelseg-tune`` sidecar beside ``tuned_beside`` (default the
+    model file; a checkpoint's export passes its checkpoint) wins, then an export's
+    ``metadata`` (what it recorded when it was made); otherwise, or without either, nothing
+    is stored: a threshold at the model's own and no flips.
+
+    Raises:
+        ValueError: a sidecar that is not valid (names the file).
+    """
+    if not use_tuned:
+        return ModelSettings()
+    beside = Path(tuned_beside if tuned_beside is not None else model_file)
+    tuned = load_tuned(beside)
+    if tuned is not None:
+        return ModelSettings(tuned[0], tuned[1], sidecar_path(beside))
+    if metadata is not None and "postprocess" in metadata:
+        return ModelSettings(
+            postprocess_from_dict(metadata["postprocess"]), check_tta(metadata.get("tta", []))
+        )
+    return ModelSettings()
 
 
 def save_tuned(

@@ -26,45 +26,38 @@ post-processing's ``gate`` applies to the masks.
 
 :meth:`Predictor.predict_files` is the one loop over image files: it reads them in batches,
 names and skips the unreadable ones, and yields a :class:`Prediction` per image. Prediction,
-evaluation, tuning and pseudo-labelling all run through it; :func:`predict_to_folder` is
-``steelseg-predict``'s work (masks, overlays, panels, a Kaggle-format CSV).
+evaluation, tuning and pseudo-labelling all run through it; :func:`steelseg.writer.predict_to_folder`
+is ``steelseg-predict``'s work (masks, overlays, panels, a Kaggle-format CSV).
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
-import json
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
-from steelseg import draw, rle
+from steelseg.inputs import Source, log_skip
 from steelseg.io import (
     ImageError,
-    atomic_write_text,
-    check_out_folder,
-    images_in,
     read_grey,
-    write_png,
 )
 from steelseg.postprocess import (
     TTA_CHOICES,
     ClassPostProcess,
     PostProcess,
+    apply_postprocess,
     check_tta,
-    load_tuned,
-    postprocess_from_dict,
-    sidecar_path,
+    model_settings,
+    replaced,
 )
 from steelseg.runtime import (
     STRIDE,
@@ -80,95 +73,18 @@ from steelseg.runtime import (
 #: or one per class
 AnyPostProcess = PostProcess | ClassPostProcess
 
-if TYPE_CHECKING:
-    from steelseg.submission import Sample
-
 log = logging.getLogger(__name__)
 
-#: background threads that decode input images, and that post-process and write outputs,
-#: while the model runs (OpenCV releases the GIL while it decodes and encodes)
-READ_THREADS, WRITE_THREADS = 2, 2
+#: background threads that decode input images while the model runs (OpenCV releases the GIL
+#: while it decodes)
+READ_THREADS = 2
 
 __all__ = [
     "TTA_CHOICES",
     "Prediction",
     "Predictor",
-    "Source",
-    "apply_postprocess",
-    "collect_inputs",
     "read_grey",
 ]
-
-
-# ----------------------------------------------------------------------------- inputs
-@dataclass(frozen=True)
-class Source:
-    """One input image: its file, its ImageId (file name) and the labels of its folder."""
-
-    path: Path
-    image_id: str
-    #: train.csv of a Kaggle-layout folder (images not in it are clean), or the masks/ folder
-    #: of a folder layout (masks/<stem>.png; images without one are unlabelled)
-    labels: Path | None = None
-
-    @classmethod
-    def of(cls, path: str | os.PathLike) -> Source:
-        """A file, labelled by the ``train.csv`` beside its folder when that is
-        ``train_images/``, or by the ``masks/`` beside it when that is ``images/``."""
-        path = Path(path)
-        return cls(path, path.name, _kaggle_labels(path.parent))
-
-
-def _kaggle_labels(folder: Path) -> Path | None:
-    """The labels beside a labelled image folder: train.csv beside a Kaggle ``train_images/``,
-    or ``masks/`` beside the folder layout's ``images/``; None for any other folder."""
-    if folder.name == "train_images":
-        csv = folder.parent / "train.csv"
-        return csv if csv.is_file() else None
-    masks = folder.parent / "masks"
-    return masks if folder.name == "images" and masks.is_dir() else None
-
-
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
-    """Expand image files, folders and globs into image sources.
-
-    A folder holding ``train_images/`` (a Kaggle-layout folder) means its train images, with
-    ground truth from its ``train.csv``; one holding ``images/`` and no images of its own (the
-    folder layout) means those, with ground truth from its ``masks/``; one holding only
-    ``test_images/`` means those. Files in a folder are taken by image suffix; files named or
-    matched by a glob are all tried.
-
-    Returns:
-        The sources in order (duplicate files once), and the inputs that matched nothing.
-    """
-    found: list[Source] = []
-    empty: list[str] = []
-    for text in map(str, inputs):
-        path = Path(text)
-        if path.is_dir():
-            folder = path
-            if (path / "train_images").is_dir():
-                folder = path / "train_images"
-            elif (path / "images").is_dir() and not images_in(path):
-                folder = path / "images"
-            elif (path / "test_images").is_dir() and not images_in(path):
-                folder = path / "test_images"
-            new = [Source.of(p) for p in images_in(folder)]
-        elif path.is_file():
-            new = [Source.of(path)]
-        else:
-            new = [Source.of(m) for m in sorted(glob.glob(text)) if Path(m).is_file()]
-        if not new:
-            empty.append(text)
-        found.extend(new)
-    seen: set[Path] = set()
-    unique = []
-    for s in found:
-        key = s.path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(s)
-    return unique, empty
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -212,27 +128,6 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def apply_postprocess(
-    postprocess: AnyPostProcess, prob: np.ndarray, image_prob: np.ndarray | None = None
-) -> np.ndarray:
-    """The masks of one image's probabilities, gated by its image probabilities.
-
-    A plain :class:`PostProcess` acts on every class of a multi-class model
-    (:meth:`ClassPostProcess.uniform`).
-
-    Shape:
-        prob: (H, W) of a binary model or (C, H, W); image_prob: (C,) or None.
-        Returns bool of ``prob``'s shape.
-    """
-    if prob.ndim == 3:
-        if isinstance(postprocess, PostProcess):
-            postprocess = ClassPostProcess.uniform(postprocess, len(prob))
-        return postprocess.apply(prob, image_prob)
-    if isinstance(postprocess, ClassPostProcess):
-        (postprocess,) = postprocess.classes  # one class (checked by Predictor)
-    return postprocess.apply(prob, None if image_prob is None else float(image_prob[0]))
-
-
 @dataclass
 class Prediction:
     """One image file and its defect probabilities (see :meth:`Predictor.predict_files`).
@@ -258,34 +153,6 @@ class Prediction:
         """Where a defect of any class is: bool (H, W) (the mask itself for a binary model)."""
         mask = self.mask(postprocess)
         return mask.any(axis=0) if mask.ndim == 3 else mask
-
-
-def log_skip(source: Source, reason: str) -> None:
-    """The default report of a skipped input: a warning ``skipped <file>: <reason>``."""
-    log.warning("skipped %s: %s", source.path, reason)
-
-
-class Skipped(list):
-    """The inputs :meth:`Predictor.predict_files` skipped: ``(source, reason)`` pairs.
-
-    Pass it as ``on_skip``; it records each skip and tells ``report`` (default: a warning).
-    """
-
-    def __init__(self, report: Callable[[Source, str], None] = log_skip) -> None:
-        super().__init__()
-        self.report = report
-
-    def __call__(self, source: Source, reason: str) -> None:
-        self.append((source, reason))
-        self.report(source, reason)
-
-    def by_path(self) -> dict[str, str]:
-        """``{file: reason}`` (predict.json, pseudo.json)."""
-        return {str(s.path): reason for s, reason in self}
-
-    def by_id(self) -> list[dict[str, str]]:
-        """``[{"image_id": ..., "reason": ...}]`` (eval.json, the tuned sidecar)."""
-        return [{"image_id": s.image_id, "reason": reason} for s, reason in self]
 
 
 def _model_outputs(engine: Engine, classes: int | None, gated: bool | None) -> tuple[int, bool]:
@@ -326,6 +193,8 @@ class Predictor:
             the engine's graph says, else 1.
         gated: Whether the model has the gate head; None: the module's (``model.gate``), else
             what the engine's graph says, else False.
+        overrides: :class:`PostProcess` fields replacing single values of ``postprocess``
+            (of every class), e.g. ``{"min_total_area": 500}``.
 
     Attributes:
         classes: Mask channels: 1 (binary: probabilities (H, W)) or C (probabilities
@@ -345,6 +214,7 @@ class Predictor:
         threshold: float | None = None,
         classes: int | None = None,
         gated: bool | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -367,8 +237,10 @@ class Predictor:
         self.input_size: tuple[int, int] | None = tuple(int(v) for v in size) if size else None
         #: the model's own threshold (what training scored at)
         self.model_threshold = float(threshold) if threshold is not None else 0.5
+        #: post-processing values given on top of the stored ones (e.g. command-line options)
+        self.overrides = dict(overrides or {})
         self.postprocess = self.check_postprocess(
-            postprocess or PostProcess(threshold=self.model_threshold)
+            replaced(postprocess or PostProcess(threshold=self.model_threshold), **self.overrides)
         )
         self.tta = check_tta(tta)
         self.batch_size = int(batch_size)
@@ -430,34 +302,38 @@ class Predictor:
         cls,
         checkpoint: str | os.PathLike,
         device: Any = None,
-        postprocess: PostProcess | None = None,
+        postprocess: PostProcess | ClassPostProcess | None = None,
         tta: Sequence[str] | None = None,
         batch_size: int = 8,
         use_tuned: bool = True,
         trust_checkpoint: bool = False,
         precision: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Predictor:
         """Load a checkpoint once, on PyTorch; post-processing and TTA default to the tuned ones.
 
         ``postprocess`` / ``tta`` left None take the values ``steelseg-tune`` stored beside the
-        checkpoint (:func:`steelseg.postprocess.load_tuned`) when present and ``use_tuned``;
-        otherwise a threshold at the module's and no TTA. ``trust_checkpoint`` allows
-        checkpoints that need full (code-running) unpickling; see
+        checkpoint (:func:`steelseg.postprocess.model_settings`) when ``use_tuned``; otherwise
+        a threshold at the module's and no TTA; ``overrides`` then replace single values.
+        ``trust_checkpoint`` allows checkpoints that need full (code-running) unpickling; see
         :meth:`SteelSegModule.load_from_checkpoint`. Other runtimes run exports
-        (:meth:`from_export`; :func:`steelseg.export.load_predictor` makes them on demand).
+        (:meth:`from_export`; :func:`steelseg.deploy.load_predictor` makes them on demand).
         """
         from steelseg.model import SteelSegModule
 
-        tuned = load_tuned(checkpoint) if use_tuned else None  # a bad sidecar fails first
+        stored = model_settings(checkpoint, use_tuned=use_tuned)  # a bad sidecar fails first
         module = SteelSegModule.load_from_checkpoint(checkpoint, weights_only=not trust_checkpoint)
-        if postprocess is None and tuned is not None:
-            postprocess = tuned[0]
-        if tta is None:
-            tta = tuned[1] if tuned is not None else ()
-        predictor = cls(module, device, postprocess, tta, batch_size, precision)
+        predictor = cls(
+            module,
+            device,
+            postprocess if postprocess is not None else stored.postprocess,
+            stored.tta if tta is None else tta,
+            batch_size,
+            precision,
+            overrides=overrides,
+        )
         predictor.model_file = predictor.checkpoint = Path(checkpoint)
-        if tuned is not None:
-            predictor.tuned_sidecar = sidecar_path(checkpoint)
+        predictor.tuned_sidecar = stored.sidecar
         return predictor
 
     @classmethod
@@ -466,11 +342,13 @@ class Predictor:
         path: str | os.PathLike,
         runtime: str | None = None,
         precision: str | None = None,
-        postprocess: PostProcess | None = None,
+        postprocess: PostProcess | ClassPostProcess | None = None,
         tta: Sequence[str] | None = None,
         batch_size: int = 8,
         use_tuned: bool = True,
         threads: int = 0,
+        overrides: Mapping[str, Any] | None = None,
+        tuned_beside: str | os.PathLike | None = None,
     ) -> Predictor:
         """Run a file written by ``steelseg-export`` (no PyTorch needed for ONNX or OpenVINO).
 
@@ -482,36 +360,34 @@ class Predictor:
                 installed runtime that runs the format.
             precision: None: the export's checked default for that runtime, else the file's
                 own (``int8`` for a quantized file, ``fp32`` otherwise).
-            postprocess, tta: None: a ``steelseg-tune`` sidecar beside the file, else the
-                metadata's.
+            postprocess, tta: None: the stored values
+                (:func:`steelseg.postprocess.model_settings`: a ``steelseg-tune`` sidecar
+                beside the file, else the metadata's), when ``use_tuned``.
             threads: CPU threads of the runtime (0: its default, every core).
+            overrides: Post-processing values replacing single stored ones.
+            tuned_beside: Where the sidecar is looked for instead of beside ``path`` (a
+                checkpoint's cached export: the checkpoint).
         """
         meta = load_metadata(path)
         runtime, precision = export_runtime(path, meta, runtime, precision)
         engine = open_engine(path, runtime, precision, threads)
-        tuned = load_tuned(path) if use_tuned else None
-        if tuned is None and use_tuned:
-            tuned = (postprocess_from_dict(meta["postprocess"]), check_tta(meta.get("tta", [])))
-        if postprocess is None and tuned is not None:
-            postprocess = tuned[0]
-        if tta is None:
-            tta = tuned[1] if tuned is not None else ()
+        stored = model_settings(path, meta, use_tuned, tuned_beside)
         predictor = cls(
             engine,
-            postprocess=postprocess,
-            tta=tta,
+            postprocess=postprocess if postprocess is not None else stored.postprocess,
+            tta=stored.tta if tta is None else tta,
             batch_size=batch_size,
             input_size=meta.get("input_size"),
             threshold=meta.get("model_threshold", meta.get("threshold")),
             classes=meta.get("classes", 1),  # exports from before per-class models: binary
             gated=meta.get("gated", False),
+            overrides=overrides,
         )
         predictor.model_file = Path(path)
         predictor.metadata = meta
         source = meta.get("checkpoint")
         predictor.checkpoint = Path(source) if source else None
-        if use_tuned and sidecar_path(path).is_file():
-            predictor.tuned_sidecar = sidecar_path(path)
+        predictor.tuned_sidecar = stored.sidecar
         return predictor
 
     # ------------------------------------------------------------------ arrays
@@ -523,7 +399,7 @@ class Predictor:
             th, tw = self.input_size
             if (h, w) == (th, tw):
                 return image
-            # INTER_AREA, as the training cache was made (steelseg.prepare.load_sample)
+            # INTER_AREA, as the training cache was made (steelseg.cache.load_sample)
             return cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
         ph, pw = -h % STRIDE, -w % STRIDE  # no trained size: pad to the network's stride
         return (
@@ -728,329 +604,3 @@ class Predictor:
                 ):
                     yield Prediction(s, image, prob, plain, image_prob, plain_image_prob)
                 bar.update(len(batch))
-
-
-# ----------------------------------------------------------------------------- to a folder
-class _Truth:
-    """Ground-truth masks of labelled inputs: from the train.csv of a Kaggle-layout folder
-    (read once each) or from the ``masks/<stem>.png`` of a folder layout (read per image)."""
-
-    def __init__(self, sources: Sequence[Source]) -> None:
-        """Read (and validate) every train.csv first, so a bad one stops the run early."""
-        self.tables = {
-            csv: rle.read_annotations(csv, any_class=True)
-            for csv in dict.fromkeys(s.labels for s in sources if s.labels is not None)
-            if not csv.is_dir()
-        }
-
-    def mask(self, source: Source, shape: tuple[int, int]) -> np.ndarray | None:
-        """The merged defect mask, bool (H, W) of ``shape``, or None when not known."""
-        if source.labels is None:
-            return None
-        if source.labels in self.tables:
-            if shape != rle.SHAPE:
-                return None  # the RLE of train.csv is at 256x1600
-            return rle.image_mask(self.tables[source.labels], source.image_id).astype(bool)
-        from steelseg.prepare import read_mask  # the folder layout's masks/
-
-        path = source.labels / f"{Path(source.image_id).stem}.png"
-        if not path.is_file():
-            return None  # an image without its mask is unlabelled, not clean
-        try:
-            mask = read_mask(path)
-        except ValueError as e:
-            log.warning("no ground truth for %s: %s", source.path, e)
-            return None
-        if mask.shape != tuple(shape):
-            log.warning(
-                "no ground truth for %s: its mask %s is %dx%d, the image %dx%d",
-                source.path,
-                path,
-                mask.shape[1],
-                mask.shape[0],
-                shape[1],
-                shape[0],
-            )
-            return None
-        return mask > 0
-
-
-def predict_to_folder(
-    predictor: Predictor,
-    sources: Sequence[Source],
-    out: str | os.PathLike,
-    postprocess: AnyPostProcess | None = None,
-    masks_only: bool = False,
-    on_skip: Callable[[Source, str], None] = log_skip,
-    progress: bool | None = None,
-    unmatched: Sequence[str] = (),
-    sample: Sample | None = None,
-) -> dict[str, Any]:
-    """Predict image files into ``out``: ``steelseg-predict``'s work.
-
-    Writes ``masks/<stem>.png``, ``overlays/<stem>.png``, ``panels/<stem>.png`` (the reference
-    demo's four panels, where ground truth is known: a Kaggle-layout folder or its
-    ``train_images/`` with train.csv beside it), ``predictions.csv`` (``ImageId,ClassId,
-    EncodedPixels``), ``predict.json`` (settings, counts, speed, skipped inputs) and, given
-    a ``sample``, ``submission.csv``.
-
-    * A binary model: masks 0/255; overlays with the prediction red (with ground truth: found
-      green, false alarm red, missed blue); one CSV row per image, ClassId 0 (any defect
-      class), EncodedPixels empty for no defect.
-    * A model of C > 1 classes: masks hold the class id of each pixel (0: no defect; where
-      classes overlap, the most probable); overlays tint each class in its
-      :data:`steelseg.draw.CLASS_RGB` colour; panels compare the defects of any class with
-      the ground truth; CSV rows: one per (image, class) with a defect, ClassId 1..C, and
-      one row ClassId 0 with empty EncodedPixels for an image without any.
-
-    Args:
-        predictor: The model.
-        sources: The images (:func:`collect_inputs` expands files, folders and globs).
-        out: The output folder.
-        postprocess: Replaces the predictor's post-processing.
-        masks_only: Write masks and the CSV only.
-        on_skip: Told each skipped input and why.
-        progress: A progress bar (None: on a terminal).
-        unmatched: Inputs that named no image (recorded as skipped).
-        sample: A Kaggle ``sample_submission.csv`` (:func:`steelseg.submission.read_sample`)
-            whose every image is among ``sources``: also write ``submission.csv`` in its
-            layout (an image of it that is skipped gets empty rows, and is named), and check
-            it as Kaggle would (``submission`` in the returned summary).
-
-    Returns:
-        The content of ``predict.json``; its ``skipped`` maps each skipped input to the reason.
-
-    Raises:
-        ValueError: no sources, ``out`` cannot be a folder, a post-processing this model
-            cannot take, or a ``sample`` this model or these sources cannot answer (checked
-            before any image is predicted).
-    """
-    out = Path(out)
-    if not sources:
-        raise ValueError("no input images found")
-    check_out_folder(out)
-    if sample is not None:
-        check_submission(sample, predictor.classes, sources)
-    skipped = Skipped(on_skip)
-    for text in unmatched:
-        skipped.append((Source(Path(text), text), "no image file matches it"))
-    pp = predictor.postprocess if postprocess is None else predictor.check_postprocess(postprocess)
-    binary = predictor.classes == 1
-    truth = _Truth(sources)
-    stems: dict[str, Path] = {}
-    in_sample = set(sample.image_ids) if sample is not None else set()
-
-    def check(s: Source, image: np.ndarray) -> None:
-        if s.image_id in in_sample and image.shape != rle.SHAPE:
-            raise ValueError(
-                f"it is {image.shape[1]}x{image.shape[0]}; a Kaggle submission needs "
-                f"{rle.SHAPE[1]}x{rle.SHAPE[0]} images"
-            )
-        stem = Path(s.image_id).stem
-        if stem in stems:
-            raise ValueError(
-                f"same name as {stems[stem]} (outputs would collide); predict the two folders "
-                "into different --out folders"
-            )
-        stems[stem] = s.path
-
-    def save(p: Prediction) -> _Saved:
-        """Post-process one prediction and write its pictures (in a writer thread)."""
-        image_id, stem = p.source.image_id, Path(p.source.image_id).stem
-        mask = p.mask(pp)  # (H, W), or (C, H, W) per class
-        if binary:
-            write_png(out / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
-            encoded = [rle.encode(mask)]
-            rows = [(image_id, rle.ANY_CLASS, encoded[0])]
-        else:
-            classes = class_map(mask, p.prob)
-            write_png(out / "masks" / f"{stem}.png", classes)
-            encoded = [rle.encode(m) for m in mask]
-            rows = [(image_id, c, e) for c, e in enumerate(encoded, 1) if e]
-            rows = rows or [(image_id, rle.ANY_CLASS, "")]
-        saved = _Saved(image_id, rows, encoded if image_id in in_sample else None)
-        if masks_only:
-            return saved
-        gt = truth.mask(p.source, p.image.shape)
-        if binary:
-            empty_truth = np.zeros_like(mask) if gt is None else gt
-            picture = draw.overlay(p.image, mask, empty_truth)
-        else:
-            picture = draw.class_overlay(p.image, classes)
-        write_png(out / "overlays" / f"{stem}.png", draw.to_bgr(picture))
-        if gt is None:
-            return saved
-        from steelseg import metric  # ground truth: a labelled folder (needs torch)
-
-        defect = mask if binary else mask.any(axis=0)  # panels compare defects of any class
-        dice = float(metric.dice_per_image(*metric.mask_counts(defect, gt)))
-        panel = draw.four_panel(p.image, defect, gt, image_id, dice)
-        write_png(out / "panels" / f"{stem}.png", draw.to_bgr(panel))
-        saved.panel = True
-        return saved
-
-    # post-processing and PNG writing run in background threads while the model runs on
-    # (in order; at most a few batches wait, so memory stays flat)
-    saved: list[_Saved] = []
-    start = time.perf_counter()
-    with ThreadPoolExecutor(WRITE_THREADS, "steelseg-write") as pool:
-        waiting: deque = deque()
-        for p in predictor.predict_files(sources, check=check, on_skip=skipped, progress=progress):
-            waiting.append(pool.submit(save, p))
-            while len(waiting) > 2 * predictor.batch_size:
-                saved.append(waiting.popleft().result())
-        saved.extend(f.result() for f in waiting)
-    seconds = time.perf_counter() - start
-    _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows])
-    summary = {
-        "checkpoint": str(predictor.checkpoint) if predictor.checkpoint else None,
-        "model_file": str(predictor.model_file) if predictor.model_file else None,
-        "runtime": predictor.runtime,
-        "precision": predictor.precision,
-        "device": str(predictor.device),
-        "input_size": predictor.input_size,
-        "classes": predictor.classes,
-        "gated": predictor.gated,
-        "postprocess": pp.to_dict(),
-        "tta": list(predictor.tta),
-        "images": len(saved),
-        "with_defect": sum(1 for s in saved if any(e for _, _, e in s.rows)),
-        "panels": sum(s.panel for s in saved),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(len(saved) / seconds, 3) if seconds > 0 else None,
-        "skipped": skipped.by_path(),
-        "submission": None,
-    }
-    if not binary:
-        summary["with_defect_by_class"] = {
-            str(c): sum(1 for s in saved if any(row[1] == c for row in s.rows))
-            for c in range(1, predictor.classes + 1)
-        }
-    if sample is not None:
-        summary["submission"] = _write_submission(out / "submission.csv", sample, saved)
-    atomic_write_text(out / "predict.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-@dataclass
-class _Saved:
-    """What predict_to_folder keeps of one image: its CSV rows, the RLE of each class (for
-    the submission) and whether it has a panel."""
-
-    image_id: str
-    rows: list[tuple[str, int, str]]
-    class_rles: list[str] | None = None  # only for the images of a submission's sample
-    panel: bool = False
-
-
-def class_map(masks: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The class id of each pixel: 0 where no class is predicted, else the most probable of
-    the classes predicted there (multi-label masks may overlap).
-
-    Shape:
-        masks: bool (C, H, W); prob: (C, H, W). Returns uint8 (H, W), values 0..C.
-    """
-    ids = np.argmax(np.where(masks, prob, -1.0), axis=0).astype(np.uint8) + 1
-    ids[~masks.any(axis=0)] = 0
-    return ids
-
-
-def _write_csv(path: Path, rows: Sequence[tuple[str, int, str]]) -> None:
-    """``ImageId,ClassId,EncodedPixels`` rows (see :func:`predict_to_folder`)."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
-    atomic_write_text(path, df.to_csv(index=False))
-
-
-# ----------------------------------------------------------------------------- submissions
-def find_sample(inputs: Sequence[str | os.PathLike], sources: Sequence[Source]) -> Path | None:
-    """The Kaggle ``sample_submission.csv`` that goes with the predicted images, if any: the
-    one beside ``test_images/`` when an input is a folder holding ``test_images/`` (or is
-    ``test_images/`` itself) and the images predicted are those test images."""
-    for text in inputs:
-        folder = Path(text)
-        if not folder.is_dir():
-            continue
-        root = folder if (folder / "test_images").is_dir() else folder.parent
-        csv, test_dir = root / "sample_submission.csv", (root / "test_images").resolve()
-        if csv.is_file() and any(s.path.parent.resolve() == test_dir for s in sources):
-            return csv
-    return None
-
-
-def check_submission(sample: Sample, classes: int, sources: Sequence[Source]) -> None:
-    """Check, before anything is predicted, that a model of ``classes`` classes predicting
-    ``sources`` can answer ``sample``.
-
-    Raises:
-        ValueError: the model is not of the 4 Severstal classes, or the sample names images
-            that are not among the sources (:func:`steelseg.submission.check_images` when
-            they come from one folder).
-    """
-    from steelseg import submission
-
-    if classes != submission.N_CLASSES:
-        raise ValueError(
-            f"a Kaggle submission needs {submission.N_CLASSES} defect classes, but the model "
-            f"predicts {classes}; train with model.classes={submission.N_CLASSES}"
-        )
-    have = {s.image_id for s in sources}
-    extra = sorted(have - set(sample.image_ids))
-    if extra:  # Kaggle's sample names every test image; a partial one leaves these out
-        log.warning(
-            "%s does not name %d predicted image(s) (%s%s); they get masks but no rows in "
-            "submission.csv",
-            sample.path.name,
-            len(extra),
-            ", ".join(extra[:5]),
-            " ..." if len(extra) > 5 else "",
-        )
-    folders = {s.path.parent for s in sources}
-    if len(folders) == 1:
-        submission.check_images(sample, folders.pop())
-        return
-    missing = [i for i in sample.image_ids if i not in have]
-    if missing:
-        raise ValueError(
-            f"{sample.path.name} names {len(missing)} image(s) not among the inputs: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; is it the sample "
-            "of these images?"
-        )
-
-
-class _RleMasks(Mapping):
-    """ImageId -> uint8 (4, H, W) masks decoded from their RLE when asked for (an image
-    without any: empty masks). The arrays are zero-allocated and only the runs are written,
-    so the untouched pages of the whole test set's masks cost no memory."""
-
-    def __init__(self, rles: Mapping[str, Sequence[str]], image_ids: Sequence[str]) -> None:
-        self.rles, self.image_ids = rles, image_ids
-
-    def __getitem__(self, image_id: str) -> np.ndarray:
-        if image_id not in self.rles and image_id not in self.image_ids:
-            raise KeyError(image_id)
-        h, w = rle.SHAPE
-        masks = np.zeros((rle.N_CLASSES, w, h), np.uint8)  # column-major, as runs count
-        for c, encoded in enumerate(self.rles.get(image_id, ())):
-            flat = masks[c].reshape(-1)
-            for lo, hi in rle.parse(encoded).tolist():
-                flat[lo:hi] = 1
-        return masks.transpose(0, 2, 1)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.image_ids)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-
-def _write_submission(path: Path, sample: Sample, saved: Sequence[_Saved]) -> dict[str, Any]:
-    """Write ``submission.csv`` in the sample's layout and check it; its summary."""
-    from steelseg import submission
-
-    rles = {s.image_id: s.class_rles for s in saved if s.class_rles is not None}
-    left_empty = [i for i in sample.image_ids if i not in rles]  # skipped (named already)
-    submission.write(path, sample, _RleMasks(rles, sample.image_ids))
-    checked = submission.check(path, sample)
-    return {"file": path.name, "sample": str(sample.path), **checked, "left_empty": left_empty}

@@ -4,19 +4,12 @@ This is the original test task's data-preparation notebook as a function and a c
 
     steelseg-prepare --data-dir DIR --out OUT [--n-images 1000] [--split 800,100,100] [--seed 42]
 
-``DIR`` is in one of two layouts:
-
-* Kaggle: ``train.csv`` (either layout, see :func:`steelseg.rle.read_annotations`) and
-  ``train_images/``; images in ``train_images/`` without rows are defect-free.
-* folder (a plant's own data, :func:`folder_labels`): ``images/`` (any size, grey or colour)
-  and ``masks/`` with one PNG per image of the same stem, pixel value = class id (0 =
-  background, at most ``n_classes``).
-
-``OUT/split.csv`` has one row per selected image: ``ImageId, split, EncodedPixels`` (the
-classes merged into one binary mask, RLE at the image's own size), ``defect_pixels``,
-``classes`` (e.g. ``"1 3"``), ``n_classes``, ``height``, ``width`` and one RLE per class.
+``DIR`` is in the Kaggle or the folder layout (see :mod:`steelseg.layouts`). ``OUT/split.csv``
+has one row per selected image: ``ImageId, split`` and the image's labels (:data:`SPLIT_COLUMNS`:
+the classes merged into one binary mask, RLE at the image's own size, ``defect_pixels``,
+``classes`` (e.g. ``"1 3"``), ``n_classes``, ``height``, ``width``) and one RLE per class.
 ``OUT/prepare.json`` records the parameters and the source so a later run can tell whether the
-split still matches its data.
+split still matches its data; :func:`prepared_dir_for` says where a run's split is prepared.
 """
 
 from __future__ import annotations
@@ -25,387 +18,41 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from steelseg import rle
-from steelseg.io import (
-    IMAGE_SUFFIXES,
-    atomic_dir,
-    atomic_write_text,
-    check_image,
-    check_space,
-    file_digest,
-    locked,
-    read_grey,
-    remove_stale,
-)
+from steelseg import layouts, rle
+from steelseg.cache import build_cache
+from steelseg.io import atomic_write_text, file_digest, locked, remove_stale
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_CHOICES = (*SPLITS, "all")  # "all": every image of a split file or folder
-SPLIT_COLUMNS = [
-    "ImageId",
-    "split",
-    "EncodedPixels",
-    "defect_pixels",
-    "classes",
-    "n_classes",
-    "height",
-    "width",
-]
+SPLIT_COLUMNS = ["ImageId", "split", *layouts.LABEL_COLUMNS[1:]]  # then one RLE column per class
 #: 3: image size and a column of RLE per class (``EncodedPixels_1`` ...); 2: split_sha256
 PREPARE_VERSION = 3  # bump when split.csv's content for the same inputs changes
-KAGGLE_IMAGES = "train_images"  # the Kaggle layout: train.csv + train_images/
-FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"  # the folder layout: images/ + masks/<stem>.png
-MAX_CLASSES = 255  # class ids are 8-bit mask values
-
-
-def class_columns(n_classes: int) -> list[str]:
-    """split.csv's per-class RLE columns: ``EncodedPixels_1`` ... ``EncodedPixels_<n>``."""
-    return [f"EncodedPixels_{c}" for c in range(1, n_classes + 1)]
+#: The ``data`` settings that decide a split (:func:`prepare`'s arguments), with the values
+#: training takes when a run's config leaves one out (:class:`steelseg.dataset.SteelDataModule`'s)
+SPLIT_SETTINGS = {
+    "n_images": 1000,
+    "split": (0.8, 0.1, 0.1),
+    "seed": 42,
+    "only_defective": False,
+    "split_file": None,
+    "val_fraction": 0.1,
+    "skip_bad": False,
+    "n_classes": 1,
+}
 
 
 def split_columns(labels: pd.DataFrame) -> list[str]:
     """The columns of split.csv for a labels table: :data:`SPLIT_COLUMNS` plus its classes'."""
-    return SPLIT_COLUMNS + class_columns(data_classes(list(labels.columns)))
-
-
-def data_classes(columns: Sequence[str]) -> int:
-    """How many classes a split.csv (or labels table) with these columns has per-class masks
-    for; 0: merged masks only (binary labels)."""
-    n = 0
-    while f"EncodedPixels_{n + 1}" in columns:
-        n += 1
-    return n
-
-
-def image_dir(root: str | os.PathLike) -> Path:
-    """The folder of a data root's labelled images: ``train_images/`` (Kaggle layout) or
-    ``images/`` (folder layout, see :func:`folder_labels`)."""
-    root = Path(root)
-    if not (root / KAGGLE_IMAGES).is_dir() and (root / FOLDER_IMAGES).is_dir():
-        return root / FOLDER_IMAGES
-    return root / KAGGLE_IMAGES
-
-
-def is_folder_layout(root: str | os.PathLike) -> bool:
-    """Whether a data root is in the folder layout: ``images/`` or ``masks/``, no
-    ``train_images/``."""
-    root = Path(root)
-    return not (root / KAGGLE_IMAGES).is_dir() and (
-        (root / FOLDER_IMAGES).is_dir() or (root / FOLDER_MASKS).is_dir()
-    )
-
-
-def layout_n_classes(root: str | os.PathLike, n_classes: int | None) -> int | None:
-    """The ``n_classes`` that decides a split of ``root``: the given one for the folder layout,
-    None for the Kaggle layout (its train.csv names its classes)."""
-    return int(n_classes) if n_classes is not None and is_folder_layout(root) else None
-
-
-# ----------------------------------------------------------------------------- labels
-def list_images(data_dir: Path) -> list[str]:
-    """Sorted image file names in the data root's image folder (:func:`image_dir`)."""
-    folder = image_dir(data_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
-            "train_images/ (download: kaggle competitions download -c severstal-steel-defect-"
-            "detection), or run `steelseg-synth --out DIR` for synthetic data, or a folder "
-            "with images/ and masks/ (one PNG per image, pixel value = class id)"
-        )
-    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def image_labels(
-    data_dir: Path, skip_bad: bool = False, any_class: bool = False, n_classes: int | None = 1
-) -> pd.DataFrame:
-    """One row per labelled image of a data folder with its merged and per-class masks.
-
-    A folder with ``images/`` and ``masks/`` (no ``train_images/``) is read by
-    :func:`folder_labels`; else it is a Kaggle-layout folder: every image of ``train_images/``,
-    labelled by ``train.csv``. ``any_class`` also accepts ClassId 0 (binary labels of unknown
-    class, as ``steelseg-pseudo`` writes them; see :func:`steelseg.rle.read_annotations`).
-
-    Args:
-        n_classes: The folder layout's classes (see :func:`folder_labels`); unused by the
-            Kaggle layout.
-
-    Returns:
-        DataFrame with :data:`SPLIT_COLUMNS` except ``split``, sorted by ImageId.
-
-    Raises:
-        FileNotFoundError: train.csv or train_images/ is missing, or train.csv names images
-            that are not in train_images/ (unless ``skip_bad``).
-        ValueError: train.csv is malformed, or there are no images.
-    """
-    if is_folder_layout(data_dir):
-        return folder_labels(data_dir, n_classes, skip_bad)
-    images = list_images(data_dir)
-    if not images:
-        raise ValueError(f"{data_dir / 'train_images'} holds no images (*.jpg, *.png)")
-    ann = rle.read_annotations(data_dir / "train.csv", any_class=any_class)
-    missing = sorted(set(ann.attrs["image_ids"]) - set(images))
-    if missing:
-        _missing(
-            missing,
-            f"train.csv names {{n}} image(s) missing from {data_dir / 'train_images'}",
-            skip_bad,
-        )
-        ann = ann[~ann["ImageId"].isin(missing)]
-    merged: dict[str, list[str]] = {}
-    classes: dict[str, list[int]] = {}
-    for iid, cid, enc in ann[["ImageId", "ClassId", "EncodedPixels"]].itertuples(index=False):
-        merged.setdefault(iid, []).append(enc)
-        classes.setdefault(iid, []).append(int(cid))
-    df = pd.DataFrame({"ImageId": images})
-    df["EncodedPixels"] = [rle.merge(merged.get(i, ())) for i in images]
-    df["defect_pixels"] = [rle.area(s) for s in df["EncodedPixels"]]
-    df["classes"] = [" ".join(map(str, sorted(classes.get(i, ())))) for i in images]
-    df["n_classes"] = df["classes"].str.split().str.len().astype(int)
-    df["height"], df["width"] = rle.SHAPE
-    if not (ann["ClassId"] == rle.ANY_CLASS).any():  # per-class masks, unless any-class labels
-        by_class = {(i, c): e for i, c, e in ann[["ImageId", "ClassId", "EncodedPixels"]].values}
-        for c, col in enumerate(class_columns(rle.N_CLASSES), start=1):
-            df[col] = [by_class.get((i, c), "") for i in images]
-    return df
-
-
-def _missing(names: list[str], what: str, skip_bad: bool, limit: int = 10) -> None:
-    """Raise ``FileNotFoundError`` listing ``names``; with ``skip_bad``, warn they are dropped.
-
-    ``what`` says what is wrong with ``{n}`` standing for how many; ``limit`` names are listed.
-    """
-    listed = f"{', '.join(names[:limit])}{' ...' if len(names) > limit else ''}"
-    msg = f"{what.format(n=len(names))}: {listed}"
-    if not skip_bad:
-        raise FileNotFoundError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
-    log.warning("%s; dropping them", msg)
-
-
-def mask_path(root: str | os.PathLike, image_id: str) -> Path:
-    """The folder layout's mask of an image: ``root/masks/<stem>.png``."""
-    return Path(root) / FOLDER_MASKS / f"{Path(image_id).stem}.png"
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a folder-layout mask PNG: uint8 (H, W), pixel value = class id.
-
-    8-bit grey, palette (the palette index is the class id) and 1-bit PNGs are read as they
-    are stored; without Pillow (a torch-free deployment) OpenCV reads them (1-bit as 0/255).
-
-    Raises:
-        ValueError: unreadable, or not single-channel (colour, 16-bit).
-    """
-    path = Path(path)
-    fix = "save it as a single-channel 8-bit PNG, pixel value = class id (0 = background)"
-    try:
-        from PIL import Image
-    except ImportError:  # a deployment without Pillow
-        Image = None
-    if Image is None:
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if mask is None:
-            raise ValueError(f"cannot read mask {path}; {fix}")
-        if mask.ndim != 2 or mask.dtype != np.uint8:
-            mode = "colour" if mask.ndim != 2 else str(mask.dtype)
-            raise ValueError(f"mask {path} is {mode}, not single-channel 8-bit; {fix}")
-        return mask
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode in ("L", "P", "1"):
-                return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated files
-        raise ValueError(f"cannot read mask {path} ({type(e).__name__}); {fix}") from None
-    raise ValueError(f"mask {path} has mode {mode}, not single-channel 8-bit; {fix}")
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of an image file from its header; None when it cannot be read (then
-    :func:`check_images` names it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # PIL raises many types for broken files
-        return None
-    return h, w
-
-
-def _folder_row(
-    root: Path, image_id: str, n_classes: int | None
-) -> tuple[tuple[int, int], dict[int, str], str, int]:
-    """One image of the folder layout: (shape, {class id: RLE}, merged RLE, defect pixels)."""
-    path = mask_path(root, image_id)
-    mask = read_mask(path)
-    size = _image_size(root / FOLDER_IMAGES / image_id)
-    if size is not None and size != mask.shape:
-        raise ValueError(
-            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{root / FOLDER_IMAGES / image_id} is {size[1]}x{size[0]} (width x height); a mask "
-            "must have its image's size"
-        )
-    counts = np.bincount(mask.ravel(), minlength=MAX_CLASSES + 1)  # pixels per value
-    present = np.flatnonzero(counts[1:]) + 1
-    if n_classes is not None and len(present) and present[-1] > n_classes:
-        value = int(present[-1])
-        hint = "; 0/255 masks must be saved as 0/1" if value == 255 else ""
-        raise ValueError(
-            f"mask {path} holds the value {value}, above data.n_classes={n_classes} (pixel "
-            f"value = class id, 0 = background); set data.n_classes (steelseg-prepare "
-            f"--n-classes) to the number of classes{hint}"
-        )
-    by_class = {int(c): rle.encode(mask == c) for c in present}
-    return mask.shape, by_class, rle.encode(mask), int(counts[1:].sum())
-
-
-def folder_labels(
-    root: str | os.PathLike, n_classes: int | None = 1, skip_bad: bool = False
-) -> pd.DataFrame:
-    """One row per image of a folder layout: ``images/`` plus ``masks/<stem>.png``.
-
-    Each mask is a single-channel 8-bit PNG (grey or palette) of its image's height x width;
-    pixel value = class id, 0 = background.
-
-    Args:
-        root: The folder holding ``images/`` and ``masks/``.
-        n_classes: The most classes a mask may hold (1: binary masks); None: as many as the
-            largest value found (reading labels for evaluation, not for training).
-        skip_bad: Drop images without a mask and masks without an image, with a warning.
-
-    Returns:
-        Like :func:`image_labels`: :data:`SPLIT_COLUMNS` except ``split``, each image's own
-        ``height`` and ``width``, and ``EncodedPixels_1`` ... ``EncodedPixels_<n_classes>``
-        (RLE at the image's size), sorted by ImageId.
-
-    Raises:
-        FileNotFoundError: ``images/`` or ``masks/`` is missing; an image has no mask or a
-            mask no image (unless ``skip_bad``).
-        ValueError: ``n_classes`` out of range; no images or no masks; two images share a
-            stem; a mask unreadable, not single-channel, of another size than its image, or
-            holding a value above ``n_classes``.
-    """
-    root = Path(root)
-    if n_classes is not None and not 1 <= int(n_classes) <= MAX_CLASSES:
-        raise ValueError(
-            f"data.n_classes={n_classes} must be 1..{MAX_CLASSES} (mask values are 8-bit)"
-        )
-    images_dir, masks_dir = root / FOLDER_IMAGES, root / FOLDER_MASKS
-    if not masks_dir.is_dir():
-        raise FileNotFoundError(
-            f"{root} has {FOLDER_IMAGES}/ but no {FOLDER_MASKS}/: put one PNG mask per image in "
-            f"{masks_dir} (same stem: {FOLDER_IMAGES}/a.jpg -> {FOLDER_MASKS}/a.png; pixel "
-            "value = class id, 0 = background)"
-        )
-    if not images_dir.is_dir():
-        raise FileNotFoundError(
-            f"{root} has {FOLDER_MASKS}/ but no {FOLDER_IMAGES}/: put the image of each mask in "
-            f"{images_dir} (same stem: {FOLDER_MASKS}/a.png <- {FOLDER_IMAGES}/a.jpg)"
-        )
-    images = list_images(root)
-    if not images:
-        raise ValueError(
-            f"{images_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}); put the images there"
-        )
-    masks = {p.stem: p.name for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
-    if not masks:
-        raise ValueError(
-            f"{masks_dir} holds no masks (*.png); put one PNG per image there (same stem, "
-            "pixel value = class id, 0 = background)"
-        )
-    stems: dict[str, str] = {}
-    for name in images:
-        stem = Path(name).stem
-        if stem in stems:
-            raise ValueError(
-                f"images {stems[stem]} and {name} in {images_dir} share the mask "
-                f"{FOLDER_MASKS}/{stem}.png; rename one of them"
-            )
-        stems[stem] = name
-    no_mask = [i for i in images if Path(i).stem not in masks]
-    if no_mask:
-        _missing(
-            no_mask, f"{{n}} image(s) in {images_dir} have no mask in {masks_dir}", skip_bad, 5
-        )
-        images = [i for i in images if Path(i).stem in masks]
-    no_image = sorted(masks[m] for m in masks if m not in stems)
-    if no_image:
-        _missing(
-            no_image, f"{{n}} mask(s) in {masks_dir} have no image in {images_dir}", skip_bad, 5
-        )
-    if not images:
-        raise ValueError(f"no image of {images_dir} has its mask in {masks_dir}")
-    # PNG and header decoding release the GIL, so threads scale over cores.
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        rows = list(pool.map(lambda i: _folder_row(root, i, n_classes), images))
-    found = max((max(by_class, default=0) for _, by_class, _, _ in rows), default=0)
-    k = int(n_classes) if n_classes is not None else max(1, found)
-    df = pd.DataFrame({"ImageId": images})
-    df["EncodedPixels"] = [merged for _, _, merged, _ in rows]
-    df["defect_pixels"] = [pixels for _, _, _, pixels in rows]
-    df["classes"] = [" ".join(map(str, sorted(by_class))) for _, by_class, _, _ in rows]
-    df["n_classes"] = [len(by_class) for _, by_class, _, _ in rows]
-    df["height"] = [shape[0] for shape, _, _, _ in rows]
-    df["width"] = [shape[1] for shape, _, _, _ in rows]
-    for c, col in enumerate(class_columns(k), start=1):
-        df[col] = [by_class.get(c, "") for _, by_class, _, _ in rows]
-    return df
-
-
-TRAIN_CSV_DIGEST, MASKS_DIGEST = "train_csv_sha256", "masks_sha256"  # keys of prepare.json
-
-
-def labels_digest(root: str | os.PathLike) -> tuple[str, str]:
-    """What prepare.json records to tell whether a data folder's labels changed: the key and a
-    short sha256 of ``train.csv`` (Kaggle layout) or of ``masks/`` (every PNG's name and
-    bytes: folder layout)."""
-    root = Path(root)
-    if not is_folder_layout(root):
-        return TRAIN_CSV_DIGEST, file_digest(root / "train.csv")
-    h = hashlib.sha256()
-    masks = root / FOLDER_MASKS
-    for path in sorted(p for p in masks.iterdir() if p.suffix.lower() == ".png"):
-        data = path.read_bytes()
-        h.update(f"{path.name}\0{len(data)}\0".encode())
-        h.update(data)
-    return MASKS_DIGEST, h.hexdigest()[:16]
-
-
-def check_images(
-    data_dir: Path,
-    image_ids: Sequence[str],
-    shapes: Mapping[str, tuple[int, int]] | None = None,
-) -> dict[str, str]:
-    """Images that are missing, unreadable, truncated or not of their size, with the reason.
-
-    Reads each file's header only (see :func:`steelseg.io.check_image`).
-
-    Args:
-        shapes: (height, width) of each image (a labels table's ``height``, ``width``: see
-            :func:`image_shapes`); None: 256x1600 (Severstal) for all.
-    """
-    bad, folder = {}, image_dir(data_dir)
-    for iid in image_ids:
-        reason = check_image(folder / iid, shapes.get(iid) if shapes is not None else rle.SHAPE)
-        if reason is not None:
-            bad[iid] = reason
-    return bad
-
-
-def image_shapes(labels: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """{ImageId: (height, width)} of a labels table or split: each image's own size."""
-    return {i: (int(h), int(w)) for i, h, w in labels[["ImageId", "height", "width"]].values}
+    return SPLIT_COLUMNS + layouts.class_columns(layouts.data_classes(list(labels.columns)))
 
 
 # ----------------------------------------------------------------------------- selection
@@ -481,7 +128,7 @@ def select(
     """Choose images and give each a split, stratified by defect presence and class.
 
     Args:
-        labels: Output of :func:`image_labels`.
+        labels: Output of :func:`steelseg.layouts.image_labels`.
         n_images: How many images to use; None for all.
         split: train/val/test as fractions or counts.
         seed: Seed of every random choice here.
@@ -547,7 +194,7 @@ def apply_split_file(
         raise ValueError(f"{split_file.name}: ImageId {dup!r} is listed twice")
     missing = sorted(set(spec["ImageId"]) - set(labels["ImageId"]))
     if missing:
-        _missing(
+        layouts.report_missing(
             missing, f"{split_file.name} lists {{n}} image(s) not in the data folder", skip_bad
         )
         spec = spec[~spec["ImageId"].isin(missing)]
@@ -596,7 +243,7 @@ def prepare(
 
     Args:
         data_dir: Kaggle-layout folder (``train.csv``, ``train_images/``) or folder layout
-            (``images/``, ``masks/``: see :func:`folder_labels`).
+            (``images/``, ``masks/``: see :func:`steelseg.layouts.folder_labels`).
         out: Output folder.
         n_images: Images to select; None for all. Ignored with ``split_file``.
         split: train,val,test as fractions or counts (string ``"800,100,100"`` accepted);
@@ -617,16 +264,26 @@ def prepare(
     """
     data_dir, out = Path(data_dir), Path(out)
     split = default_split(split, only_defective)
+    settings = {
+        "n_images": n_images,
+        "split": split,
+        "seed": seed,
+        "only_defective": only_defective,
+        "split_file": split_file,
+        "val_fraction": val_fraction,
+        "skip_bad": skip_bad,
+        "n_classes": n_classes,
+    }
     if cache_size is not None and (len(cache_size) != 2 or min(cache_size) < 1):
         raise ValueError(f"cache size must be (height, width) >= 1, got {cache_size}")
-    labels = image_labels(data_dir, skip_bad, n_classes=n_classes)
+    labels = layouts.image_labels(data_dir, skip_bad, n_classes=n_classes)
     if split_file is not None:
         chosen = apply_split_file(
             labels, resolve_split_file(split_file), val_fraction, seed, skip_bad
         )
     else:
         chosen = select(labels, n_images, split, seed, only_defective, val_fraction)
-    bad = check_images(data_dir, chosen["ImageId"], image_shapes(chosen))
+    bad = layouts.check_images(data_dir, chosen["ImageId"], layouts.image_shapes(chosen))
     if bad:
         listed = "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:10])
         msg = f"{len(bad)} selected image(s) cannot be used: {listed}"
@@ -638,21 +295,12 @@ def prepare(
         raise ValueError("the split has no training images; use more images or another --split")
     chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
     text = chosen[split_columns(chosen)].to_csv(index=False)
-    digest_key, digest = labels_digest(data_dir)
+    digest_key, digest = layouts.labels_digest(data_dir)
     meta = {
         "version": PREPARE_VERSION,
         "data_dir": str(data_dir.resolve()),
         digest_key: digest,
-        "params": prepare_params(
-            n_images,
-            split,
-            seed,
-            only_defective,
-            split_file,
-            val_fraction,
-            skip_bad,
-            layout_n_classes(data_dir, n_classes),
-        ),
+        "params": prepare_params(data_dir, settings),
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
         "split_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],  # = file_digest(split.csv)
     }
@@ -709,26 +357,30 @@ def _split_order(col: pd.Series) -> pd.Series:
     return col.map({s: i for i, s in enumerate(SPLITS)}) if col.name == "split" else col
 
 
-def prepare_params(
-    n_images, split, seed, only_defective, split_file, val_fraction, skip_bad, n_classes=None
-):
+def prepare_params(root: str | os.PathLike, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters that decide split.csv's content, as stored in prepare.json.
 
-    ``n_classes``: a folder layout's (:func:`layout_n_classes`); None (the Kaggle layout)
-    leaves it out, so Kaggle splits keep their folders and prepare.json.
+    Args:
+        root: The data folder; its layout decides whether ``n_classes`` counts
+            (:func:`steelseg.layouts.layout_n_classes`: the Kaggle layout leaves it out, so
+            Kaggle splits keep their folders and prepare.json).
+        settings: :data:`SPLIT_SETTINGS`' keys (a run's ``data`` section, or :func:`prepare`'s
+            arguments; other keys are ignored); a missing one takes its default there.
     """
-    parts = default_split(split, only_defective)
+    s = {**SPLIT_SETTINGS, **{k: settings[k] for k in SPLIT_SETTINGS if k in settings}}
+    split_file = s["split_file"]
     params = {
-        "n_images": None if split_file else n_images,
-        "split": None if split_file else list(parts),
-        "seed": int(seed),
-        "only_defective": bool(only_defective) and not split_file,
+        "n_images": None if split_file else s["n_images"],
+        "split": None if split_file else list(default_split(s["split"], s["only_defective"])),
+        "seed": int(s["seed"]),
+        "only_defective": bool(s["only_defective"]) and not split_file,
         "split_file": file_digest(resolve_split_file(split_file)) if split_file else None,
-        "val_fraction": float(val_fraction),
-        "skip_bad": bool(skip_bad),
+        "val_fraction": float(s["val_fraction"]),
+        "skip_bad": bool(s["skip_bad"]),
     }
+    n_classes = layouts.layout_n_classes(root, s["n_classes"])
     if n_classes is not None:
-        params["n_classes"] = int(n_classes)
+        params["n_classes"] = n_classes
     return params
 
 
@@ -739,243 +391,22 @@ def default_prepared_dir(root: str | os.PathLike, params: dict[str, Any]) -> Pat
     return Path(root) / "prepared" / f"split-{key}"
 
 
-def labelled_images(
-    root: str | os.PathLike, split_csv: str | os.PathLike | None = None, split: str = "all"
-) -> tuple[list[str], list[Path], MaskReader]:
-    """The images of a split (or of a whole folder) with their full-resolution masks.
+def prepared_dir_for(data: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """The prepared folder of a run's ``data`` config section: where training prepares its
+    split, and where evaluation and tuning find it.
 
     Args:
-        root: Kaggle-layout folder (``train_images/``, ``train.csv``) or folder layout
-            (``images/``, ``masks/``).
-        split_csv: A prepared ``split.csv``; None: every labelled image of ``root`` with its
-            mask from ``root/train.csv`` or ``root/masks/`` (no preparation needed; only with
-            ``split="all"``).
-        split: ``train``, ``val``, ``test``, or ``all`` (every row).
+        data: ``root``, ``prepared_dir`` (None: the default folder) and the split settings
+            (see :func:`prepare_params`).
+        root: The data folder to find the split in, when not ``data["root"]`` (another copy
+            of the data); the run's ``prepared_dir`` counts only for its own ``root``.
 
     Returns:
-        ``(image_ids, image_paths, mask_of)``; ``mask_of(image_id)`` is the merged defect
-        mask at the image's own size (bool), ``mask_of(image_id, classes=True)`` the class
-        mask: uint8, class id per pixel (1 for any class in binary labels), 0 where clean.
-
-    Raises:
-        FileNotFoundError: the folder or split file is missing.
-        ValueError: unknown split, malformed split file, or an empty split.
+        ``prepared_dir``, or ``root/prepared/split-<hash of the parameters>``
+        (:func:`default_prepared_dir`).
     """
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"unknown split {split!r}; choose from {list(SPLIT_CHOICES)}")
-    root = Path(root)
-    if not image_dir(root).is_dir():
-        raise FileNotFoundError(
-            f"data folder {root} has no train_images/ (nor images/); pass --data-root with the "
-            "Kaggle-layout or images/ + masks/ folder the model was trained on"
-        )
-    if split_csv is None:
-        if split != "all":
-            raise ValueError(f"split {split!r} needs a prepared split.csv; pass --split-file")
-        rows = image_labels(root, any_class=True, n_classes=None)  # classes: as the masks hold
-        where = root / (FOLDER_MASKS if is_folder_layout(root) else "train.csv")
-    else:
-        where = Path(split_csv)
-        if not where.is_file():
-            raise FileNotFoundError(
-                f"split file {where} does not exist; pass --split-file (a split.csv written by "
-                "steelseg-prepare or steelseg-train), or --split all for every labelled image"
-            )
-        rows = pd.read_csv(where, dtype=str, keep_default_na=False)
-        missing = {"ImageId", "split", "EncodedPixels"} - set(rows.columns)
-        if missing:
-            raise ValueError(
-                f"{where} lacks columns {sorted(missing)}; expected a steelseg split.csv"
-            )
-        if split != "all":
-            rows = rows[rows["split"] == split]
-    if rows.empty:
-        raise ValueError(f"split {split!r} of {where} holds no images")
-    ids = rows["ImageId"].tolist()
-    for i, iid in enumerate(ids):  # an edited split must not escape the data folder
-        rle.check_image_id(iid, f"{where.name} line {i + 2}")
-    folder = image_dir(root)
-    return ids, [folder / i for i in ids], MaskReader(rows, where)
-
-
-class MaskReader:
-    """The ground truth of labelled images (see :func:`labelled_images`), read on demand.
-
-    ``reader(image_id)`` is the merged defect mask (bool, the image's own size);
-    ``reader(image_id, classes=True)`` the class mask (uint8, class id per pixel, 0 = clean).
-    :attr:`n_classes` is how many classes the labels tell apart (0: merged masks only).
-    """
-
-    def __init__(self, rows: pd.DataFrame, where: Path) -> None:
-        self.records = dict(zip(rows["ImageId"], rows.to_dict("records")))
-        self.where = where
-        self.n_classes = data_classes(list(rows.columns))
-
-    def check(self, source: Any, image: np.ndarray) -> None:
-        """Raise ``ValueError`` when a read image (a ``Source`` with its ``image_id``) is not
-        the size its labels were made for (``Predictor.predict_files``'s ``check``)."""
-        h, w = row_shape(self.records[source.image_id])
-        if image.shape != (h, w):
-            raise ValueError(f"it is {image.shape[1]}x{image.shape[0]}, but its mask is {w}x{h}")
-
-    def __call__(self, image_id: str, classes: bool = False) -> np.ndarray:
-        r = self.records[image_id]
-        where = f"{self.where.name} ({image_id})"
-        if classes:
-            return rle.class_mask(row_masks(r), row_shape(r), where=where)
-        return rle.decode(r["EncodedPixels"], row_shape(r), where=where) > 0
-
-
-def check_classes(model_classes: int, data_classes: int, where: str) -> None:
-    """Refuse, in one line, a multi-class model on labels without the same classes.
-
-    Args:
-        model_classes: The model's output channels (1: defect classes merged, fits any labels).
-        data_classes: Classes the labels tell apart (0: merged masks only).
-        where: Names the labels in the message.
-    """
-    if model_classes > 1 and data_classes != model_classes:
-        has = f"{data_classes} classes" if data_classes else "merged (binary) masks only"
-        raise ValueError(
-            f"the model has {model_classes} classes (model.classes={model_classes}) but {where} "
-            f"has {has}; train or use a model with model.classes={data_classes or 1}"
-        )
-
-
-def read_split(path: str | os.PathLike) -> pd.DataFrame:
-    """A split.csv as strings (RLE columns never NaN), sizes as integers."""
-    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in ("defect_pixels", "n_classes", "height", "width"):
-        if col in rows.columns:
-            rows[col] = pd.to_numeric(rows[col]).astype(int)
-    return rows
-
-
-# ----------------------------------------------------------------------------- cache
-def cache_dir(out: Path, size: tuple[int, int]) -> Path:
-    """Folder of the uint8 cache of a prepared split at ``size`` (height, width)."""
-    return Path(out) / f"cache_{size[0]}x{size[1]}"
-
-
-def cache_matches(folder: Path, split_digest: str) -> bool:
-    """Whether ``folder`` holds a complete cache of the split.csv with this digest."""
-    stamp = folder / "split.sha256"
-    return stamp.exists() and stamp.read_text() == split_digest and (folder / "masks.npy").exists()
-
-
-def row_masks(row: Mapping[str, Any]) -> tuple[str, ...]:
-    """The RLEs of a split.csv row: one per class (``EncodedPixels_1`` ...), or the merged one
-    alone when the split holds binary labels."""
-    n = data_classes(list(row.keys()))
-    return tuple(row[c] for c in class_columns(n)) if n else (row["EncodedPixels"],)
-
-
-def row_shape(row: Mapping[str, Any]) -> tuple[int, int]:
-    """(height, width) of a split.csv row's image (256x1600 in splits without the columns)."""
-    if "height" in row and str(row["height"]) != "":
-        return int(row["height"]), int(row["width"])
-    return rle.SHAPE
-
-
-def load_sample(
-    data_dir: Path,
-    image_id: str,
-    encoded: Sequence[str],
-    size: tuple[int, int] | None,
-    shape: tuple[int, int] = rle.SHAPE,
-):
-    """Decode one image and its class mask, resized to ``size`` (height, width) when given.
-
-    Args:
-        encoded: The image's RLE per class (see :func:`row_masks`).
-        shape: The image's own (height, width), which the RLE indexes.
-
-    Returns:
-        (image uint8 (H, W), mask uint8 (H, W): class id per pixel, 0 = background).
-    """
-    img = read_grey(image_dir(data_dir) / image_id)
-    if img.shape != tuple(shape):
-        raise ValueError(
-            f"image {image_id} is {img.shape[1]}x{img.shape[0]}, expected {shape[1]}x{shape[0]}"
-        )
-    mask = rle.class_mask(encoded, tuple(shape), where=image_id)
-    if size is not None and tuple(size) != tuple(shape):
-        h, w = size
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    return img, mask
-
-
-def build_cache(
-    data_dir: Path, out: Path, size: tuple[int, int], workers: int | None = None
-) -> Path:
-    """Decode every image of ``out/split.csv`` once into ``images.npy``/``masks.npy``.
-
-    Both are (N, H, W) uint8 in split.csv order (masks: class id per pixel), readable as memory maps. Written under a
-    temporary folder name and renamed, so an interrupted build leaves no cache behind.
-    """
-
-    out = Path(out)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"cache size must be (height, width) >= 1, got {size}")
-    final = cache_dir(out, size)
-    with locked(out, "the prepared split"):  # the split's lock: one process builds its caches
-        digest = file_digest(out / "split.csv")
-        if cache_matches(final, digest):
-            return final
-        remove_stale(out, final.name)  # a killed build's temporary folder
-        if final.exists():  # made for an earlier split.csv
-            shutil.rmtree(final)
-        split = read_split(out / "split.csv")
-        _build_cache(data_dir, final, split, size, digest, workers)
-    return final
-
-
-def _build_cache(
-    data_dir: Path,
-    final: Path,
-    split: pd.DataFrame,
-    size: tuple[int, int],
-    digest: str,
-    workers: int | None,
-) -> None:
-    """Write the cache folder ``final`` (see :func:`build_cache`), under its lock."""
-    from tqdm import tqdm
-
-    n, (h, w) = len(split), size
-    check_space(final, 2 * n * h * w + 4096)  # images, masks, headers: say so up front
-    with atomic_dir(final) as tmp:
-        images = _allocated(tmp / "images.npy", (n, h, w))
-        masks = _allocated(tmp / "masks.npy", (n, h, w))
-        rows = split.to_dict("records")
-
-        def work(i: int) -> None:
-            r = rows[i]
-            images[i], masks[i] = load_sample(
-                data_dir, r["ImageId"], row_masks(r), size, row_shape(r)
-            )
-
-        # OpenCV releases the GIL while decoding, so threads scale over cores.
-        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-            list(
-                tqdm(
-                    pool.map(work, range(n)),
-                    total=n,
-                    desc=f"cache {h}x{w}",
-                    unit="img",
-                    disable=n < 50,
-                )
-            )
-        images.flush()
-        masks.flush()
-        (tmp / "split.sha256").write_text(digest)
-
-
-def _allocated(path: Path, shape: tuple[int, int, int]) -> np.memmap:
-    """A uint8 ``.npy`` memory map whose disk blocks are reserved now: a full disk is an
-    ``OSError`` here, not a crash (SIGBUS) when a page of a sparse file is written later."""
-    array = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
-    if hasattr(os, "posix_fallocate"):
-        with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-    return array
+    root = Path(data["root"] if root is None else root)
+    same_root = Path(data.get("root", "")).resolve() == root.resolve()
+    if data.get("prepared_dir") and same_root:
+        return Path(data["prepared_dir"])
+    return default_prepared_dir(root, prepare_params(root, data))

@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from steelseg import rle
+from steelseg.inputs import Skipped, Source, collect_inputs, log_skip
 from steelseg.io import atomic_dir, atomic_write_text, check_out_folder
-from steelseg.predict import Predictor, Skipped, Source, collect_inputs, log_skip
+from steelseg.predict import Predictor
 
 
 def uncertain_fraction(prob: np.ndarray, low: float, high: float) -> float:

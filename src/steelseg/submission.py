@@ -14,17 +14,22 @@ Either way it holds four rows per test image, one per class 1..4, with an empty
 from __future__ import annotations
 
 import csv
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from steelseg import rle
+from steelseg.inputs import KAGGLE_TEST_IMAGES, Source
 from steelseg.io import atomic_write_text, images_in
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("2019", "current")
 N_CLASSES = rle.N_CLASSES
@@ -33,6 +38,7 @@ HEADERS = {
     "2019": ("ImageId_ClassId", "EncodedPixels"),
     "current": ("ImageId", "EncodedPixels", "ClassId"),
 }
+SAMPLE_NAME = "sample_submission.csv"  # beside test_images/ in Kaggle's download
 _SHOWN = 5  # ImageIds named in an error message; the rest are counted
 
 
@@ -292,3 +298,102 @@ def check(
         "non_empty": non_empty,
         "layout": sample.layout,
     }
+
+
+# ----------------------------------------------------------------------------- the predicted test images
+def find_sample(inputs: Sequence[str | os.PathLike], sources: Sequence[Source]) -> Path | None:
+    """The Kaggle ``sample_submission.csv`` that goes with the predicted images, if any: the
+    one beside ``test_images/`` when an input is a folder holding ``test_images/`` (or is
+    ``test_images/`` itself) and the images predicted are those test images."""
+    for text in inputs:
+        folder = Path(text)
+        if not folder.is_dir():
+            continue
+        root = folder if (folder / KAGGLE_TEST_IMAGES).is_dir() else folder.parent
+        csv, test_dir = root / SAMPLE_NAME, (root / KAGGLE_TEST_IMAGES).resolve()
+        if csv.is_file() and any(s.path.parent.resolve() == test_dir for s in sources):
+            return csv
+    return None
+
+
+def check_submission(sample: Sample, classes: int, sources: Sequence[Source]) -> None:
+    """Check, before anything is predicted, that a model of ``classes`` classes predicting
+    ``sources`` can answer ``sample``.
+
+    Raises:
+        ValueError: the model is not of the 4 Severstal classes, or the sample names images
+            that are not among the sources (:func:`check_images` when
+            they come from one folder).
+    """
+    if classes != N_CLASSES:
+        raise ValueError(
+            f"a Kaggle submission needs {N_CLASSES} defect classes, but the model "
+            f"predicts {classes}; train with model.classes={N_CLASSES}"
+        )
+    have = {s.image_id for s in sources}
+    extra = sorted(have - set(sample.image_ids))
+    if extra:  # Kaggle's sample names every test image; a partial one leaves these out
+        log.warning(
+            "%s does not name %d predicted image(s) (%s%s); they get masks but no rows in "
+            "submission.csv",
+            sample.path.name,
+            len(extra),
+            ", ".join(extra[:5]),
+            " ..." if len(extra) > 5 else "",
+        )
+    folders = {s.path.parent for s in sources}
+    if len(folders) == 1:
+        check_images(sample, folders.pop())
+        return
+    missing = [i for i in sample.image_ids if i not in have]
+    if missing:
+        raise ValueError(
+            f"{sample.path.name} names {len(missing)} image(s) not among the inputs: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; is it the sample "
+            "of these images?"
+        )
+
+
+class _RleMasks(Mapping):
+    """ImageId -> uint8 (4, H, W) masks decoded from their RLE when asked for (an image
+    without any: empty masks). The arrays are zero-allocated and only the runs are written,
+    so the untouched pages of the whole test set's masks cost no memory."""
+
+    def __init__(self, rles: Mapping[str, Sequence[str]], image_ids: Sequence[str]) -> None:
+        self.rles, self.image_ids = rles, image_ids
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        if image_id not in self.rles and image_id not in self.image_ids:
+            raise KeyError(image_id)
+        h, w = rle.SHAPE
+        masks = np.zeros((rle.N_CLASSES, w, h), np.uint8)  # column-major, as runs count
+        for c, encoded in enumerate(self.rles.get(image_id, ())):
+            flat = masks[c].reshape(-1)
+            for lo, hi in rle.parse(encoded).tolist():
+                flat[lo:hi] = 1
+        return masks.transpose(0, 2, 1)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def write_checked(path: Path, sample: Sample, rles: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """Write ``submission.csv`` in the sample's layout from each image's per-class RLE, and
+    check it as Kaggle would.
+
+    Args:
+        path: The file to write.
+        sample: The ``sample_submission.csv`` it answers.
+        rles: ImageId -> the RLE of each class 1..4; an image of the sample without an entry
+            (skipped, and named already) gets empty rows.
+
+    Returns:
+        :func:`check`'s summary, with the file, the sample and the images ``left_empty``.
+    """
+    left_empty = [i for i in sample.image_ids if i not in rles]
+    write(path, sample, _RleMasks(rles, sample.image_ids))
+    checked = check(path, sample)
+    return {"file": path.name, "sample": str(sample.path), **checked, "left_empty": left_empty}

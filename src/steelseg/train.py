@@ -23,8 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from steelseg import checkpoint
-from steelseg.config import HEADLINE
-from steelseg.io import atomic_write_text
+from steelseg.io import atomic_write_text, run_folder
+from steelseg.metric import HEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -126,25 +126,56 @@ def train(cfg: DictConfig) -> dict[str, float]:
         Flat metrics: ``val/*`` and ``test/*`` of the chosen checkpoint, plus ``epochs``,
         ``fit_seconds``, ``params``, ``train_images_per_s``.
     """
-    out = Path(cfg.paths.output_dir)
     weights_only = not cfg.get("trust_checkpoint", False)
-    resume = checkpoint.resolve(cfg.get("ckpt_path"), out)
+    resume = checkpoint.resolve(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
     saved = checkpoint.load(resume, "cpu", weights_only) if resume is not None else None
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
     module = build(cfg.model)
     if saved is not None:  # refuse a checkpoint that does not fit before writing anything
-        state = saved.get("state_dict", {})
-        hparams = saved.get("hyper_parameters", {})
-        checkpoint.check_compatible(
-            hparams, module.hparams, state, module.state_dict(), f"checkpoint {resume}"
-        )
-        del saved, state
-        run = checkpoint.run_folder(resume).resolve()
+        check_resumable(saved, module, resume)
+        del saved
+    out = open_run_folder(cfg, resume)
+    trainer = build_trainer(cfg, build_loggers(cfg, resume))
+    if cfg.get("lr_find"):
+        run_lr_find(trainer, module, datamodule, out, bool(cfg.get("lr_find_apply")))
+
+    fit_seconds = fit(trainer, module, datamodule, resume, weights_only)
+    eval_ckpt = checkpoint_to_evaluate(trainer, cfg.get("test_ckpt", "best"))
+    metrics = validate_and_test(
+        trainer, module, datamodule, eval_ckpt, weights_only, cfg.get("test", True)
+    )
+    metrics |= fit_figures(trainer, module, datamodule, fit_seconds)
+    write_metrics(out, metrics, trainer, datamodule, eval_ckpt)
+    print_summary(metrics, out)
+    return metrics
+
+
+def check_resumable(saved: dict[str, Any], module: pl.LightningModule, resume: Path) -> None:
+    """Raise ``ValueError`` when the checkpoint ``saved`` (read from ``resume``) was not made by
+    a module like ``module`` (architecture, classes, weights' shapes)."""
+    checkpoint.check_compatible(
+        saved.get("hyper_parameters", {}),
+        module.hparams,
+        saved.get("state_dict", {}),
+        module.state_dict(),
+        f"checkpoint {resume}",
+    )
+
+
+def open_run_folder(cfg: DictConfig, resume: Path | None) -> Path:
+    """Create the run folder and write the resolved ``config.yaml`` into it; returns it.
+
+    A resumed checkpoint inside a run folder continues that run: ``cfg.paths.output_dir``
+    becomes that folder, so checkpoints, logs and ``metrics.json`` go on where they were.
+    """
+    out = Path(cfg.paths.output_dir)
+    if resume is not None:
+        run = run_folder(resume).resolve()
         if (run / "config.yaml").is_file() and run != out.resolve():
             log.info("resuming %s in its run folder %s", resume, run)
-            with open_dict(cfg):  # checkpoints, logs and metrics.json continue where they were
+            with open_dict(cfg):
                 cfg.paths.output_dir = str(run)
             out = run
     try:
@@ -155,61 +186,112 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "(hydra.run.dir=... on the command line, output_dir= in config.compose)"
         ) from None
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return out
+
+
+def build_loggers(cfg: DictConfig, resume: Path | None) -> list[Any]:
+    """The ``logger`` group; when resuming, first clear the checkpoint folder's half-written
+    files and keep the earlier CSV log (see :func:`keep_csv_logs`)."""
     loggers = build_all(cfg.get("logger"))
     if resume is not None:
         checkpoint.remove_temp_files(resume.parent)
         keep_csv_logs(loggers)
-    trainer: pl.Trainer = build(
-        cfg.trainer,
-        callbacks=build_all(cfg.get("callbacks")),
-        logger=loggers or False,
-        **({} if "plugins" in cfg.trainer else {"plugins": [checkpoint.AtomicCheckpointIO()]}),
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, loggers: list[Any]) -> pl.Trainer:
+    """The Trainer with the ``callbacks`` group, ``loggers`` and, unless the config names its
+    own plugins, atomic checkpoint writes."""
+    plugins = {} if "plugins" in cfg.trainer else {"plugins": [checkpoint.AtomicCheckpointIO()]}
+    return build(
+        cfg.trainer, callbacks=build_all(cfg.get("callbacks")), logger=loggers or False, **plugins
     )
 
-    if cfg.get("lr_find"):
-        run_lr_find(trainer, module, datamodule, out, bool(cfg.get("lr_find_apply")))
 
+def fit(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    resume: Path | None,
+    weights_only: bool,
+) -> float:
+    """``trainer.fit``, resumed from ``resume`` when given; returns its wall time in seconds."""
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=weights_only)
-    fit_seconds = time.perf_counter() - start
+    return time.perf_counter() - start
 
+
+def checkpoint_to_evaluate(trainer: pl.Trainer, which: str) -> str | None:
+    """The checkpoint path ``test_ckpt`` names (``best``: the best one saved, when there is
+    one; a path), or None for the weights in memory (``current``, or no best checkpoint)."""
     ckpt = trainer.checkpoint_callback
     best_path = ckpt.best_model_path if ckpt is not None else ""
-    which = cfg.get("test_ckpt", "best")
-    eval_ckpt = None if which == "current" or (which == "best" and not best_path) else which
-    if eval_ckpt == "best":  # the path itself: the last.ckpt callback is a ModelCheckpoint too
-        eval_ckpt = best_path
-    metrics: dict[str, float] = {}
-    metrics |= _scalars(
+    if which == "current" or (which == "best" and not best_path):
+        return None
+    # the path itself: the last.ckpt callback is a ModelCheckpoint too
+    return best_path if which == "best" else which
+
+
+def validate_and_test(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    ckpt_path: str | None,
+    weights_only: bool,
+    test: bool,
+) -> dict[str, float]:
+    """``val/*`` (and with ``test``, ``test/*``) numbers of ``ckpt_path``."""
+    metrics = _scalars(
         trainer.validate(
             module,
             datamodule=datamodule,
-            ckpt_path=eval_ckpt,
+            ckpt_path=ckpt_path,
             verbose=False,
             weights_only=weights_only,
         )[0],
         "val/",
     )
-    if cfg.get("test", True):
+    if test:
         metrics |= _scalars(
             trainer.test(
-                module, datamodule=datamodule, ckpt_path=eval_ckpt, weights_only=weights_only
+                module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only
             )[0],
             "test/",
         )
+    return metrics
+
+
+def fit_figures(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    fit_seconds: float,
+) -> dict[str, float]:
+    """``epochs``, ``fit_seconds``, ``params`` and ``train_images_per_s`` of the fit."""
     n_train = len(datamodule.datasets["train"])
     epochs = trainer.current_epoch
-    metrics |= {
+    return {
         "epochs": float(epochs),
         "fit_seconds": round(fit_seconds, 2),
         "params": float(module.num_parameters()),
         "train_images_per_s": round(n_train * max(epochs, 1) / fit_seconds, 2),
     }
+
+
+def write_metrics(
+    out: Path,
+    metrics: dict[str, float],
+    trainer: pl.Trainer,
+    datamodule: pl.LightningDataModule,
+    evaluated: str | None,
+) -> None:
+    """``out/metrics.json``: the metrics, which checkpoint they are of, and the split sizes."""
+    ckpt = trainer.checkpoint_callback
     report = {
         "metrics": metrics,
         "checkpoint": {
-            "evaluated": eval_ckpt or "current weights",
-            "best": best_path,
+            "evaluated": evaluated or "current weights",
+            "best": ckpt.best_model_path if ckpt is not None else "",
             "best_val_iou": float(ckpt.best_model_score)
             if ckpt is not None and ckpt.best_model_score is not None
             else None,
@@ -217,8 +299,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "split_sizes": {k: len(v) for k, v in datamodule.datasets.items()},
     }
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
-    print_summary(metrics, out)
-    return metrics
 
 
 def print_summary(metrics: dict[str, float], out: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +31,9 @@ import cv2
 import numpy as np
 
 from steelseg import metric
-from steelseg import prepare as prep
-from steelseg.evaluate import labelled_split, model_checkpoint
+from steelseg.inputs import Skipped, Source, log_skip
+from steelseg.labelled import LabelledImages
+from steelseg.layouts import check_classes
 from steelseg.postprocess import (
     GATES,
     ClassPostProcess,
@@ -42,7 +42,7 @@ from steelseg.postprocess import (
     gate_probabilities,
     save_tuned,
 )
-from steelseg.predict import Predictor, Skipped, Source, log_skip
+from steelseg.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -206,74 +206,74 @@ class TuneResult:
 
 
 def tune(
-    checkpoint: str | os.PathLike | Predictor,
+    predictor: Predictor,
+    images: LabelledImages,
     split: str = "val",
-    data_root: str | os.PathLike | None = None,
-    split_file: str | os.PathLike | None = None,
     grid: Grid | None = None,
     tta: Sequence[str] = (),
     base: PostProcess | None = None,
-    device: str | None = None,
-    batch_size: int = 8,
     save: bool = True,
     progress: bool | None = True,
     on_skip: Callable[[Source, str], None] = log_skip,
-    load: Callable[[], Predictor] | None = None,
 ) -> TuneResult:
-    """Grid-search the post-processing of a checkpoint on a labelled split (see module doc).
+    """Grid-search the post-processing of a model on labelled images (see module doc).
 
     Args:
-        checkpoint: A steelseg checkpoint (run on PyTorch), or a
-            :class:`~steelseg.predict.Predictor` on any runtime (its TTA and tuned values are
-            ignored; ``device`` and ``batch_size`` are its own). The winner is stored beside
-            the checkpoint or exported file it came from.
-        split: The split to tune on (``val``; see :func:`steelseg.evaluate.labelled_split`).
-        data_root: Data folder, default the run's.
-        split_file: A prepared split.csv, default the run's.
+        predictor: The model, on any runtime (:func:`steelseg.deploy.load_predictor`); its
+            TTA and post-processing are replaced. The winner is stored beside the checkpoint
+            or exported file it came from.
+        images: The labelled images to tune on (:func:`steelseg.labelled.labelled_split`).
+        split: Their split's name, recorded with the result.
         grid: The values searched; the model's own threshold and the areas 0 are always added,
             so the plain model is among the candidates and tuning never scores below it.
         tta: Flips to try beside none (e.g. ``("hflip", "vflip")``); each image is predicted
             once, the plain prediction being part of the flip average.
         base: Fixed close/dilate/fill_holes steps to tune around (default none).
-        device: ``cpu``, ``cuda``, ...; None: a GPU when present.
-        batch_size: Images per forward pass.
-        save: Store the winner beside the checkpoint (:func:`steelseg.postprocess.save_tuned`).
+        save: Store the winner beside the model file (:func:`steelseg.postprocess.save_tuned`).
         progress: Show a progress bar (None: on a terminal).
-        on_skip: Told each image that cannot be read (or is not 1600x256) and why.
-        load: Builds the predictor once the labelled images are found (a command's runtime
-            choice; its TTA and tuned values are replaced), instead of loading ``checkpoint``
-            on PyTorch.
+        on_skip: Told each image that cannot be read (or is not its mask's size) and why.
     """
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else None
-    checkpoint = Path(predictor.model_file if predictor is not None else checkpoint)
-    tta = check_tta(tta)
-    ids, paths, mask_of = labelled_split(model_checkpoint(checkpoint), split, data_root, split_file)
-    if predictor is None and load is not None:
-        predictor = load()
-    if predictor is None:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, tta=tta, batch_size=batch_size, use_tuned=False
-        )
-    else:
-        predictor.tta = tta
-    model_threshold = predictor.model_threshold
-    grid = (grid or Grid()).including(model_threshold)
+    start = time.perf_counter()
+    predictor.tta = tta = check_tta(tta)
+    mask_of = images[2]
+    check_classes(predictor.classes, mask_of.n_classes, str(mask_of.where))
+    grid = (grid or Grid()).including(predictor.model_threshold)
     options = [()] + ([tta] if tta else [])
-    n_classes = predictor.classes
-    prep.check_classes(n_classes, mask_of.n_classes, str(mask_of.where))
-    gates = gate_options(predictor.gated)
-    # one scorer per (TTA, class, gate): the competition's metric is a mean over (image,
-    # class) pairs, so each class's settings can be chosen on their own
+    skipped = Skipped(on_skip)
+    scorers, n_images = _score_grid(
+        predictor, images, grid, base, options, skipped, progress, split
+    )
+    per_option = _best_per_class(scorers, options, predictor)
+    result = _choose(per_option, options, predictor, base, n_images)
+    result.skipped = skipped.by_id()
+    if save:
+        info = _sidecar_info(result, per_option, predictor, grid, options, images, split, skipped)
+        info["seconds"] = round(time.perf_counter() - start, 2)
+        result.sidecar = save_tuned(predictor.model_file, result.postprocess, result.tta, info)
+    return result
+
+
+def _score_grid(
+    predictor: Predictor,
+    images: LabelledImages,
+    grid: Grid,
+    base: PostProcess | None,
+    options: Sequence[tuple[str, ...]],
+    skipped: Skipped,
+    progress: bool | None,
+    split: str,
+) -> tuple[dict[tuple, GridScorer], int]:
+    """Predict every image once and score every setting of the grid on it: one scorer per
+    (TTA option, class, gate). The competition's metric is a mean over (image, class) pairs,
+    so each class's settings can be chosen on their own."""
+    ids, paths, mask_of = images
+    n_classes, gates = predictor.classes, gate_options(predictor.gated)
     scorers = {
         (t, c, g): GridScorer(grid, base) for t in options for c in range(n_classes) for g in gates
     }
-
-    skipped = Skipped(on_skip)
-    start = time.perf_counter()
-    sources = [Source(p, i) for i, p in zip(ids, paths)]
     n_images = 0
     for p in predictor.predict_files(
-        sources,
+        [Source(path, i) for i, path in zip(ids, paths)],
         check=mask_of.check,
         on_skip=skipped,
         with_plain=True,
@@ -281,10 +281,9 @@ def tune(
         desc=f"tune on {split}",
     ):
         truth = mask_of(p.source.image_id, classes=n_classes > 1)
-        image_prob = p.image_prob
         outputs = {(): (p.plain, p.plain_image_prob)}
-        if tta:
-            outputs[tta] = (p.prob, image_prob)
+        if len(options) > 1:
+            outputs[options[1]] = (p.prob, p.image_prob)
         for t, (prob, iprob) in outputs.items():
             for c in range(n_classes):
                 prob_c = prob[c] if n_classes > 1 else prob
@@ -295,40 +294,44 @@ def tune(
         n_images += 1
     if n_images == 0:
         raise ValueError(f"no image of split {split!r} could be read; see the messages above")
+    return scorers, n_images
 
-    # the best settings of each class for each TTA option; then the TTA option whose classes
-    # score best together
+
+def _best_per_class(
+    scorers: Mapping[tuple, GridScorer], options: Sequence[tuple[str, ...]], predictor: Predictor
+) -> dict[tuple[str, ...], list[list[Mapping[str, Any]]]]:
+    """For each TTA option, each class's rows ranked best first."""
+    gates = gate_options(predictor.gated)
     per_option = {}
     for t in options:
-        best_rows = []
-        for c in range(n_classes):
-            rows_c = [
-                {**r, "class": c + 1, "gate": g, "gate_threshold": gt}
-                for g, gt in gates
-                for r in scorers[t, c, (g, gt)].rows(t)
-            ]
-            best_rows.append(rank(rows_c, model_threshold))
-        per_option[t] = best_rows
+        per_option[t] = [
+            rank(
+                [
+                    {**r, "class": c + 1, "gate": g, "gate_threshold": gt}
+                    for g, gt in gates
+                    for r in scorers[t, c, (g, gt)].rows(t)
+                ],
+                predictor.model_threshold,
+            )
+            for c in range(predictor.classes)
+        ]
+    return per_option
+
+
+def _choose(
+    per_option: Mapping[tuple[str, ...], list[list[Mapping[str, Any]]]],
+    options: Sequence[tuple[str, ...]],
+    predictor: Predictor,
+    base: PostProcess | None,
+    n_images: int,
+) -> TuneResult:
+    """The TTA option whose classes score best together, with each class's best settings."""
     mean = {t: float(np.mean([r[0]["dice_per_image"] for r in b])) for t, b in per_option.items()}
     chosen_tta = min(options, key=lambda t: (-round(mean[t] / TIE), len(t)))
     by_class = per_option[chosen_tta]
-
-    def plain(rows: Sequence[Mapping[str, Any]]) -> float:
-        return next(
-            r["dice_per_image"]
-            for r in rows
-            if not r["tta"]
-            and r["gate"] == "none"
-            and r["threshold"] == model_threshold
-            and r["min_component_area"] == 0
-            and r["min_total_area"] == 0
-        )
-
-    baseline = float(np.mean([plain(per_option[()][c]) for c in range(n_classes)]))
-    fixed = base or PostProcess()
     settings = [
         dataclasses.replace(
-            fixed,
+            base or PostProcess(),
             threshold=rows[0]["threshold"],
             min_component_area=rows[0]["min_component_area"],
             min_total_area=rows[0]["min_total_area"],
@@ -337,35 +340,66 @@ def tune(
         )
         for rows in by_class
     ]
-    chosen = settings[0] if n_classes == 1 else ClassPostProcess(tuple(settings))
-    rows = rank([r for t in options for b in per_option[t] for r in b], model_threshold)
-    if n_classes == 1:
+    chosen = settings[0] if predictor.classes == 1 else ClassPostProcess(tuple(settings))
+    rows = rank([r for t in options for b in per_option[t] for r in b], predictor.model_threshold)
+    baseline = _plain_score(per_option[()], predictor.model_threshold)
+    return TuneResult(chosen, chosen_tta, mean[chosen_tta], baseline, n_images, rows)
+
+
+def _plain_score(by_class: Sequence[Sequence[Mapping[str, Any]]], threshold: float) -> float:
+    """The plain model's score: no TTA, no gate, its own threshold, no area filter."""
+    return float(
+        np.mean(
+            [
+                next(
+                    r["dice_per_image"]
+                    for r in rows
+                    if not r["tta"]
+                    and r["gate"] == "none"
+                    and r["threshold"] == threshold
+                    and r["min_component_area"] == 0
+                    and r["min_total_area"] == 0
+                )
+                for rows in by_class
+            ]
+        )
+    )
+
+
+def _sidecar_info(
+    result: TuneResult,
+    per_option: Mapping[tuple[str, ...], list[list[Mapping[str, Any]]]],
+    predictor: Predictor,
+    grid: Grid,
+    options: Sequence[tuple[str, ...]],
+    images: LabelledImages,
+    split: str,
+    skipped: Skipped,
+) -> dict[str, Any]:
+    """What the tuned sidecar records beside the values: the score, the baseline, what the
+    values were tuned on and the grid."""
+    by_class = per_option[result.tta]
+    if predictor.classes == 1:
         best = by_class[0][0]
     else:
         best = {
-            "dice_per_image": mean[chosen_tta],
+            "dice_per_image": result.score,
             "iou": float(np.mean([b[0]["iou"] for b in by_class])),
-            "classes": [b[0] for b in by_class],
         }
-    result = TuneResult(chosen, chosen_tta, mean[chosen_tta], baseline, n_images, rows)
-    result.skipped = skipped.by_id()
-    if save:
-        info = {
-            "metric": "dice_per_image" if n_classes == 1 else "kaggle_dice",
-            "runtime": f"{predictor.runtime} {predictor.precision}",
-            "score": best["dice_per_image"],
-            "iou": best["iou"],
-            "baseline": {"threshold": model_threshold, "dice_per_image": baseline},
-            "tuned_on": {
-                "split": split,
-                "n_images": result.n_images,
-                "skipped": [s.image_id for s, _ in skipped],
-                "data_root": str(paths[0].parent.parent.resolve()),
-                "split_file": str(split_file) if split_file else None,
-            },
-            "grid": {**grid.to_dict(), "tta": [list(t) for t in options]},
-            "seconds": round(time.perf_counter() - start, 2),
-            "tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        result.sidecar = save_tuned(checkpoint, chosen, result.tta, info)
-    return result
+    ids, paths, mask_of = images
+    return {
+        "metric": "dice_per_image" if predictor.classes == 1 else "kaggle_dice",
+        "runtime": f"{predictor.runtime} {predictor.precision}",
+        "score": best["dice_per_image"],
+        "iou": best["iou"],
+        "baseline": {"threshold": predictor.model_threshold, "dice_per_image": result.baseline},
+        "tuned_on": {
+            "split": split,
+            "n_images": result.n_images,
+            "skipped": [s.image_id for s, _ in skipped],
+            "data_root": str(paths[0].parent.parent.resolve()),
+            "split_file": str(mask_of.where),
+        },
+        "grid": {**grid.to_dict(), "tta": [list(t) for t in options]},
+        "tuned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -178,6 +178,13 @@ def add_tta(p: argparse._ActionsContainer, default: str) -> None:
     )
 
 
+def add_prediction(p: argparse.ArgumentParser, title: str) -> None:
+    """What a command that predicts takes besides its inputs: the post-processing overrides
+    (under ``title``), ``--tta`` and the model run (:func:`add_runtime`)."""
+    add_tta(add_postprocess(p, title), "the tuned flips, else none")
+    add_runtime(p)
+
+
 def add_postprocess(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
     """Overrides of each post-processing value (absent: keep the tuned or default one)."""
     g = p.add_argument_group(title)
@@ -239,13 +246,8 @@ def predictor(
     :func:`steelseg.deploy.load_predictor`): the model file, runtime, precision, device, batch
     size, TTA and tuned post-processing, with the post-processing options applied. Says on
     stderr where the model runs."""
-    import dataclasses
-
     from steelseg.deploy import load_predictor
-    from steelseg.postprocess import ClassPostProcess, PostProcess
 
-    changes = postprocess_overrides(args)
-    dataclasses.replace(PostProcess(), **changes)  # a bad value fails before any model work
     loaded = load_predictor(
         args.checkpoint,
         args.runtime,
@@ -256,14 +258,8 @@ def predictor(
         use_tuned=not getattr(args, "no_tuned", False) if use_tuned is None else use_tuned,
         tolerance=args.tolerance,
         progress=not getattr(args, "no_progress", False),
+        overrides=postprocess_overrides(args),
     )
-    if changes:  # each value given replaces that value (of every class)
-        pp = loaded.postprocess
-        loaded.postprocess = loaded.check_postprocess(
-            ClassPostProcess(tuple(dataclasses.replace(c, **changes) for c in pp.classes))
-            if isinstance(pp, ClassPostProcess)
-            else dataclasses.replace(pp, **changes)
-        )
     print(f"{prog}: model on {loaded.describe()}{_why(loaded.choice)}", file=sys.stderr)
     return loaded
 

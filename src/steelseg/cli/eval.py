@@ -75,33 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.evaluate import check_text, default_out_dir, evaluate, model_checkpoint
+        from steelseg.accuracy import check_text
+        from steelseg.evaluate import default_out_dir, evaluate
+        from steelseg.labelled import labelled_split, model_checkpoint
 
-        loaded = []
-
-        def load():
-            loaded.append(common.predictor(args, PROG))
-            return loaded[0]
-
+        # the labelled images first: a missing split stops before any model work
+        images = labelled_split(
+            model_checkpoint(args.checkpoint), args.split, args.data_root, args.split_file
+        )
+        out = args.out or default_out_dir(model_checkpoint(args.checkpoint), args.split)
         result = evaluate(
-            args.checkpoint,
+            common.predictor(args, PROG),
+            images,
             split=args.split,
-            data_root=args.data_root,
-            split_file=args.split_file,
-            out=args.out,
-            tta=args.tta,
-            overrides=common.postprocess_overrides(args),
+            out=out,
             iou_threshold=args.iou_threshold,
             max_panels=args.panels,
             panel_width=args.panel_width,
             progress=False if args.no_progress else None,
-            load=load,
             tolerance=args.tolerance,
         )
         print_summary(result)
         if "runtime_check" in result:
             print(check_text(result["runtime_check"], args.split))
-        out = args.out or default_out_dir(model_checkpoint(args.checkpoint), args.split)
         skipped = [s["image_id"] for s in result["skipped"]]
         print(
             f"{PROG}: wrote {out / 'eval.json'} and {out / 'report.html'}"

@@ -31,8 +31,16 @@ def build_parser():
     p.add_argument(
         "--out",
         type=Path,
-        required=True,
-        help="file to write: model.onnx, model.xml (OpenVINO; model.bin beside it) or model.pt",
+        help="file to write: model.onnx, model.xml (OpenVINO; model.bin beside it) or model.pt "
+        "(required unless --choose-runtime)",
+    )
+    p.add_argument(
+        "--choose-runtime",
+        action="store_true",
+        help="instead of writing a file: choose, ahead of time, the runtime and precision that "
+        "--runtime auto will use for this checkpoint on this machine (times and scores every "
+        "installed pair on the run's validation images; cached in CHECKPOINT.runtime.json), "
+        "and print the table",
     )
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
     p.add_argument(
@@ -81,10 +89,15 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and not args.choose_runtime:
+        parser.error("--out is required (or --choose-runtime)")
+    if args.choose_runtime:
+        return common.run(PROG, lambda: _choose_runtime(args))
 
     def body() -> int:
-        from steelseg.evaluate import check_text
+        from steelseg.accuracy import check_text
         from steelseg.export import export
         from steelseg.runtime import metadata_path
 
@@ -123,6 +136,32 @@ def main(argv: list[str] | None = None) -> int:
         return common.OK
 
     return common.run(PROG, body)
+
+
+def _choose_runtime(args) -> int:
+    """``--choose-runtime``: the automatic runtime choice, made now and cached."""
+    from steelseg.accuracy import check_text
+    from steelseg.deploy import choose_runtime
+
+    precision = None if args.precision == "auto" else args.precision
+    choice = choose_runtime(
+        args.checkpoint,
+        args.tolerance,
+        precision,
+        args.batch_size,
+        progress=False if args.no_progress else None,
+    )
+    for row in choice["runs"]:
+        print(
+            ("  ok    " if row["ok"] else "  over  ")
+            + f"{row['speedup']:5.2f}x  "
+            + check_text(row, "validation")
+        )
+    print(
+        f"{PROG}: --runtime auto runs {args.checkpoint} on {choice['runtime']} "
+        f"{choice['precision']} ({choice['speedup']:.1f}x PyTorch fp32; {choice['reason']})"
+    )
+    return common.OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``steelseg-predict CHECKPOINT INPUT... --out DIR``: see :func:`steelseg.predict.predict_to_folder`."""
+"""``steelseg-predict CHECKPOINT INPUT... --out DIR``: see :func:`steelseg.writer.predict_to_folder`."""
 
 from __future__ import annotations
 
@@ -47,13 +47,11 @@ def build_parser():
         "every image it names (all must be among the inputs; needs a model.classes=4 model). "
         "Default: the sample_submission.csv beside test_images/ when the input is that folder",
     )
-    g = common.add_postprocess(
+    common.add_prediction(
         p,
         "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
         "only the model's threshold); each option given replaces that one value",
     )
-    common.add_tta(g, "the tuned flips, else none")
-    common.add_runtime(p)
     return p
 
 
@@ -61,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from steelseg.inputs import collect_inputs
         from steelseg.io import check_out_folder
-        from steelseg.predict import collect_inputs, predict_to_folder
+        from steelseg.writer import predict_to_folder
 
         sources, unmatched = collect_inputs(args.inputs)
         for text in unmatched:
@@ -112,8 +111,7 @@ def _sample(args: argparse.Namespace, sources: list[Any]) -> tuple[Any, str]:
             that cannot be read, or names images that are not among the inputs.
     """
     from steelseg.deploy import model_outputs
-    from steelseg.predict import check_submission, find_sample
-    from steelseg.submission import N_CLASSES, read_sample
+    from steelseg.submission import N_CLASSES, check_submission, find_sample, read_sample
 
     path = args.sample_submission or find_sample(args.inputs, sources)
     if path is None:

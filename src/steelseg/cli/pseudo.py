@@ -34,11 +34,9 @@ def build_parser():
         help="largest share of pixels between low and high for an image to be kept (default 0)",
     )
     k.add_argument("--copy", action="store_true", help="copy images instead of linking them")
-    g = common.add_postprocess(
+    common.add_prediction(
         p, "post-processing of the kept masks (default: the tuned values, else the model's)"
     )
-    common.add_tta(g, "the tuned flips, else none")
-    common.add_runtime(p)
     return p
 
 

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from steelseg.labelled import labelled_split, model_checkpoint
         from steelseg.postprocess import PostProcess
         from steelseg.tune import Grid, tune
 
@@ -87,16 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         grid = Grid(**{k: v for k, v in given.items() if v is not None})
         base = PostProcess(dilate=args.dilate, close=args.close, fill_holes=args.fill_holes)
+        images = labelled_split(
+            model_checkpoint(args.checkpoint), args.split, args.data_root, args.split_file
+        )
         result = tune(
-            args.checkpoint,
+            common.predictor(args, PROG, use_tuned=False, tta=()),
+            images,
             split=args.split,
-            data_root=args.data_root,
-            split_file=args.split_file,
             grid=grid,
             tta=args.tta or (),
             base=base,
             save=not args.no_save,
-            load=lambda: common.predictor(args, PROG, use_tuned=False, tta=()),
             progress=False if args.no_progress else None,
         )
         print(f"{result.n_images} images; {len(result.rows)} settings scored; best first:")

@@ -261,30 +261,12 @@ def export(
             few calibration images, an export that differs from the module by more than
             :data:`TOLERANCE` times its largest logit, or one that fails the accuracy check.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
-    if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"unknown input dtype {input_dtype!r}; choose from {list(INPUT_DTYPES)}")
-    if onnx_exporter not in ONNX_EXPORTERS:
-        raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {list(EXPORT_PRECISIONS)}")
-    tolerance = check_tolerance(tolerance)
-    if fmt == "torchscript" and precision in ("bf16", "int8"):
-        raise ValueError(
-            f"torchscript exports run fp32; use --format onnx or openvino for {precision}"
-        )
-    _require_tools(fmt, precision)
-    check_out_folder(Path(out).parent)
     out = Path(out)
-    if FILE_FORMATS.get(out.suffix) != fmt:
-        raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
+    tolerance = _check_request(fmt, input_dtype, onnx_exporter, precision, tolerance, out)
     module = SteelSegModule.load_from_checkpoint(checkpoint).eval()
     model = ExportModule(module).eval()
     trained = module.hparams.get("input_size")  # None: native resolution (data.crop)
     input_size = (int(trained[0]), int(trained[1])) if trained else None
-    size = input_size or rle.SHAPE  # of the example inputs
-    dtype = INPUT_DTYPES[input_dtype]
     stored = model_settings(checkpoint, use_tuned=use_tuned)
     reference = Predictor(module, "cpu", stored.postprocess, stored.tta, batch_size, "fp32")
     test = labelled_sources(checkpoint, "test", data_root, split_file) if check else None
@@ -292,8 +274,6 @@ def export(
     if precision == "int8":
         calibration = _calibration(checkpoint, reference, calibration_images, data_root, split_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = _example(size, 2, dtype, 0)
-    inputs = _check_inputs(size, dtype)
     with locked(out, "the export"):
         remove_stale(out.parent, out.name)  # what a killed export left
         # torch's writers abort the process when the disk fills up under them: check first
@@ -302,23 +282,9 @@ def export(
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             staged = staging / out.name  # checked here before it becomes ``out``
-            onnx_file = staging / f"{out.stem}.fp32.onnx" if fmt != "torchscript" else staged
-            diff, scale, logit_tolerance = _write_checked(
-                model,
-                example,
-                inputs,
-                onnx_file,
-                "onnx" if fmt != "torchscript" else fmt,
-                onnx_exporter,
+            checks = _write_staged(
+                model, staged, fmt, onnx_exporter, input_size or rle.SHAPE, input_dtype, calibration
             )
-            if calibration is not None:
-                quantized = staging / f"{out.stem}.int8.onnx"
-                quantize_int8(onnx_file, quantized, calibration)
-                onnx_file = quantized
-            if fmt == "openvino":
-                convert_openvino(onnx_file, staged)
-            elif fmt == "onnx":
-                os.replace(onnx_file, staged)
             meta = _metadata(
                 module,
                 checkpoint,
@@ -334,23 +300,86 @@ def export(
                 "precision": "int8" if precision == "int8" else "fp32",
                 "calibration_images": len(calibration) if calibration is not None else None,
                 "sha256": model_digest(staged),
-                "max_abs_diff": diff,
-                "max_abs_logit": scale,
-                "tolerance": logit_tolerance,
-                "checked_on": [list(x.shape) for x in inputs],
+                **checks,
             }
             meta |= _accuracy(staged, meta, reference, test, precision, tolerance, progress)
-            # complete-or-absent: no metadata while the files change; the metadata, written
-            # last, names their sha256 (see steelseg.runtime.load_metadata)
-            metadata_path(out).unlink(missing_ok=True)
-            weights = weights_path(staged)
-            if weights is not None:
-                os.replace(weights, weights_path(out))
-            os.replace(staged, out)
+            _move_into_place(staged, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         atomic_write_text(metadata_path(out), json.dumps(json_ready(meta), indent=2) + "\n")
     return meta
+
+
+def _check_request(
+    fmt: str, input_dtype: str, onnx_exporter: str, precision: str, tolerance: float, out: Path
+) -> float:
+    """Refuse, in one line and before any work, an export that cannot be made; the tolerance."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"unknown input dtype {input_dtype!r}; choose from {list(INPUT_DTYPES)}")
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter {onnx_exporter!r}; choose from {ONNX_EXPORTERS}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(EXPORT_PRECISIONS)}")
+    tolerance = check_tolerance(tolerance)
+    if fmt == "torchscript" and precision in ("bf16", "int8"):
+        raise ValueError(
+            f"torchscript exports run fp32; use --format onnx or openvino for {precision}"
+        )
+    _require_tools(fmt, precision)
+    check_out_folder(out.parent)
+    if FILE_FORMATS.get(out.suffix) != fmt:
+        raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
+    return tolerance
+
+
+def _write_staged(
+    model: ExportModule,
+    staged: Path,
+    fmt: str,
+    onnx_exporter: str,
+    size: tuple[int, int],
+    input_dtype: str,
+    calibration: Sequence[np.ndarray] | None,
+) -> dict[str, Any]:
+    """Write the file at ``staged``: export (checked against the module), quantize, convert.
+    Returns the logit check's numbers for the metadata."""
+    dtype = INPUT_DTYPES[input_dtype]
+    inputs = _check_inputs(size, dtype)
+    onnx_file = staged.parent / f"{staged.stem}.fp32.onnx" if fmt != "torchscript" else staged
+    diff, scale, logit_tolerance = _write_checked(
+        model,
+        _example(size, 2, dtype, 0),
+        inputs,
+        onnx_file,
+        "onnx" if fmt != "torchscript" else fmt,
+        onnx_exporter,
+    )
+    if calibration is not None:
+        quantized = staged.parent / f"{staged.stem}.int8.onnx"
+        quantize_int8(onnx_file, quantized, calibration)
+        onnx_file = quantized
+    if fmt == "openvino":
+        convert_openvino(onnx_file, staged)
+    elif fmt == "onnx":
+        os.replace(onnx_file, staged)
+    return {
+        "max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "tolerance": logit_tolerance,
+        "checked_on": [list(x.shape) for x in inputs],
+    }
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    """Complete-or-absent: no metadata while the files change; the metadata, written last by
+    the caller, names their sha256 (see steelseg.runtime.load_metadata)."""
+    metadata_path(out).unlink(missing_ok=True)
+    weights = weights_path(staged)
+    if weights is not None:
+        os.replace(weights, weights_path(out))
+    os.replace(staged, out)
 
 
 def _require_tools(fmt: str, precision: str) -> None:

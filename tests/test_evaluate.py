@@ -22,7 +22,7 @@ from steelseg.cli.eval import main
 from steelseg.evaluate import Scorer
 from steelseg.io import json_ready
 from steelseg.labelled import labelled_split
-from steelseg.metric import counts_at_thresholds, threshold_sweep
+from steelseg.metric import confusion_matrix, counts_at_thresholds, threshold_sweep
 from steelseg.postprocess import PostProcess
 
 
@@ -152,6 +152,32 @@ def test_scorer_hand_computed() -> None:
     assert [r["postprocessed"]["dice"] for r in s.images] == [1.0, 1.0]
     assert rle.decode(s.masks["postprocessed"]["b"], (6, 6)).sum() == 0
     assert set(s.masks) == {"postprocessed"}
+    # pixel confusion over 72 pixels: 4 defect pixels found; 2 false alarms, then none
+    seg = plain["segmentation"]
+    assert seg["confusion"] == [[66, 2], [0, 4]]
+    assert list(seg["classes"]) == ["background", "defect"]
+    assert seg["classes"]["defect"]["IoU"] == pytest.approx(4 / 6)  # = pixel IoU
+    assert seg["classes"]["background"]["IoU"] == pytest.approx(66 / 68)
+    assert seg["mIoU"] == pytest.approx((4 / 6 + 66 / 68) / 2)
+    assert seg["aAcc"] == pytest.approx(70 / 72)
+    assert post["segmentation"]["confusion"] == [[68, 0], [0, 4]]
+    assert post["segmentation"]["mIoU"] == 1.0
+
+
+def test_scorer_confusion_of_a_multi_class_model() -> None:
+    # classes 1, 2 on 3x3: the predicted class-id map is the most probable predicted class
+    truth = np.array([[0, 0, 1], [0, 1, 1], [2, 2, 2]])
+    ids = np.array([[0, 1, 1], [0, 1, 0], [2, 2, 0]])
+    prob = np.stack([np.where(ids == c, 0.9, 0.1) for c in (1, 2)]).astype(np.float32)
+    prob[1, 0, 1] = 0.6  # class 2 predicted too at (0, 1), but class 1 is more probable
+    s = Scorer({"threshold_only": PostProcess()}, classes=2)
+    s.add("a", prob, truth)
+    s.add("b", prob, truth)
+    seg = s.summary("threshold_only")["segmentation"]
+    assert list(seg["classes"]) == ["background", "1", "2"]
+    assert seg["confusion"] == (2 * confusion_matrix(ids, truth, 3)).tolist()
+    assert seg["confusion"] == [[4, 2, 0], [2, 4, 0], [2, 0, 4]]
+    assert seg["mIoU"] == pytest.approx((2 / 5 + 2 / 4 + 2 / 3) / 3)
 
 
 def test_json_ready_makes_strict_json() -> None:
@@ -175,7 +201,18 @@ def test_eval_cli_end_to_end(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     assert set(result["metrics"]) == {"threshold_only", "postprocessed"}
     plain, post = result["metrics"]["threshold_only"], result["metrics"]["postprocessed"]
     for variant in (plain, post):
-        assert set(variant) == {"postprocess", "pixel", "image", "defect"}
+        assert set(variant) == {"postprocess", "pixel", "segmentation", "image", "defect"}
+        seg, pixel = variant["segmentation"], variant["pixel"]
+        assert {"aAcc", "mIoU", "mDice", "mAcc", "classes", "confusion"} <= set(seg)
+        assert list(seg["classes"]) == ["background", "defect"]
+        for c in seg["classes"].values():
+            assert {"IoU", "Dice", "Precision", "Recall"} <= set(c)
+        (tn, fp), (fn, tp) = seg["confusion"]  # rows truth, columns prediction
+        assert (tp, fp, fn) == (pixel["tp"], pixel["fp"], pixel["fn"])
+        assert tn + fp + fn + tp == n_val * 256 * 1600
+        assert seg["classes"]["defect"]["IoU"] == pytest.approx(pixel["iou"])
+        ious = [c["IoU"] for c in seg["classes"].values()]
+        assert seg["mIoU"] == pytest.approx(np.nanmean([np.nan if v is None else v for v in ious]))
         assert {"iou", "dice", "dice_per_image"} <= set(variant["pixel"])
         assert {"precision", "recall", "f1", "roc_auc_max_prob", "roc_auc_area"} <= set(
             variant["image"]
@@ -192,7 +229,12 @@ def test_eval_cli_end_to_end(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     assert [r["threshold"] for r in result["threshold_curve"]][:2] == [0.05, 0.1]
     html = (out / "report.html").read_text()
     assert html.count('class=panel id="img-') == min(2, n_val)
-    assert "wrote" in capsys.readouterr().out
+    assert "Segmentation metrics, background included" in html
+    assert 'alt="pixel confusion matrix"' in html
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
+    assert "Segmentation: mIoU" in printed and "per class, post-processed" in printed
+    assert "background" in printed and "defect" in printed
 
 
 def test_eval_cli_threshold_only_equals_model_threshold(tiny_ckpt: Path, tmp_path: Path) -> None:

@@ -18,10 +18,9 @@ from steelseg import rle, submission
 from steelseg.cli.predict import main
 from steelseg.export import export
 from steelseg.model import SteelSegModule
-from steelseg.postprocess import ClassPostProcess, PostProcess, save_tuned
+from steelseg.postprocess import ClassPostProcess, PostProcess, class_map, save_tuned
 from steelseg.predict import Predictor, read_grey
 from steelseg.runtime import load_metadata, open_engine
-from steelseg.writer import class_map
 
 C = 4
 

@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 
 from helpers import eval_ckpt
-from steelseg.report import FN_RGB, FP_RGB, SCRIPT, TP_RGB, overlay, render_report
+from steelseg.report import (
+    FN_RGB,
+    FP_RGB,
+    SCRIPT,
+    TP_RGB,
+    confusion_matrix_uri,
+    overlay,
+    render_report,
+)
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
@@ -88,12 +96,13 @@ def test_report_loads_in_chromium_and_shows_images(chromium: str, tiny_eval, tmp
     marker = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert marker, "the page's load handler did not run"
     loaded, total = map(int, marker.groups())
-    expected = 2 + min(50, result["n_images"])  # threshold curve + Dice histogram + panels
+    # threshold curve + Dice histogram + pixel confusion matrix + panels
+    expected = 3 + min(50, result["n_images"])
     assert total == expected
     assert loaded == total, f"only {loaded} of {total} images decoded"
     console = [line for line in log.splitlines() if ":CONSOLE" in line]
     assert not console, "console messages:\n" + "\n".join(console)
-    assert "Headline metrics" in dom
+    assert "Headline metrics" in dom and "Pixel confusion matrix" in dom
 
 
 def test_the_browser_check_catches_a_broken_page(chromium: str, tmp_path: Path) -> None:
@@ -122,8 +131,17 @@ def test_report_is_self_contained(tiny_eval) -> None:
         "Clean vs defective images",
         "worst first",
         "Defects",
+        "Segmentation metrics, background included",
+        "mIoU (background + classes)",
+        "Pixel confusion matrix",
     ):
         assert words in html
+    # the per-class table: background and defect, post-processed IoU as in eval.json
+    seg = result["metrics"]["postprocessed"]["segmentation"]
+    for name in ("background", "defect"):
+        iou = seg["classes"][name]["IoU"]
+        cell = "n/a" if iou is None else f"{iou:.3f}"
+        assert re.search(rf"<td>{name}</td><td class=num>[\d,]+</td>.*?{cell}", html), name
     # every image appears, worst (lowest per-image Dice) first
     dice = [r["postprocessed"]["dice"] for r in result["images"]]
     shown = re.findall(r'id="img-([^"]+)"', html)
@@ -144,6 +162,22 @@ def test_panels_are_capped(tiny_eval) -> None:
     assert html.count("<figure class=panel") == 1 and len(calls) == 1
     assert "(1 of" in html
     assert render_report(result, None).count("<figure") == 0
+
+
+def test_an_eval_json_without_segmentation_metrics_still_renders(tiny_eval) -> None:
+    _, result = tiny_eval
+    old = {**result, "metrics": {k: dict(v) for k, v in result["metrics"].items()}}
+    for variant in old["metrics"].values():
+        del variant["segmentation"]
+    html = render_report(old, None)
+    assert "Headline metrics" in html and "Pixel confusion matrix" not in html
+
+
+def test_confusion_matrix_picture_of_four_classes() -> None:
+    m = np.arange(25).reshape(5, 5) * 10_000
+    m[3] = 0  # a class absent from the truth: its row has no percentages
+    uri = confusion_matrix_uri({"a": m, "b": m.T}, ["background", "1", "2", "3", "4"])
+    assert uri.startswith("data:image/png;base64,")
 
 
 def test_overlay_colours_hits_false_alarms_and_misses() -> None:

@@ -75,6 +75,27 @@ def test_eval_merged_numbers_match_the_class_masks(tiny_ckpt_4gate: Path, tmp_pa
         assert row["gt_pixels"] == int(mask_of(row["image_id"]).sum())
         assert sum(row["gt_classes"]) == row["gt_pixels"]  # the classes never overlap
     assert len(ev["images"]) == len(ids)
+    # the pixel confusion matrix of the class-id maps, background + 4 classes
+    true_pixels = np.sum([row["gt_classes"] for row in ev["images"]], axis=0)
+    n_pixels = len(ids) * 256 * 1600
+    for variant in ev["metrics"].values():
+        seg, pixel = variant["segmentation"], variant["pixel"]
+        assert list(seg["classes"]) == ["background", "1", "2", "3", "4"]
+        m = np.array(seg["confusion"])  # rows truth, columns prediction
+        assert m.shape == (5, 5) and m.sum() == n_pixels
+        assert m.sum(1)[1:].tolist() == true_pixels.tolist()
+        assert [c["pixels"] for c in seg["classes"].values()] == m.sum(1).tolist()
+        # the merged mask's counts: any class on any class, any class on background, missed
+        assert (m[1:, 1:].sum(), m[0, 1:].sum(), m[1:, 0].sum()) == (
+            pixel["tp"],
+            pixel["fp"],
+            pixel["fn"],
+        )
+        assert seg["aAcc"] == pytest.approx(np.trace(m) / n_pixels)
+        ious = [np.nan if c["IoU"] is None else c["IoU"] for c in seg["classes"].values()]
+        assert seg["mIoU"] == pytest.approx(np.nanmean(ious))
+    html = (tmp_path / "report.html").read_text()
+    assert "Segmentation metrics, background included" in html and "mIoU" in html
 
 
 def test_a_four_class_model_on_binary_labels_is_refused(tiny_ckpt_4gate: Path, tmp_path: Path):

@@ -10,9 +10,12 @@ runs the model at full resolution (256x1600) over the split and writes into ``--
 * ``eval.json``: pixel IoU / Dice, per-image Dice (Kaggle rule), image-level detection
   (precision, recall, F1, ROC AUC of "this image has a defect" scored by the maximum
   probability and by the predicted area, the empty vs non-empty confusion) and defect-level
-  recall / precision, each for the threshold alone (``threshold_only``: the model's own
-  threshold) and for the post-processing in use (``postprocessed``: the tuned sidecar, or
-  defaults, with command-line overrides); a threshold curve; per-image numbers.
+  recall / precision, and the segmentation metrics the field reports (``segmentation``:
+  mmsegmentation's ``mIoU``, ``mDice``, ``mAcc``, ``aAcc``, per-class ``IoU`` / ``Dice`` /
+  ``Precision`` / ``Recall``, background included, and the pixel confusion matrix), each for
+  the threshold alone (``threshold_only``: the model's own threshold) and for the
+  post-processing in use (``postprocessed``: the tuned sidecar, or defaults, with command-line
+  overrides); a threshold curve; per-image numbers.
 * ``report.html``: the same as a self-contained page (see :mod:`steelseg.report`).
 
 The labelled images come from :func:`steelseg.labelled.labelled_split`.
@@ -37,13 +40,21 @@ from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, json_ready, read_grey, run_folder
 from steelseg.labelled import LabelledImages, MaskReader, model_checkpoint
 from steelseg.layouts import check_classes
-from steelseg.postprocess import ClassPostProcess, PostProcess
+from steelseg.postprocess import ClassPostProcess, PostProcess, class_map
 from steelseg.predict import Predictor, apply_postprocess
 from steelseg.runtime import DICE_TOLERANCE
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("threshold_only", "postprocessed")
+
+
+def class_names(classes: int) -> list[str]:
+    """The rows of the pixel confusion matrix: ``background`` then ``defect`` (a binary model)
+    or the class ids ``1`` .. ``C``."""
+    return ["background"] + (
+        ["defect"] if classes == 1 else [str(c) for c in range(1, classes + 1)]
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -60,6 +71,10 @@ class Scorer:
             are (C, H, W) and ground truth is a class-id mask; the pixel, image and defect
             numbers then score the merged mask (any class), and per-class numbers and the
             competition's metric come on top.
+
+    Each variant also adds up a pixel confusion matrix over background and the classes
+    (:func:`steelseg.metric.confusion_matrix`; a multi-class prediction is its class-id map,
+    :func:`steelseg.postprocess.class_map`), scored in :meth:`summary`'s ``segmentation``.
     """
 
     def __init__(
@@ -77,6 +92,8 @@ class Scorer:
         self.images: list[dict[str, Any]] = []
         self.masks: dict[str, dict[str, Any]] = {name: {} for name in keep_masks}  # RLEs
         self._curve: list[np.ndarray] = []  # per image (3, T): tp, fp, fn
+        n = self.classes + 1  # background + each class (binary: background, defect)
+        self._confusion = {name: np.zeros((n, n), dtype=np.int64) for name in self.variants}
 
     def add(
         self,
@@ -96,6 +113,7 @@ class Scorer:
         if merged_prob.shape != target.shape or (many and len(prob) != self.classes):
             raise ValueError(f"{image_id}: probabilities {prob.shape} vs mask {target.shape}")
         truth = target > 0
+        n = self.classes + 1  # background + each class
         row: dict[str, Any] = {
             "image_id": image_id,
             "gt_pixels": int(truth.sum()),
@@ -106,6 +124,9 @@ class Scorer:
         for name, pp in self.variants.items():
             pred = apply_postprocess(pp, prob, image_prob)
             merged = pred.any(0) if many else pred
+            self._confusion[name] += metric.confusion_matrix(
+                class_map(pred, prob) if many else merged, target if many else truth, n
+            )
             tp, fp, fn = metric.mask_counts(merged, truth)
             n_true, found, n_pred, matched = metric.defect_counts(merged, truth, self.iou_threshold)
             row[name] = {
@@ -161,6 +182,9 @@ class Scorer:
             "postprocess": self.variants[name].to_dict(),
             "pixel": metric.pixel_scores(
                 *(np.array([r[k] for r in rows]) for k in ("tp", "fp", "fn"))
+            ),
+            "segmentation": metric.segmentation_scores(
+                self._confusion[name], class_names(self.classes)
             ),
             "image": image,
             "defect": {

@@ -17,6 +17,12 @@ each function to it):
 * :func:`pixel_scores` gives all three (and the summed counts) from per-image counts,
   :func:`threshold_curve` / :func:`threshold_sweep` the same at every threshold.
 
+Segmentation metrics as the field reports them (mmsegmentation's ``IoU``, ``Acc``, ``aAcc``,
+``mIoU``, ``mAcc``, ``mDice``; the NEU papers' mIoU) come from a pixel confusion matrix over
+background and every class (:func:`confusion_matrix`, scored by :func:`segmentation_scores`):
+each class's IoU, Dice, precision and recall, then their mean over the classes, background
+included.
+
 Detection metrics (image level: :func:`image_detection`, :func:`roc_auc`; defect level:
 :func:`defect_counts`, :func:`defect_detection`) work on full-resolution masks; no library
 matches connected components, and :func:`roc_auc` stays exact rank-based code (see there).
@@ -203,6 +209,98 @@ def kaggle_dice(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> float:
         tp, fp, fn: (N, C) counts of each image and class.
     """
     return float(np.mean(dice_per_image(tp, fp, fn)))
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+# mmsegmentation's IoUMetric (mmseg/evaluation/metrics/iou_metric.py), in numpy: a pixel confusion
+# matrix over background + classes, then per-class ratios and their mean over the classes.
+# Unlike the smp scores above, a ratio whose denominator is 0 is NaN (mmsegmentation's rule: a
+# class absent from truth and prediction has no IoU), and the means skip NaN (np.nanmean).
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, n: int) -> np.ndarray:
+    """Pixel confusion matrix of class-id maps: entry ``[t, p]`` counts the pixels of true class
+    ``t`` predicted as ``p`` (0 is background).
+
+    Matrices of several images add up to the matrix of them all.
+
+    Args:
+        pred: Predicted class id of each pixel (a bool mask: background 0, defect 1).
+        target: True class id of each pixel.
+        n: Number of classes, background included (2 for a binary model, C + 1 for C classes).
+
+    Returns:
+        int64 counts, rows = ground truth, columns = prediction.
+
+    Raises:
+        ValueError: shapes differ, or an id is outside ``0..n-1``.
+
+    Shape:
+        pred, target: (H, W) (any shape, the same for both). Returns (n, n).
+    """
+    p, t = np.asarray(pred), np.asarray(target)
+    if p.shape != t.shape:
+        raise ValueError(f"pred {p.shape} and target {t.shape} must have the same shape")
+    p, t = p.ravel().astype(np.int64), t.ravel().astype(np.int64)
+    if p.size and (min(p.min(), t.min()) < 0 or max(p.max(), t.max()) >= n):
+        raise ValueError(
+            f"class ids must be in 0..{n - 1}, got pred {p.min()}..{p.max()}, "
+            f"target {t.min()}..{t.max()}"
+        )
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def _ratio_or_nan(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
+
+
+def segmentation_scores(matrix: ArrayLike, names: Sequence[str]) -> dict[str, object]:
+    """mmsegmentation's metrics of a pixel confusion matrix, background included.
+
+    Per class ``k`` (``tp`` the diagonal entry, ``fp`` the rest of its column, ``fn`` the rest
+    of its row): ``IoU = tp / (tp + fp + fn)``, ``Dice = 2tp / (2tp + fp + fn)``,
+    ``Precision = tp / (tp + fp)``, ``Recall = tp / (tp + fn)`` (mmsegmentation's per-class
+    ``Acc``); NaN when the denominator is 0.
+
+    Args:
+        matrix: Counts, rows = ground truth, columns = prediction (:func:`confusion_matrix`).
+        names: A name for each class, background first (e.g. ``background``, ``defect``).
+
+    Returns:
+        ``aAcc`` (pixels right / all pixels), ``mIoU``, ``mDice``, ``mAcc`` (the means of
+        IoU, Dice and Recall over the classes, skipping NaN), ``classes`` (name -> ``IoU``,
+        ``Dice``, ``Precision``, ``Recall``, and the class's true and predicted ``pixels``,
+        ``predicted``) and ``confusion`` (the matrix as lists).
+
+    Shape:
+        matrix: (n, n) with n = ``len(names)``.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    if m.shape != (len(names), len(names)):
+        raise ValueError(f"a confusion matrix of {len(names)} classes is square, got {m.shape}")
+    tp = np.diag(m).astype(np.float64)
+    true, predicted = m.sum(1), m.sum(0)  # per class: pixels of it, pixels predicted as it
+    per_class = {
+        "IoU": _ratio_or_nan(tp, true + predicted - tp),
+        "Dice": _ratio_or_nan(2 * tp, true + predicted),
+        "Precision": _ratio_or_nan(tp, predicted),
+        "Recall": _ratio_or_nan(tp, true),
+    }
+    return {
+        "aAcc": _ratio(tp.sum(), m.sum()),
+        "mIoU": _nanmean(per_class["IoU"]),
+        "mDice": _nanmean(per_class["Dice"]),
+        "mAcc": _nanmean(per_class["Recall"]),
+        "classes": {
+            name: {k: float(v[i]) for k, v in per_class.items()}
+            | {"pixels": int(true[i]), "predicted": int(predicted[i])}
+            for i, name in enumerate(names)
+        },
+        "confusion": m.tolist(),
+    }
 
 
 # ----------------------------------------------------------------------------- threshold curve

@@ -308,6 +308,18 @@ def apply_postprocess(
     return postprocess.apply(prob, None if image_prob is None else float(image_prob[0]))
 
 
+def class_map(masks: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The class id of each pixel: 0 where no class is predicted, else the most probable of
+    the classes predicted there (multi-label masks may overlap).
+
+    Shape:
+        masks: bool (C, H, W); prob: (C, H, W). Returns uint8 (H, W), values 0..C.
+    """
+    ids = np.argmax(np.where(masks, prob, -1.0), axis=0).astype(np.uint8) + 1
+    ids[~masks.any(axis=0)] = 0
+    return ids
+
+
 # ----------------------------------------------------------------------------- tuned sidecar
 def sidecar_path(checkpoint: str | Path) -> Path:
     """Where the tuned post-processing of a checkpoint lives: ``<name>.postprocess.json``."""

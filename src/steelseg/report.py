@@ -2,7 +2,9 @@
 
 One file, no network: inline CSS, plots drawn with matplotlib's Agg canvas and every picture
 embedded as a base64 PNG ``data:`` URI; a Content-Security-Policy forbids anything else. It shows
-the headline metrics with and without post-processing, the empty vs defective image confusion,
+the headline metrics with and without post-processing, the field's segmentation metrics (mIoU,
+per-class IoU / Dice / precision / recall, the pixel confusion matrix as a heat map), the empty
+vs defective image confusion,
 the threshold curve, image- and defect-level detection, and per-image panels worst first (each
 strip with its found defects, false alarms and misses in colour).
 """
@@ -123,6 +125,56 @@ def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     return _fig_uri(fig)
 
 
+def _count(n: int) -> str:
+    """A pixel count in a heat-map cell: exact below 10,000, then k / M / G."""
+    if n < 10_000:
+        return str(n)
+    div, unit = next((d, u) for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if n >= d)
+    return f"{n / div:.3g}{unit}"
+
+
+def confusion_matrix_uri(
+    matrices: Mapping[str, Sequence[Sequence[int]]], names: Sequence[str]
+) -> str:
+    """PNG heat maps of pixel confusion matrices side by side, as a data URI: each cell shows
+    its pixel count and its share of the row (the true class's pixels), coloured by that share.
+
+    Args:
+        matrices: Title -> counts, rows = ground truth, columns = prediction.
+        names: The classes, background first.
+    """
+    n = len(names)
+    size = max(3.2, 1.0 + 0.75 * n)  # inches per matrix: room for two lines in each cell
+    fig = _figure(size * len(matrices) + 1.2, size + 0.3)
+    axes = fig.subplots(1, len(matrices), squeeze=False, gridspec_kw={"wspace": 0.06})[0]
+    for i, (ax, (title, counts)) in enumerate(zip(axes, matrices.items())):
+        m = np.asarray(counts, dtype=np.int64)
+        rows = m.sum(1, keepdims=True)
+        share = np.divide(m, rows, out=np.full(m.shape, np.nan), where=rows > 0)  # row-normalised
+        im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        for (t, q), c in np.ndenumerate(m):
+            pct = "n/a" if np.isnan(share[t, q]) else f"{100 * share[t, q]:.1f}%"
+            dark = not np.isnan(share[t, q]) and share[t, q] > 0.55
+            ax.text(
+                q,
+                t,
+                f"{_count(int(c))}\n{pct}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "#0f172a",
+            )
+        ax.set_xticks(range(n), names, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        ax.tick_params(labelleft=i == 0)  # the rows are the same classes in every matrix
+        ax.set_xlabel("predicted")
+        if i == 0:
+            ax.set_ylabel("ground truth")
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=list(axes), fraction=0.03, label="share of the true class's pixels")
+    return _fig_uri(fig)
+
+
 # ----------------------------------------------------------------------------- HTML pieces
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
@@ -144,6 +196,10 @@ HEADLINE = [
     ("Pixels", "pixel", "dice_per_image", "per-image Dice (Kaggle rule)"),
     ("Pixels", "pixel", "iou", "IoU (all pixels)"),
     ("Pixels", "pixel", "dice", "Dice (all pixels)"),
+    ("Segmentation", "segmentation", "mIoU", "mIoU (background + classes)"),
+    ("Segmentation", "segmentation", "mDice", "mDice (background + classes)"),
+    ("Segmentation", "segmentation", "mAcc", "mAcc: mean recall of each class"),
+    ("Segmentation", "segmentation", "aAcc", "aAcc: pixels labelled right"),
     ("Images", "image", "precision", "precision: flagged images that have a defect"),
     ("Images", "image", "recall", "recall: defective images flagged"),
     ("Images", "image", "f1", "F1"),
@@ -162,7 +218,7 @@ def _headline_table(metrics: Mapping[str, Any]) -> str:
     rows = []
     last = None
     for group, section, key, label in HEADLINE:
-        if key not in a[section]:  # an eval.json written before the number existed
+        if key not in a.get(section, {}):  # an eval.json written before the number existed
             continue
         span = sum(g == group for g, *_ in HEADLINE)
         head = f'<th rowspan="{span}">{group}</th>' if group != last else ""
@@ -303,6 +359,59 @@ def _class_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _class_label(name: str) -> str:
+    """A confusion-matrix class name, with its colour swatch for a numbered class."""
+    return (_swatch(int(name)) if name.isdigit() else "") + html.escape(name)
+
+
+def _segmentation_table(metrics: Mapping[str, Any]) -> str:
+    """Per-class IoU, Dice, precision and recall (background included), post-processed."""
+    a, b = metrics["threshold_only"]["segmentation"], metrics["postprocessed"]["segmentation"]
+    rows = []
+    for name, cb in b["classes"].items():
+        ca = a["classes"][name]
+        rows.append(
+            f"<tr><td>{_class_label(name)}</td><td class=num>{cb['pixels']:,}</td>"
+            f"<td class=num>{_fmt(ca['IoU'])}</td><td class='num strong'>{_fmt(cb['IoU'])}</td>"
+            f"<td class=num>{_delta(ca['IoU'], cb['IoU'])}</td>"
+            + "".join(f"<td class=num>{_fmt(cb[k])}</td>" for k in ("Dice", "Precision", "Recall"))
+            + "</tr>"
+        )
+    return (
+        "<table class=metrics><thead><tr><th>class</th><th>true pixels</th>"
+        "<th>IoU, threshold only</th><th>IoU, post-processed</th><th>change</th><th>Dice</th>"
+        "<th>Precision</th><th>Recall (Acc)</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _segmentation_section(metrics: Mapping[str, Any]) -> str:
+    """The field's metrics: per-class table and the pixel confusion matrices ("" for an
+    eval.json written before they existed)."""
+    if "segmentation" not in metrics["postprocessed"]:
+        return ""
+    names = list(metrics["postprocessed"]["segmentation"]["classes"])
+    uri = confusion_matrix_uri(
+        {VARIANT_LABELS[v]: metrics[v]["segmentation"]["confusion"] for v in VARIANT_LABELS},
+        names,
+    )
+    return (
+        "<section><h2>Segmentation metrics, background included</h2><p class=note>As "
+        "mmsegmentation and the NEU papers report them, from the pixel confusion matrix over "
+        "every image: each class's IoU = TP / (TP + FP + FN), Dice = 2TP / (2TP + FP + FN), "
+        "precision = TP / (TP + FP) and recall = TP / (TP + FN) (mmsegmentation's Acc); mIoU, "
+        "mDice and mAcc are their means over the classes, background included, and aAcc the "
+        "share of all pixels labelled right. n/a: the class is absent from truth or prediction. "
+        "Per class below: post-processed Dice, precision and recall.</p>"
+        f"{_segmentation_table(metrics)}"
+        '<h2 style="margin-top:16px">Pixel confusion matrix</h2><p class=note>Rows: the true '
+        "class, columns: the predicted one; each cell holds its pixel count and its share of "
+        "the row (the true class's pixels), coloured by that share.</p>"
+        f'<div class=plots><img alt="pixel confusion matrix" src="{uri}"></div></section>'
+    )
+
+
 def _runtime(result: Mapping[str, Any]) -> str:
     """``openvino bf16 on cpu`` (older eval.json files: the device only)."""
     if result.get("runtime"):
@@ -322,10 +431,13 @@ def _kpis(metrics: Mapping[str, Any]) -> str:
     for section, key, label in (
         ("pixel", "dice_per_image", "per-image Dice (Kaggle)"),
         ("pixel", "iou", "pixel IoU"),
+        ("segmentation", "mIoU", "mIoU (background + classes)"),
         ("image", "recall", "defective images flagged"),
         ("image", "specificity", "clean images left clean"),
         ("defect", "recall", "defects found"),
     ):
+        if key not in b.get(section, {}):  # an eval.json written before the number existed
+            continue
         cards.append(
             f"<div class=kpi><div class=kv>{_fmt(b[section][key])}</div>"
             f"<div class=kl>{label}</div><div class=kd>{_delta(a[section][key], b[section][key])}"
@@ -491,6 +603,7 @@ Image level: an image is flagged when its predicted mask is not empty. Defect le
 defect (connected component) is found when a predicted one overlaps it with IoU &ge;
 {m["postprocessed"]["defect"]["iou_threshold"]:g}. n/a: undefined (e.g. no clean images).</p>
 {_headline_table(m)}</section>
+{_segmentation_section(m)}
 {classes}
 <section><h2>Clean vs defective images</h2><div class=confusions>
 {_confusion_table("threshold_only", m["threshold_only"]["image"])}

@@ -25,6 +25,7 @@ from steelseg import draw, metric, rle, submission
 from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, check_out_folder, write_png
 from steelseg.layouts import read_mask
+from steelseg.postprocess import class_map
 from steelseg.predict import AnyPostProcess, Prediction, Predictor
 from steelseg.submission import Sample
 
@@ -292,18 +293,6 @@ class _Truth:
             )
             return None
         return mask > 0
-
-
-def class_map(masks: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The class id of each pixel: 0 where no class is predicted, else the most probable of
-    the classes predicted there (multi-label masks may overlap).
-
-    Shape:
-        masks: bool (C, H, W); prob: (C, H, W). Returns uint8 (H, W), values 0..C.
-    """
-    ids = np.argmax(np.where(masks, prob, -1.0), axis=0).astype(np.uint8) + 1
-    ids[~masks.any(axis=0)] = 0
-    return ids
 
 
 def _write_csv(path: Path, rows: Sequence[tuple[str, int, str]]) -> None:

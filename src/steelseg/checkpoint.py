@@ -184,6 +184,28 @@ def steelseg_parts(ckpt: Any, path: str | os.PathLike) -> tuple[dict[str, Any], 
     return dict(hp), state
 
 
+def differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], keys: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """``("arch='unet'", "arch='fpn'")``: the ``keys`` whose values differ, as saved and now;
+    None when all are equal (keys the checkpoint lacks are not compared)."""
+
+    def norm(key: str, value: Any) -> Any:
+        return (
+            str(value).lower()
+            if key == "arch"
+            else (value or {})
+            if key == "arch_kwargs"
+            else value
+        )
+
+    differ = [k for k in keys if k in saved and norm(k, saved[k]) != norm(k, current.get(k))]
+    if not differ:
+        return None
+    was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+    return was, ", ".join(f"{k}={current.get(k)!r}" for k in differ)
+
+
 def check_compatible(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -200,20 +222,9 @@ def check_compatible(
         own: The module's state dict.
         where: Names the checkpoint in the message.
     """
-
-    def norm(key: str, value: Any) -> Any:
-        return (
-            str(value).lower()
-            if key == "arch"
-            else (value or {})
-            if key == "arch_kwargs"
-            else value
-        )
-
-    differ = [k for k in ARCH_KEYS if k in saved and norm(k, saved[k]) != norm(k, current.get(k))]
+    differ = differences(saved, current, ARCH_KEYS)
     if differ:
-        was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
-        now = ", ".join(f"{k}={current.get(k)!r}" for k in differ)
+        was, now = differ
         raise ValueError(
             f"{where} was trained with {was}, but this model has {now}; use the settings it was "
             "trained with (e.g. the same model=/encoder= overrides) or another checkpoint"
@@ -241,3 +252,73 @@ def check_compatible(
             f"{where} does not fit this model: weights {', '.join(parts)}; it was made for "
             "another architecture or by another program"
         )
+
+
+#: ``state_dict`` prefixes of the network's heads, sized by ``classes`` (and ``gate``): left
+#: re-initialised when a checkpoint starts a model with another class count or gate.
+HEADS = ("net.segmentation_head.", "net.classification_head.")
+HEAD_KEYS = {"classes": 1, "gate": False}  # the hyper-parameters sizing them, with defaults
+#: Hyper-parameters that must be equal for a checkpoint to start a model (the heads may differ).
+BODY_KEYS = ("arch", "encoder_name", "in_channels", "arch_kwargs")
+
+
+def transferable(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    state: Mapping[str, Any],
+    own: Mapping[str, torch.Tensor],
+    where: str = "checkpoint",
+) -> tuple[dict[str, Any], list[str]]:
+    """The tensors of a checkpoint that can start a model, as smp's
+    ``from_pretrained(classes=N, strict=False)`` does: every tensor whose name and shape match;
+    the heads (:data:`HEADS`) stay re-initialised when the class count or the gate differs.
+
+    Args:
+        saved: The checkpoint's hyper-parameters.
+        current: The model's hyper-parameters.
+        state: The checkpoint's state dict.
+        own: The model's state dict.
+        where: Names the checkpoint in the messages.
+
+    Returns:
+        The tensors to load (``load_state_dict(strict=False)``), and what stays re-initialised,
+        e.g. ``["segmentation_head (classes 1 -> 3)"]``.
+
+    Raises:
+        ValueError: another architecture, encoder, in_channels or arch_kwargs; a tensor outside
+            the heads that is missing or of another shape; or no tensor in common at all.
+    """
+    differ = differences(saved, current, BODY_KEYS)
+    if differ:
+        was, now = differ
+        raise ValueError(
+            f"{where} was trained with {was}, but this model has {now}; start from a checkpoint "
+            "of the same network (only model.classes and model.gate may differ), or train with "
+            "its settings (e.g. the same model=/encoder=/model.in_channels overrides)"
+        )
+    fits = {
+        k: v
+        for k, v in state.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) == tuple(own[k].shape)
+    }
+    if not fits:
+        raise ValueError(
+            f"{where} holds no weights of this network (e.g. {next(iter(state), 'none')}); "
+            "it was made by another program: pass a steelseg-train checkpoint"
+        )
+    body = [k for k in own if k not in fits and not k.startswith(HEADS)]
+    if body:
+        raise ValueError(
+            f"{where} does not fit this network: {len(body)} weights outside the heads are "
+            f"missing or of another shape (e.g. {body[0]}); start from a checkpoint of the same "
+            "network"
+        )
+    was, now = ({k: hp.get(k, d) for k, d in HEAD_KEYS.items()} for hp in (saved, current))
+    key = "classes" if was["classes"] != now["classes"] else "gate"
+    change = f"{key} {was[key]} -> {now[key]}"
+    kept = [
+        f"{prefix[4:-1]} ({change})"  # net.segmentation_head. -> segmentation_head
+        for prefix in HEADS
+        if any(k.startswith(prefix) and k not in fits for k in own)
+    ]
+    return fits, kept

@@ -9,6 +9,11 @@ their error; :func:`write_summary` writes the three files. :class:`SweepSummary`
 DIR...`` rebuilds the report later from sweep folders or run folders::
 
     steelseg-compare outputs/train/multiruns/2024-05-01_10-00-00
+
+With a swept parameter, :func:`write_curve` adds ``curve.csv``, ``curve.md`` and ``curve.png``:
+the metric against that parameter (e.g. a learning curve over ``data.train_fraction``)::
+
+    steelseg-compare outputs/train/multiruns/2024-05-01_10-00-00 --curve data.train_fraction
 """
 
 from __future__ import annotations
@@ -154,7 +159,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     latest = max(ended, key=lambda p: p.stat().st_mtime) if ended else None
     try:
         if latest == metrics_path:
-            row |= json.loads(metrics_path.read_text())["metrics"]
+            report = json.loads(metrics_path.read_text())
+            row |= report["metrics"]
+            row["train_images"] = report.get("split_sizes", {}).get("train")
             row["status"] = "ok"
         elif latest == failed_path:
             row["status"] = "failed"
@@ -291,6 +298,12 @@ def to_markdown(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plotted(table: pd.DataFrame, metric: str) -> list[str]:
+    """The metrics a plot shows: ``metric``, and test IoU when it is another one with values."""
+    series = [metric] + (["test/iou"] if metric != "test/iou" else [])
+    return [s for s in series if s in table and table[s].notna().any()] or [metric]
+
+
 def plot(table: pd.DataFrame, metric: str, path: Path) -> None:
     """``summary.png``: a bar per run of ``metric`` (and test IoU when it is another metric)."""
     import matplotlib
@@ -302,8 +315,7 @@ def plot(table: pd.DataFrame, metric: str, path: Path) -> None:
         f"{job}: {changes}" if changes else str(job)
         for job, changes in zip(table["job"], table["changes"])
     ]
-    series = [metric] + (["test/iou"] if metric != "test/iou" else [])
-    series = [s for s in series if table[s].notna().any()] or [metric]
+    series = plotted(table, metric)
     height = 0.8 / len(series)
     y = range(len(table))
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(table)))
@@ -341,6 +353,105 @@ def write_summary(table: pd.DataFrame, metric: str, out: str | os.PathLike) -> s
     return markdown
 
 
+# ----------------------------------------------------------------------------- curves
+def param_value(run_dir: str | os.PathLike, param: str) -> Any:
+    """The value of the dotted config key ``param`` (e.g. ``data.train_fraction``) in a run:
+    from its ``config.yaml``, else from its overrides; None when neither has it."""
+    value: Any = _load_yaml(Path(run_dir) / "config.yaml") or {}
+    for key in param.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is not None:
+        return value
+    for override in _load_yaml(Path(run_dir) / ".hydra" / "overrides.yaml") or []:
+        key, _, text = str(override).lstrip("+~").partition("=")
+        if key == param:
+            return yaml.safe_load(text)
+    return None
+
+
+def curve(table: pd.DataFrame, param: str, metric: str) -> pd.DataFrame:
+    """A metric against a swept parameter: one row per value of ``param`` (the mean of the
+    runs that ended with it, e.g. several seeds), sorted by it.
+
+    Args:
+        table: :func:`collect`'s table.
+        param: A dotted config key the runs differ in, e.g. ``data.train_fraction``.
+        metric: The main metric; test IoU joins it (see :func:`plotted`).
+
+    Returns:
+        Columns ``param``, ``runs``, ``train_images`` and the metrics.
+
+    Raises:
+        ValueError: no run that ended has a number for ``param``.
+    """
+    ok = table[table["status"] == "ok"]
+    x = pd.to_numeric(pd.Series([param_value(r, param) for r in ok["run_dir"]]), errors="coerce")
+    if x.isna().all():
+        raise ValueError(
+            f"--curve {param}: no run that ended has a number for {param} in its config.yaml "
+            "or overrides; name a key the sweep changes, e.g. --curve data.train_fraction"
+        )
+    series = plotted(table, metric)
+    points = ok[["train_images", *series]].astype(float).reset_index(drop=True)
+    points.insert(0, param, x)
+    points.insert(1, "runs", 1)
+    return (
+        points.dropna(subset=[param])
+        .groupby(param, as_index=False)
+        .agg({"runs": "sum", "train_images": "mean", **{s: "mean" for s in series}})
+        .sort_values(param, ignore_index=True)
+    )
+
+
+def plot_curve(points: pd.DataFrame, param: str, path: Path) -> None:
+    """``curve.png``: each metric of ``points`` (:func:`curve`) against ``param``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in points.columns[3:]:
+        ax.plot(points[param], points[name], marker="o", label=name)
+    ax.set_xlabel(param)
+    ax.set_ylabel("score")
+    ax.set_title(f"{' and '.join(points.columns[3:])} against {param}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def write_curve(table: pd.DataFrame, param: str, metric: str, out: str | os.PathLike) -> str:
+    """Write ``curve.csv``, ``curve.md`` and ``curve.png`` into ``out`` (see :func:`curve`).
+
+    Returns:
+        The markdown table.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = curve(table, param, metric)
+    atomic_write_text(out / "curve.csv", points.to_csv(index=False))
+    head = [
+        param,
+        "runs",
+        "train images",
+        *(MD_COLUMNS.get(c, (c,))[0] for c in points.columns[3:]),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in points.itertuples(index=False):
+        images = "" if pd.isna(row[2]) else f"{row[2]:.0f}"
+        values = [f"{v:.4f}" for v in row[3:]]
+        lines.append("| " + " | ".join([f"{row[0]:g}", str(row[1]), images, *values]) + " |")
+    markdown = "\n".join(lines) + "\n"
+    atomic_write_text(out / "curve.md", markdown)
+    plot_curve(points, param, out / "curve.png")
+    return markdown
+
+
 # ----------------------------------------------------------------------------- Hydra, CLI
 class SweepSummary(Callback):
     """Hydra callback: the comparison of a multirun's jobs, written into its sweep folder.
@@ -348,10 +459,13 @@ class SweepSummary(Callback):
     Args:
         fail_on_job_error: After writing the summary, exit with status 1 when a job failed (the
             other jobs have run; their results are in the summary).
+        curve: A swept config key (e.g. ``data.train_fraction``): also write the curve of the
+            optimised metric against it (:func:`write_curve`).
     """
 
-    def __init__(self, fail_on_job_error: bool = True) -> None:
+    def __init__(self, fail_on_job_error: bool = True, curve: str | None = None) -> None:
         self.fail_on_job_error = fail_on_job_error
+        self.curve = curve
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -362,6 +476,12 @@ class SweepSummary(Callback):
             return
         markdown = write_summary(table, metric, sweep_dir)
         log.info("sweep summary (%s):\n%s", sweep_dir / "summary.md", markdown)
+        if self.curve:
+            try:
+                markdown = write_curve(table, self.curve, metric, sweep_dir)
+                log.info("curve (%s):\n%s", sweep_dir / "curve.md", markdown)
+            except ValueError as e:
+                log.warning("no curve: %s", e)
         failed = table[table["status"] != "ok"]
         if len(failed) and self.fail_on_job_error:
             log.error(

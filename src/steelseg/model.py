@@ -257,6 +257,10 @@ class SteelSegModule(pl.LightningModule):
             mode of :data:`COMPILE_MODES`. Inference from a checkpoint stays eager.
         channels_last: Run the network in channels_last memory format (faster convolutions on
             tensor-core GPUs); None: on a CUDA device only.
+        init_from: A steelseg checkpoint to fine-tune from (transfer learning without ImageNet
+            weights). Only the path is stored, so this run's own checkpoints load without that
+            file: :func:`steelseg.train.train` copies its weights in before fitting (not when
+            resuming) with :meth:`init_weights_from`.
     """
 
     def __init__(
@@ -276,6 +280,7 @@ class SteelSegModule(pl.LightningModule):
         classes: int = 1,
         gate: bool = False,
         gate_weight: float = 0.5,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         compile_mode(compile)  # fail at construction, not after the data is prepared
@@ -294,6 +299,7 @@ class SteelSegModule(pl.LightningModule):
             )
         if int(classes) < 1:
             raise ValueError(f"model.classes={classes} must be >= 1 (1: defect classes merged)")
+        init_from = None if init_from is None else str(init_from)  # a checkpoint holds plain values
         self.save_hyperparameters()
         self.net = build_network(
             arch, encoder_name, encoder_weights, in_channels, arch_kwargs, int(classes), gate
@@ -414,6 +420,36 @@ class SteelSegModule(pl.LightningModule):
         trainer = self._trainer  # None inside load_from_checkpoint, which calls this hook too
         if trainer is not None and self.use_channels_last(trainer.strategy.root_device):
             self.net.to(memory_format=torch.channels_last)
+
+    def init_weights_from(self, path: str | os.PathLike) -> str:
+        """Copy a steelseg checkpoint's weights into this network, as smp's
+        ``from_pretrained(classes=N, strict=False)`` does: every tensor whose name and shape
+        match; the segmentation (and gate) head stays re-initialised when the class count (or
+        the gate) differs. Read weights-only, through the reader ``load_from_checkpoint`` uses.
+
+        Returns:
+            The line to log, e.g. ``init_from a.ckpt: loaded 340 of 342 tensors;
+            re-initialised: segmentation_head (classes 1 -> 3)``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a steelseg checkpoint, or one of another network (architecture,
+                encoder, in_channels, arch_kwargs).
+        """
+        where = f"model.init_from={path}"
+        try:
+            ckpt = ckpt_io.load(path, "cpu")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{where} does not exist; pass a steelseg checkpoint file (a run's "
+                "checkpoints/best-*.ckpt or last.ckpt) or model.init_from=null"
+            ) from None
+        hp, state = ckpt_io.steelseg_parts(ckpt, where)
+        own = self.state_dict()
+        fits, kept = ckpt_io.transferable(hp, self.hparams, state, own, where)
+        self.load_state_dict(fits, strict=False)
+        line = f"init_from {path}: loaded {len(fits)} of {len(own)} tensors"
+        return line + (f"; re-initialised: {', '.join(kept)}" if kept else "")
 
     def on_fit_start(self) -> None:
         mode = compile_mode(self.hparams.get("compile", False))

@@ -120,7 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             a run: a checkpoint file, or ``last`` for the newest ``*/checkpoints/last.ckpt``
             among the run folders next to ``paths.output_dir``. A checkpoint inside a run
             folder (``RUN/checkpoints/``) continues that run: checkpoints, logs and
-            ``metrics.json`` go on in ``RUN``.
+            ``metrics.json`` go on in ``RUN``. Otherwise ``model.init_from`` starts a new run
+            from another run's weights.
 
     Returns:
         Flat metrics: ``val/*`` and ``test/*`` of the chosen checkpoint, plus ``epochs``,
@@ -136,6 +137,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if saved is not None:  # refuse a checkpoint that does not fit before writing anything
         check_resumable(saved, module, resume)
         del saved
+    elif module.hparams.get("init_from"):  # fine-tuning: another run's weights, heads may differ
+        log.info(module.init_weights_from(module.hparams.init_from))
     out = open_run_folder(cfg, resume)
     trainer = build_trainer(cfg, build_loggers(cfg, resume))
     if cfg.get("lr_find"):

@@ -1,4 +1,5 @@
-"""``steelseg-compare DIR... [--out DIR] [--metric NAME]``: see :mod:`steelseg.compare`."""
+"""``steelseg-compare DIR... [--out DIR] [--metric NAME] [--curve KEY]``: see
+:mod:`steelseg.compare`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def build_parser():
         help="where to write the summary (default: the folder holding every run)",
     )
     p.add_argument("--metric", help="sort by this metric (default: the runs' optimized one)")
+    p.add_argument(
+        "--curve",
+        metavar="KEY",
+        help="also write curve.csv, curve.md and curve.png: the metric (and test IoU) against "
+        "this swept config key, e.g. data.train_fraction (a learning curve)",
+    )
     return p
 
 
@@ -31,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from steelseg.compare import collect, write_summary
+        from steelseg.compare import collect, write_curve, write_summary
 
         table, metric = collect(args.dirs, args.metric)
         if args.out is None:
@@ -42,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         markdown = write_summary(table, metric, out)
         print(markdown, end="")
         print(f"written: {out / 'summary.csv'}, summary.md, summary.png")
+        if args.curve:
+            print(write_curve(table, args.curve, metric, out), end="")
+            print(f"written: {out / 'curve.csv'}, curve.md, curve.png")
         return common.OK
 
     return common.run(PROG, body)

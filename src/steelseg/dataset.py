@@ -13,7 +13,8 @@ Tensor contract, used by every module after this one:
 A batch is a dict ``{"image": (N, 1, H, W) uint8, "mask": (N, C, H, W) float32,
 "label": (N, C) float32, "image_id": list}``. Images are resized to ``height x width``
 (the reference recipe's squash), or with ``crop`` kept at native resolution: random
-``crop``-sized windows for training, whole images for validation and test.
+``crop``-sized windows for training (see :func:`fit_crop` for images smaller than the crop),
+whole images for validation and test.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -58,8 +60,12 @@ def train_transform(
     contrast: float = 0.2,
     shift: float = 0.05,
     crop: Sequence[int] | None = None,
+    rot90: float = 0.0,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> A.Compose:
-    """Augmentations for training (image already at training size): flips, light, small shift.
+    """Augmentations for training (image already at training size): flips, light, small shift,
+    and for square samples of a surface that has no up or down, quarter turns.
 
     Args:
         p_flip: Probability of each of the horizontal and vertical flips.
@@ -68,16 +74,28 @@ def train_transform(
         shift: Largest translation, as a fraction of the size.
         crop: (height, width) of a random crop (multiples of 32), or None: training on crops
             of the full-size strip costs less per image; validation still sees whole images.
+        rot90: Probability of a random quarter turn (square training samples only: a strip's
+            256x1600 would not batch).
+        blur: Probability of a slight Gaussian blur (camera focus).
+        noise: Probability of Gaussian noise (sensor noise).
     """
     crops = []
     if crop is not None:
         check_size(*crop)
         crops = [A.RandomCrop(height=int(crop[0]), width=int(crop[1]))]
+    extra = []
+    if rot90:
+        extra.append(A.RandomRotate90(p=rot90))
+    if blur:
+        extra.append(A.GaussianBlur(blur_limit=(3, 5), p=blur))
+    if noise:
+        extra.append(A.GaussNoise(std_range=(0.02, 0.06), p=noise))
     return A.Compose(
         [
             *crops,
             A.HorizontalFlip(p=p_flip),
             A.VerticalFlip(p=p_flip),
+            *extra,
             A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
             A.Affine(
                 translate_percent={"x": (-shift, shift), "y": (-shift, shift)}, border_mode=0, p=0.3
@@ -111,6 +129,65 @@ def parse_crop(crop: str | Sequence[int] | None) -> tuple[int, int] | None:
     return h, w
 
 
+def fit_crop(
+    crop: tuple[int, int], shapes: Sequence[tuple[int, int]], ids: Sequence[str]
+) -> tuple[int, int]:
+    """The training crop for images of these sizes, so that any mix of sizes trains.
+
+    Per dimension: when ``crop`` is larger than every image, the crop follows the data (the
+    largest multiple of :data:`~steelseg.runtime.STRIDE` not above the smallest image's side,
+    at least one stride); else images smaller than the crop are padded to it by
+    :func:`pad_to` (:class:`SteelDataset` ``pad_to``). Either is logged once.
+
+    Args:
+        crop: ``data.crop`` as (height, width).
+        shapes: (height, width) of each training image.
+        ids: The images' ids, to name one that is padded.
+
+    Returns:
+        The (height, width) of the training crops.
+    """
+    h, w = crop
+    min_h, min_w = min(s[0] for s in shapes), min(s[1] for s in shapes)
+    follow = (h > max(s[0] for s in shapes), w > max(s[1] for s in shapes))
+    fit_h = max(STRIDE, min_h // STRIDE * STRIDE) if follow[0] else h
+    fit_w = max(STRIDE, min_w // STRIDE * STRIDE) if follow[1] else w
+    if any(follow):
+        along = "" if all(follow) else " in height" if follow[0] else " in width"
+        log.info(
+            "data.crop=%dx%d is larger than every image%s (smallest %dx%d): training on %dx%d "
+            "crops",
+            h, w, along, min_h, min_w, fit_h, fit_w,
+        )  # fmt: skip
+    small = [(iid, s) for iid, s in zip(ids, shapes) if s[0] < fit_h or s[1] < fit_w]
+    if small:
+        iid, (ih, iw) = small[0]
+        log.info(
+            "%d of %d training images are smaller than the %dx%d crop (e.g. %s, %dx%d): padded "
+            "to it, the image by reflection, the mask with background",
+            len(small), len(shapes), fit_h, fit_w, iid, ih, iw,
+        )  # fmt: skip
+    return fit_h, fit_w
+
+
+def pad_to(
+    image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad an image smaller than ``size`` at the bottom and right, as the model pads whole
+    images to its stride: the image by reflection, the mask with background (0).
+
+    Shape:
+        image, mask: (H, W) uint8. Returns both (max(H, height), max(W, width)).
+    """
+    ph, pw = max(0, size[0] - image.shape[0]), max(0, size[1] - image.shape[1])
+    if not (ph or pw):
+        return image, mask
+    return (
+        cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101),  # torch's "reflect"
+        cv2.copyMakeBorder(mask, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0),
+    )
+
+
 def targets(mask: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A class-id mask -> the model's targets.
 
@@ -137,6 +214,8 @@ class SteelDataset(Dataset):
         transform: Albumentations transform applied to (image, mask), or None.
         cache: ``(images, masks, positions)``: (M, H, W) uint8 arrays (memory maps) of the
             whole prepared split and the position in them of each of ``rows``; or None.
+        pad_to: (height, width) that smaller images are padded to before ``transform``
+            (see :func:`pad_to`), or None.
     """
 
     def __init__(
@@ -147,6 +226,7 @@ class SteelDataset(Dataset):
         classes: int = 1,
         transform: A.BasicTransform | None = None,
         cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        pad_to: tuple[int, int] | None = None,
     ) -> None:
         self.records = rows.to_dict("records")
         self.ids = [r["ImageId"] for r in self.records]
@@ -155,6 +235,7 @@ class SteelDataset(Dataset):
         self.classes = int(classes)
         self.transform = transform
         self.cache = cache
+        self.pad_to = pad_to
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -168,6 +249,8 @@ class SteelDataset(Dataset):
             image, mask = load_sample(
                 self.data_dir, r["ImageId"], layouts.row_masks(r), self.size, layouts.row_shape(r)
             )
+        if self.pad_to is not None:
+            image, mask = pad_to(image, mask, self.pad_to)
         if self.transform is not None:
             # albumentations 2 seeds itself from the OS unless told; drawing its seed from torch
             # (seeded by seed_everything, per worker by Lightning) makes runs reproducible
@@ -207,7 +290,8 @@ class SteelDataModule(pl.LightningDataModule):
         width: Training width (multiple of 32); ignored with ``crop``.
         crop: ``"HxW"`` (or ``[H, W]``): train on random windows of this size taken from the
             native-resolution images, validate and test on whole images; None: resize every
-            image to ``height x width``.
+            image to ``height x width``. Images smaller than the crop are padded, or the crop
+            follows the data when it is larger than every image (:func:`fit_crop`).
         classes: Target channels: 1 (the defect classes merged) or the data's number of
             classes (Severstal: 4); the model's ``classes``.
         cache: Decode images once into a uint8 cache at (height, width), or at native size
@@ -218,13 +302,18 @@ class SteelDataModule(pl.LightningDataModule):
         pin_memory: Pin host memory (faster, asynchronous copies to a GPU); None: when the
             trainer runs on a CUDA device (or, outside a trainer, when CUDA is available).
         synthetic: ``{"n_images": N, "seed": S, "n_test": T}`` to generate a synthetic set at
-            ``root`` when it has no train.csv, or None.
+            ``root`` when it has no train.csv, or None. Ignored (with an info log) when
+            ``root`` is in the folder layout (``images/``, ``masks/``), whichever experiment
+            set it.
         extra_roots: More Kaggle-layout folders (e.g. pseudo-labels from ``steelseg-pseudo``)
             whose every image joins the training split only, never val/test; decoded from
             JPEG each epoch (no cache). Their train.csv may use ClassId 0 (any class).
         n_classes: The classes of a folder layout's masks (pixel values 1..n_classes; a
             larger value is an error); part of the split's parameters. Unused by the Kaggle
             layout.
+        train_fraction: Train on this share, in (0, 1], of the split's training images (at
+            least one), stratified by the classes each image shows and seeded by ``seed``; val,
+            test and the prepared split stay the same (a learning curve, see docs/sweeps.md).
     """
 
     def __init__(
@@ -250,9 +339,17 @@ class SteelDataModule(pl.LightningDataModule):
         synthetic: dict[str, int] | None = None,
         extra_roots: Sequence[str] | None = None,
         n_classes: int = 1,
+        train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0.0 < float(train_fraction) <= 1.0:
+            raise ValueError(
+                f"data.train_fraction={train_fraction} must be in (0, 1], e.g. 0.25 to train on "
+                "a quarter of the training images"
+            )
+        self.train_fraction = float(train_fraction)
         self.crop = parse_crop(crop)
+        self.train_crop = self.crop  # fitted to the training images in setup()
         if self.crop is None:
             check_size(height, width)
         if int(classes) < 1:
@@ -296,11 +393,12 @@ class SteelDataModule(pl.LightningDataModule):
         a killed run left incomplete is prepared again.
         """
         if self.synthetic is not None and layouts.is_folder_layout(self.root):
-            raise ValueError(
-                f"data.synthetic would generate synthetic data into data.root={self.root}, which "
-                "holds images/ + masks/ (e.g. experiment=quickstart sets it); add "
-                "data.synthetic=null"
+            log.info(  # e.g. experiment=quickstart data=folder: its generator is for data=synthetic
+                "data.root=%s holds images/ + masks/ (the folder layout): no synthetic data is "
+                "generated (data.synthetic ignored)",
+                self.root,
             )
+            self.synthetic = None
         if self.synthetic is not None:
             from steelseg import synth
 
@@ -425,7 +523,9 @@ class SteelDataModule(pl.LightningDataModule):
         self._check_images_present(split_csv, rows["ImageId"])
         shapes = self._shapes(rows)
         if self.crop is not None:
-            self._check_crop(shapes, rows["ImageId"].tolist())
+            train = rows["split"].to_numpy() == "train"
+            ids = rows["ImageId"][train].tolist()
+            self.train_crop = fit_crop(self.crop, [s for s, t in zip(shapes, train) if t], ids)
         #: whether validation/test images all have one size (else they go one per batch)
         self.uniform = len(set(shapes)) == 1
         cache = None
@@ -443,6 +543,8 @@ class SteelDataModule(pl.LightningDataModule):
         aug = self.train_transform()
         for name in prep.SPLITS:
             idx = np.flatnonzero(rows["split"].to_numpy() == name)
+            if name == "train":
+                idx = self._train_subset(rows, idx)
             part_cache = (*cache, idx) if cache is not None else None
             self.datasets[name] = SteelDataset(
                 rows.iloc[idx],
@@ -451,27 +553,35 @@ class SteelDataModule(pl.LightningDataModule):
                 self.classes,
                 aug if name == "train" else None,
                 part_cache,
+                self.train_crop if name == "train" else None,
             )
         if self.extra_roots:  # added to train only: val/test stay the labelled split's
             extra = [self._extra_dataset(r, aug) for r in self.extra_roots]
             self.datasets["train"] = ConcatDataset([self.datasets["train"], *extra])
 
+    def _train_subset(self, rows: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+        """The positions of ``rows`` to train on: ``train_fraction`` of the training rows
+        ``idx``, stratified by the classes each image shows (as the split is) and seeded."""
+        if self.train_fraction == 1.0:
+            return idx
+        k = max(1, int(round(self.train_fraction * len(idx))))
+        keys = rows["classes"].iloc[idx].reset_index(drop=True)
+        picked = idx[prep.stratified_pick(keys, k, np.random.default_rng(self.kw["seed"]))]
+        log.info(
+            "training on %d of %d train images (data.train_fraction=%g)",
+            k,
+            len(idx),
+            self.train_fraction,
+        )
+        return picked
+
     def train_transform(self) -> A.BasicTransform | None:
         """The training augmentation, with the random native-resolution crop when set."""
+        crop = self.train_crop
         if self.augment is not None:
-            crop = self.crop or self.augment.get("crop")  # augment.crop: of the resized image
+            crop = crop or self.augment.get("crop")  # augment.crop: of the resized image
             return train_transform(**{**self.augment, "crop": crop})
-        return A.Compose([A.RandomCrop(*self.crop)]) if self.crop is not None else None
-
-    def _check_crop(self, shapes: list[tuple[int, int]], ids: list[str]) -> None:
-        """Refuse a crop larger than an image, naming the smallest."""
-        h, w = self.crop
-        for (ih, iw), iid in zip(shapes, ids):
-            if ih < h or iw < w:
-                raise ValueError(
-                    f"data.crop={h}x{w} is larger than image {iid} ({ih}x{iw}); use a crop of at "
-                    f"most {ih // STRIDE * STRIDE}x{iw // STRIDE * STRIDE}"
-                )
+        return A.Compose([A.RandomCrop(*crop)]) if crop is not None else None
 
     def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
         """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
@@ -490,7 +600,7 @@ class SteelDataModule(pl.LightningDataModule):
             self.classes, layouts.data_classes(list(rows.columns)), f"data.extra_roots {root}"
         )
         log.info("data.extra_roots: %d training image(s) from %s", len(rows), root)
-        return SteelDataset(rows, root, self.size, self.classes, aug)
+        return SteelDataset(rows, root, self.size, self.classes, aug, pad_to=self.train_crop)
 
     # ------------------------------------------------------------------ loaders
     def _pin(self) -> bool:

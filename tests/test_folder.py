@@ -7,6 +7,7 @@ Every test writes a tiny folder in tmp_path: 10 noisy images of two sizes (96x16
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import steelseg
 from helpers import exit_code
 from steelseg import layouts, rle
 from steelseg import prepare as prep
@@ -109,6 +111,16 @@ def _value_3(root: Path) -> None:
     cv2.imwrite(str(root / "masks" / "part03.png"), mask)
 
 
+def _values_0_1_255(root: Path) -> None:
+    mask = masks_of()["part03.png"]
+    mask[0, 0] = 255  # 1 could be a class id, 255 a binary defect
+    cv2.imwrite(str(root / "masks" / "part03.png"), mask)
+
+
+def _binary_mask_of_classes(root: Path) -> None:
+    cv2.imwrite(str(root / "masks" / "part03.png"), (masks_of()["part03.png"] > 0) * np.uint8(255))
+
+
 def _colour_mask(root: Path) -> None:
     cv2.imwrite(str(root / "masks" / "part01.png"), np.zeros((128, 192, 3), np.uint8))
 
@@ -149,6 +161,10 @@ BAD = [
      r"\S+part00.jpg is 160x96"),
     ("value-above-n-classes", _value_3, ValueError, r"mask \S+part03.png holds the value 3, "
      r"above data.n_classes=2 .*set data.n_classes"),
+    ("values-0-1-255", _values_0_1_255, ValueError, r"mask \S+part03.png holds the values "
+     r"\{0, 1, 255\}: neither class ids \(0..2\) nor a binary 0/255 mask"),
+    ("binary-mask-of-classes", _binary_mask_of_classes, ValueError, r"mask \S+part03.png is a "
+     r"binary 0/255 mask \(values \{0, 255\}\) but data.n_classes=2: .*data.n_classes=1"),
     ("colour-mask", _colour_mask, ValueError, r"part01.png has mode RGB, not single-channel"),
     ("no-masks", _no_masks, FileNotFoundError, r"has images/ but no masks/: put one PNG"),
     ("no-images", _no_images, FileNotFoundError, r"has masks/ but no images/"),
@@ -193,16 +209,101 @@ def test_skip_bad_drops_unpaired_files_with_a_warning(root: Path, tmp_path: Path
     assert exit_code(prepare_main, [*argv, "--split", "0.6,0.2,0.2"]) == 0
 
 
-def test_crop_larger_than_an_image_is_refused(root: Path, tmp_path: Path) -> None:
+def test_binary_0_255_masks_and_anti_aliased_edges(tmp_path: Path, capsys) -> None:
+    """0/255 masks read as class 1; in-between values (smoothed edges) thresholded at 128, by
+    every reader: prepare (and so training), evaluation's labels, the writer's ground truth."""
+    root = write_folder(tmp_path / "binary", 4)
+    truth = {}
+    for i, (name, mask) in enumerate(masks_of(4).items()):
+        stored = (mask > 0) * np.uint8(255)
+        if i % 2:  # anti-aliased: a ramp of grey values along the edges
+            stored = cv2.GaussianBlur(stored, (5, 5), 0)
+            assert len(np.unique(stored)) > 3
+        truth[name] = (stored >= 128).astype(np.uint8)
+        cv2.imwrite(str(root / "masks" / f"{Path(name).stem}.png"), stored)
+    out = tmp_path / "out"
+    argv = ["--data-dir", root, "--out", out, "--n-images", "all", "--split", "2,1,1"]
+    assert exit_code(prepare_main, argv) == 0
+    warning = capsys.readouterr().err
+    assert "2 mask(s) of" in warning and "e.g. part01.png): thresholded at 128" in warning
+    assert json.loads((out / "prepare.json").read_text())["masks_thresholded"] == 2
+    split = layouts.read_split(out / "split.csv")
+    every = layouts.folder_labels(root, None)  # evaluation's labels: the same masks
+    for labels in (split, every):
+        for row in labels.to_dict("records"):
+            mask = truth[row["ImageId"]]
+            np.testing.assert_array_equal(rle.class_mask(layouts.row_masks(row), mask.shape), mask)
+    for name, mask in truth.items():  # the writer's ground truth
+        np.testing.assert_array_equal(layouts.read_mask(layouts.mask_path(root, name)), mask)
+
+
+def test_crop_pads_the_images_smaller_than_it(root: Path, tmp_path: Path, caplog) -> None:
+    """128x192 crops of 96x160 and 128x192 images: the small ones padded, mask padding 0."""
     from steelseg.dataset import SteelDataModule
 
+    masks = {n: m for n, m in masks_of().items() if m.shape == SIZES[0]}  # the 96x160 ones
+    for name, mask in masks.items():
+        mask[80:, :] = 1  # a defect along the bottom edge: a reflected mask would show it below
+        cv2.imwrite(str(layouts.mask_path(root, name)), mask)
+    caplog.set_level("INFO", logger="steelseg.dataset")
     dm = SteelDataModule(
         str(root), str(tmp_path / "prepared"), None, crop="128x192", n_classes=2, num_workers=0
     )
     dm.prepare_data()
-    with pytest.raises(ValueError, match=r"data.crop=128x192 is larger than image part00.jpg "
-                       r"\(96x160\); use a crop of at most 96x160"):  # fmt: skip
-        dm.setup("fit")
+    dm.setup("fit")
+    assert dm.train_crop == (128, 192)
+    assert re.search(
+        r"\d+ of \d+ training images are smaller than the 128x192 crop \(e.g. part\d\d.jpg, "
+        r"96x160\): padded to it",
+        caplog.text,
+    )
+    train = dm.datasets["train"]
+    i = next(k for k, iid in enumerate(train.ids) if iid in masks)  # a 96x160 training image
+    sample = train[i]
+    assert sample["image"].shape == sample["mask"].shape == (1, 128, 192)
+    assert not sample["mask"][:, 96:].any() and not sample["mask"][:, :, 160:].any()
+    np.testing.assert_array_equal(sample["mask"][0, :96, :160].numpy(), masks[train.ids[i]] > 0)
+    image = cv2.imread(str(root / "images" / train.ids[i]), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(sample["image"][0, :96, :160].numpy(), image)
+    np.testing.assert_array_equal(sample["image"][0, 96, :160].numpy(), image[94])  # reflected
+    assert dm.datasets["val"][0]["image"].shape[1:] in SIZES  # validation: whole images
+
+
+def _quickstart_on_a_folder(root: Path) -> steelseg.dataset.SteelDataModule:
+    """The data of ``steelseg-train experiment=quickstart data=folder data.root=ROOT`` (the
+    fixture's 2 classes)."""
+    from hydra.utils import instantiate
+
+    from steelseg import config
+
+    command = ["experiment=quickstart", "data=folder", f"data.root={root}"]
+    cfg = config.compose([*command, "data.n_classes=2", "model.classes=2"])
+    assert cfg.data.synthetic.n_images == 400  # the experiment's generator, composed after data
+    return instantiate(cfg.data)
+
+
+def test_quickstart_on_a_folder_generates_no_synthetic_data(root: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="steelseg.dataset")
+    dm = _quickstart_on_a_folder(root)
+    dm.prepare_data()
+    assert "no synthetic data is generated (data.synthetic ignored)" in caplog.text
+    assert sorted(p.name for p in root.iterdir()) == ["images", "masks", "prepared"]
+
+
+def test_crop_larger_than_every_image_follows_the_data(root: Path, caplog) -> None:
+    """quickstart's 256x416 crop on 96x160 and 128x192 images: 96x160 crops, nothing padded."""
+    caplog.set_level("INFO", logger="steelseg.dataset")
+    dm = _quickstart_on_a_folder(root)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (
+        "data.crop=256x416 is larger than every image (smallest 96x160): training on 96x160 "
+        "crops" in caplog.text
+    )
+    assert "padded" not in caplog.text
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (len(dm.datasets["train"]), 1, 96, 160)  # one batch of all
+    assert batch["mask"].shape == (len(dm.datasets["train"]), 2, 96, 160)  # 2 classes
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -252,11 +353,6 @@ def test_datamodule_keys_the_split_by_n_classes_and_checks_the_masks(root, tmp_p
     assert data.datasets["train"][0]["mask"].shape == (2, 64, 64)
     with pytest.raises(ValueError, match=r"holds the value 2, above data.n_classes=1"):
         dm(1).prepare_data()
-    # a generator (experiment=quickstart's) never writes into a plant's folder
-    gen = SteelDataModule(str(root), None, synthetic={"n_images": 4, "seed": 0}, crop="64x64")
-    with pytest.raises(ValueError, match="add data.synthetic=null"):
-        gen.prepare_data()
-    assert not (root / "train_images").exists()
     # a mask changed since: the prepared split is refused
     mask = masks_of()["part03.png"]
     mask[0, 0] = 2
@@ -269,7 +365,10 @@ def test_datamodule_keys_the_split_by_n_classes_and_checks_the_masks(root, tmp_p
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A 2-class model trained (2 batches) on a folder layout with the real config:
-    (data root, last checkpoint, prepared folder). Shared read-only."""
+    (data root, last checkpoint, prepared folder). Shared read-only.
+
+    quickstart's 256x416 crop is larger than every image: training follows the data (96x160
+    crops); its synthetic generator is ignored for a folder."""
     from omegaconf import open_dict
 
     from steelseg import config
@@ -283,8 +382,6 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
         f"data.root={root}",
         "data.n_classes=2",
         "model.classes=2",
-        "data.crop=64x64",
-        "data.synthetic=null",  # quickstart's generator: never into a plant's folder
         "data.batch_size=4",
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
@@ -294,7 +391,7 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     cfg = config.compose(overrides, output_dir=tmp / "run")
     with open_dict(cfg):
         cfg.data.prepared_dir = str(tmp / "prepared")
-    assert cfg.data.n_classes == 2 and cfg.data.crop == "64x64"
+    assert cfg.data.n_classes == 2 and cfg.data.crop == "256x416"
     metrics = train(cfg)
     assert "test/iou" in metrics  # tested on whole images of both sizes
     return root, tmp / "run" / "checkpoints" / "last.ckpt", tmp / "prepared"

@@ -75,10 +75,16 @@ def test_crop_trains_on_native_windows_and_validates_whole_strips(tiny_cfg) -> N
     assert (windows == crop).all(axis=(2, 3)).any()
 
 
-def test_crop_larger_than_the_images_is_one_line(tiny_cfg) -> None:
-    with pytest.raises(ValueError, match=r"data.crop=288x512 is larger than image") as e:
-        _data(tiny_cfg, ("data.crop", "288x512"))
-    assert "\n" not in str(e.value)
+def test_crop_taller_than_every_image_follows_the_data(tiny_cfg, caplog) -> None:
+    caplog.set_level("INFO", logger="steelseg.dataset")
+    dm = _data(tiny_cfg, ("data.crop", "288x512"), ("data.augment", None))
+    assert (
+        "data.crop=288x512 is larger than every image in height (smallest 256x1600): training "
+        "on 256x512 crops" in caplog.text
+    )
+    assert dm.crop == (288, 512) and dm.train_crop == (256, 512)  # the 256-px strips' height
+    assert dm.datasets["train"][0]["image"].shape == (1, 256, 512)
+    assert dm.datasets["val"][0]["image"].shape == (1, *rle.SHAPE)  # whole strips
 
 
 def test_crop_config_gives_a_native_resolution_model() -> None:

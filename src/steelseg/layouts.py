@@ -4,7 +4,7 @@
   ``train_images/``; images in ``train_images/`` without rows are defect-free.
 * folder (a plant's own data, :func:`folder_labels`): ``images/`` (any size, grey or colour)
   and ``masks/`` with one PNG per image of the same stem, pixel value = class id (0 =
-  background, at most ``n_classes``).
+  background, at most ``n_classes``), or a binary 0/255 mask (see :func:`mask_class_ids`).
 
 :func:`image_labels` reads either into a labels table: one row per image with
 :data:`LABEL_COLUMNS` (the classes merged into one binary mask, RLE at the image's own size)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 KAGGLE_IMAGES, KAGGLE_CSV = "train_images", "train.csv"  # the Kaggle layout
 FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"  # the folder layout: images/ + masks/<stem>.png
 MAX_CLASSES = 255  # class ids are 8-bit mask values
+BINARY_DEFECT = 255  # the defect value of a 0/255 binary mask (public sets, labelling tools)
+BINARY_THRESHOLD = 128  # an anti-aliased 0/255 mask: >= 128 (half of 255) is defect
 #: A labels table's columns before the per-class RLEs (``EncodedPixels_1`` ...)
 LABEL_COLUMNS = [
     "ImageId",
@@ -44,6 +46,7 @@ LABEL_COLUMNS = [
     "width",
 ]
 TRAIN_CSV_DIGEST, MASKS_DIGEST = "train_csv_sha256", "masks_sha256"  # keys of prepare.json
+MASKS_THRESHOLDED = "masks_thresholded"  # prepare.json: anti-aliased 0/255 masks (folder layout)
 
 
 def image_dir(root: str | os.PathLike) -> Path:
@@ -216,11 +219,85 @@ def mask_path(root: str | os.PathLike, image_id: str) -> Path:
     return Path(root) / FOLDER_MASKS / f"{Path(image_id).stem}.png"
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a folder-layout mask PNG: uint8 (H, W), pixel value = class id.
+def read_mask(path: str | os.PathLike, n_classes: int | None = None) -> np.ndarray:
+    """Read a folder-layout mask PNG as class ids: uint8 (H, W), 0 = background.
+
+    Pixel values become class ids by :func:`mask_class_ids`, the one rule of every reader
+    (prepare, the cache, evaluation, the writer's ground truth).
+
+    Args:
+        n_classes: The data's classes; None: as many as the mask holds (reading labels to
+            evaluate or to draw).
+
+    Raises:
+        ValueError: unreadable, not single-channel (colour, 16-bit), or values that are
+            neither class ids nor a binary 0/255 mask.
+    """
+    return mask_class_ids(_mask_pixels(path), n_classes, path)[0]
+
+
+def mask_class_ids(
+    pixels: np.ndarray, n_classes: int | None, where: str | os.PathLike
+) -> tuple[np.ndarray, bool]:
+    """A folder-layout mask's pixel values -> class ids, by the mask's set of values.
+
+    * within 0..``n_classes``: class ids, as they are;
+    * within {0, 255}: a binary mask (the convention of public defect sets and labelling
+      tools' exports); 255 is the defect, class 1;
+    * 255 and values in between, at least one above ``max(n_classes, 1)``: an anti-aliased
+      0/255 mask (smoothed edges), thresholded at 128 (>= 128 is defect);
+    * anything else, e.g. {0, 1, 255} (1 could be a class id, 255 a binary defect): refused.
+
+    A binary mask (0/255, anti-aliased or not) is refused on data of ``n_classes`` > 1: it
+    cannot say which class its defects are.
+
+    Args:
+        pixels: uint8 (H, W) as stored.
+        n_classes: The data's classes; None: class ids up to 254 (255 is binary).
+        where: Names the mask in messages.
+
+    Returns:
+        (uint8 (H, W) class ids, whether the mask was thresholded).
+
+    Raises:
+        ValueError: one line naming the mask, its values and the fix.
+    """
+    counts = np.bincount(pixels.ravel(), minlength=MAX_CLASSES + 1)  # pixels per value
+    present = np.flatnonzero(counts[1:]) + 1
+    limit = BINARY_DEFECT - 1 if n_classes is None else int(n_classes)
+    if not len(present) or present[-1] <= limit:
+        return pixels, False
+    top = int(present[-1])
+    if top != BINARY_DEFECT:
+        raise ValueError(
+            f"mask {where} holds the value {top}, above data.n_classes={n_classes} (pixel "
+            f"value = class id, 0 = background); set data.n_classes (steelseg-prepare "
+            "--n-classes) to the number of classes"
+        )
+    between = present[:-1]  # values other than 0 and 255
+    stored = np.flatnonzero(counts).tolist()
+    values = ", ".join(map(str, stored[:8])) + (" ..." if len(stored) > 8 else "")
+    if len(between) and between[-1] <= max(n_classes or 1, 1):  # e.g. {0, 1, 255}
+        ids = f"class ids (0..{n_classes})" if n_classes is not None else "class ids (0..254)"
+        raise ValueError(
+            f"mask {where} holds the values {{{values}}}: neither {ids} nor a binary 0/255 "
+            "mask; save it with one convention (class ids, or 0 = background and 255 = defect)"
+        )
+    if n_classes is not None and n_classes > 1:
+        raise ValueError(
+            f"mask {where} is a binary 0/255 mask (values {{{values}}}) but data.n_classes="
+            f"{n_classes}: a multi-class mask holds class ids 0..{n_classes}; save it with class "
+            "ids, or set data.n_classes=1 (steelseg-prepare --n-classes 1) for binary masks"
+        )
+    return (pixels >= BINARY_THRESHOLD).astype(np.uint8), bool(len(between))
+
+
+def _mask_pixels(path: str | os.PathLike) -> np.ndarray:
+    """A folder-layout mask PNG's pixel values as stored: uint8 (H, W).
 
     8-bit grey, palette (the palette index is the class id) and 1-bit PNGs are read as they
-    are stored; without Pillow (a torch-free deployment) OpenCV reads them (1-bit as 0/255).
+    are stored; without Pillow (a torch-free deployment) OpenCV reads them (1-bit as 0/255,
+    which :func:`mask_class_ids` reads as binary too).
 
     Raises:
         ValueError: unreadable, or not single-channel (colour, 16-bit).
@@ -266,10 +343,11 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def _folder_row(
     root: Path, image_id: str, n_classes: int | None
-) -> tuple[tuple[int, int], dict[int, str], str, int]:
-    """One image of the folder layout: (shape, {class id: RLE}, merged RLE, defect pixels)."""
+) -> tuple[tuple[int, int], dict[int, str], str, int, bool]:
+    """One image of the folder layout: (shape, {class id: RLE}, merged RLE, defect pixels,
+    whether its mask was thresholded)."""
     path = mask_path(root, image_id)
-    mask = read_mask(path)
+    mask, thresholded = mask_class_ids(_mask_pixels(path), n_classes, path)
     size = _image_size(root / FOLDER_IMAGES / image_id)
     if size is not None and size != mask.shape:
         raise ValueError(
@@ -277,18 +355,10 @@ def _folder_row(
             f"{root / FOLDER_IMAGES / image_id} is {size[1]}x{size[0]} (width x height); a mask "
             "must have its image's size"
         )
-    counts = np.bincount(mask.ravel(), minlength=MAX_CLASSES + 1)  # pixels per value
+    counts = np.bincount(mask.ravel(), minlength=MAX_CLASSES + 1)  # pixels per class id
     present = np.flatnonzero(counts[1:]) + 1
-    if n_classes is not None and len(present) and present[-1] > n_classes:
-        value = int(present[-1])
-        hint = "; 0/255 masks must be saved as 0/1" if value == 255 else ""
-        raise ValueError(
-            f"mask {path} holds the value {value}, above data.n_classes={n_classes} (pixel "
-            f"value = class id, 0 = background); set data.n_classes (steelseg-prepare "
-            f"--n-classes) to the number of classes{hint}"
-        )
     by_class = {int(c): rle.encode(mask == c) for c in present}
-    return mask.shape, by_class, rle.encode(mask), int(counts[1:].sum())
+    return mask.shape, by_class, rle.encode(mask), int(counts[1:].sum()), thresholded
 
 
 def folder_labels(
@@ -297,7 +367,8 @@ def folder_labels(
     """One row per image of a folder layout: ``images/`` plus ``masks/<stem>.png``.
 
     Each mask is a single-channel 8-bit PNG (grey or palette) of its image's height x width;
-    pixel value = class id, 0 = background.
+    pixel value = class id, 0 = background, or a binary 0/255 mask (anti-aliased ones are
+    thresholded, with a warning: see :func:`mask_class_ids`).
 
     Args:
         root: The folder holding ``images/`` and ``masks/``.
@@ -315,7 +386,9 @@ def folder_labels(
             mask no image (unless ``skip_bad``).
         ValueError: ``n_classes`` out of range; no images or no masks; two images share a
             stem; a mask unreadable, not single-channel, of another size than its image, or
-            holding a value above ``n_classes``.
+            holding values that are neither class ids up to ``n_classes`` nor a binary mask.
+
+    The returned table's ``attrs["masks_thresholded"]`` counts the anti-aliased masks.
     """
     root = Path(root)
     if n_classes is not None and not 1 <= int(n_classes) <= MAX_CLASSES:
@@ -370,17 +443,30 @@ def folder_labels(
     # PNG and header decoding release the GIL, so threads scale over cores.
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         rows = list(pool.map(lambda i: _folder_row(root, i, n_classes), images))
-    found = max((max(by_class, default=0) for _, by_class, _, _ in rows), default=0)
+    shapes, by_classes, merged, pixels, thresholded = zip(*rows)
+    found = max((max(by_class, default=0) for by_class in by_classes), default=0)
     k = int(n_classes) if n_classes is not None else max(1, found)
     df = pd.DataFrame({"ImageId": images})
-    df["EncodedPixels"] = [merged for _, _, merged, _ in rows]
-    df["defect_pixels"] = [pixels for _, _, _, pixels in rows]
-    df["classes"] = [" ".join(map(str, sorted(by_class))) for _, by_class, _, _ in rows]
-    df["n_classes"] = [len(by_class) for _, by_class, _, _ in rows]
-    df["height"] = [shape[0] for shape, _, _, _ in rows]
-    df["width"] = [shape[1] for shape, _, _, _ in rows]
+    df["EncodedPixels"] = list(merged)
+    df["defect_pixels"] = list(pixels)
+    df["classes"] = [" ".join(map(str, sorted(by_class))) for by_class in by_classes]
+    df["n_classes"] = [len(by_class) for by_class in by_classes]
+    df["height"] = [shape[0] for shape in shapes]
+    df["width"] = [shape[1] for shape in shapes]
     for c, col in enumerate(class_columns(k), start=1):
-        df[col] = [by_class.get(c, "") for _, by_class, _, _ in rows]
+        df[col] = [by_class.get(c, "") for by_class in by_classes]
+    smoothed = [i for i, t in zip(images, thresholded) if t]
+    if smoothed:
+        log.warning(
+            "%d mask(s) of %s are anti-aliased 0/255 masks (values between 0 and 255, e.g. "
+            "%s): thresholded at %d (>= %d is defect)",
+            len(smoothed),
+            masks_dir,
+            mask_path(root, smoothed[0]).name,
+            BINARY_THRESHOLD,
+            BINARY_THRESHOLD,
+        )
+    df.attrs[MASKS_THRESHOLDED] = len(smoothed)  # prepare.json records it
     return df
 
 

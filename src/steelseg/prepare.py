@@ -304,6 +304,8 @@ def prepare(
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
         "split_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],  # = file_digest(split.csv)
     }
+    if layouts.MASKS_THRESHOLDED in labels.attrs:  # folder layout: anti-aliased 0/255 masks
+        meta[layouts.MASKS_THRESHOLDED] = labels.attrs[layouts.MASKS_THRESHOLDED]
     with locked(out, "the prepared split"):
         for name in ("split.csv", "prepare.json"):
             remove_stale(out, name)  # what a killed writer left

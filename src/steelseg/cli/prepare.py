@@ -39,7 +39,8 @@ def build_parser():
         type=Path,
         required=True,
         help="folder with train.csv and train_images/ (Kaggle layout), or with images/ and "
-        "masks/ (one PNG per image, same stem, pixel value = class id, 0 = background)",
+        "masks/ (one PNG per image, same stem, pixel value = class id, 0 = background, or "
+        "binary 0/255)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
@@ -83,7 +84,8 @@ def build_parser():
         "--n-classes",
         type=common.positive_int,
         default=1,
-        help="folder layout: the classes its masks hold (values 1..N; default 1, binary masks); "
+        help="folder layout: the classes its masks hold (values 1..N; default 1, binary masks: "
+        "0/1 or 0/255); "
         "unused by the Kaggle layout",
     )
     return p

@@ -68,7 +68,9 @@ MD_COLUMNS = {
 #: numbers of the run's newest full-resolution evaluation of its test split
 #: (``<run>/eval/*-test/eval.json``, written by ``steelseg-eval``): column -> (variant, path)
 EVAL_COLUMNS = {
+    "eval/mIoU": ("postprocessed", ("segmentation", "mIoU")),
     "eval/iou": ("postprocessed", ("pixel", "iou")),
+    "eval/dice": ("postprocessed", ("pixel", "dice")),
     "eval/dice_per_image": ("postprocessed", ("pixel", "dice_per_image")),
     "eval/kaggle_dice": ("postprocessed", ("kaggle_dice",)),
     "eval/defect_recall": ("postprocessed", ("defect", "recall")),
@@ -79,7 +81,9 @@ EVAL_COLUMNS = {
     "eval_plain/specificity": ("threshold_only", ("image", "specificity")),
 }
 MD_COLUMNS |= {
+    "eval/mIoU": ("eval mIoU", "{:.4f}"),
     "eval/iou": ("eval IoU", "{:.4f}"),
+    "eval/dice": ("eval Dice", "{:.4f}"),
     "eval/dice_per_image": ("eval Dice/img", "{:.4f}"),
     "eval/kaggle_dice": ("eval Kaggle", "{:.4f}"),
     "eval/defect_recall": ("eval defect recall", "{:.3f}"),

@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # trainer.accelerator values that pick a CUDA GPU
 
 
-def auto_precision(accelerator: str = "auto") -> str:
-    """Trainer precision for ``accelerator``: ``bf16-mixed`` on a CUDA GPU with bf16, else fp32.
+def auto_precision(accelerator: str = "auto", cpu_bf16: bool = False) -> str:
+    """Trainer precision for ``accelerator``: ``bf16-mixed`` on a CUDA GPU with bf16, else fp32;
+    with ``cpu_bf16``, also ``bf16-mixed`` on a CPU that runs bf16 natively (AMX/AVX512-BF16:
+    about 2-4x faster training of small convolutional networks there).
 
     The ``${auto_precision:${trainer.accelerator}}`` resolver of ``conf/trainer/default.yaml``;
     ``trainer.precision=32-true`` (or any Lightning value) overrides it.
@@ -28,7 +30,13 @@ def auto_precision(accelerator: str = "auto") -> str:
     import torch
 
     gpu = str(accelerator).lower() in GPU_ACCELERATORS and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    if cpu_bf16:
+        from steelseg.runtime import native_bf16
+
+        return "bf16-mixed" if native_bf16() else "32-true"
+    return "32-true"
 
 
 OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,17 @@ def differences(
     return was, ", ".join(f"{k}={current.get(k)!r}" for k in differ)
 
 
+def require_same(
+    saved: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str], where: str, fix: str
+) -> None:
+    """Raise ``ValueError`` in one line, ending with ``fix``, when ``keys`` of the checkpoint's
+    hyper-parameters differ from the model's (see :func:`differences`)."""
+    differ = differences(saved, current, keys)
+    if differ:
+        was, now = differ
+        raise ValueError(f"{where} was trained with {was}, but this model has {now}; {fix}")
+
+
 def check_compatible(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
@@ -222,13 +233,14 @@ def check_compatible(
         own: The module's state dict.
         where: Names the checkpoint in the message.
     """
-    differ = differences(saved, current, ARCH_KEYS)
-    if differ:
-        was, now = differ
-        raise ValueError(
-            f"{where} was trained with {was}, but this model has {now}; use the settings it was "
-            "trained with (e.g. the same model=/encoder= overrides) or another checkpoint"
-        )
+    require_same(
+        saved,
+        current,
+        ARCH_KEYS,
+        where,
+        "use the settings it was trained with (e.g. the same model=/encoder= overrides) or "
+        "another checkpoint",
+    )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [
@@ -288,14 +300,15 @@ def transferable(
         ValueError: another architecture, encoder, in_channels or arch_kwargs; a tensor outside
             the heads that is missing or of another shape; or no tensor in common at all.
     """
-    differ = differences(saved, current, BODY_KEYS)
-    if differ:
-        was, now = differ
-        raise ValueError(
-            f"{where} was trained with {was}, but this model has {now}; start from a checkpoint "
-            "of the same network (only model.classes and model.gate may differ), or train with "
-            "its settings (e.g. the same model=/encoder=/model.in_channels overrides)"
-        )
+    require_same(
+        saved,
+        current,
+        BODY_KEYS,
+        where,
+        "start from a checkpoint of the same network (only model.classes and model.gate may "
+        "differ), or train with its settings (e.g. the same model=/encoder=/model.in_channels "
+        "overrides)",
+    )
     fits = {
         k: v
         for k, v in state.items()

@@ -425,7 +425,7 @@ def _kpis(metrics: Mapping[str, Any]) -> str:
     if "kaggle_dice" in b:
         cards.append(
             f"<div class=kpi><div class=kv>{_fmt(b['kaggle_dice'])}</div>"
-            "<div class=kl>competition metric (4 classes)</div><div class=kd>"
+            "<div class=kl>competition metric (mean Dice over image, class)</div><div class=kd>"
             f"{_delta(a['kaggle_dice'], b['kaggle_dice'])} vs threshold only</div></div>"
         )
     for section, key, label in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -209,3 +210,16 @@ def test_rerun_after_interruption(tmp_path):
     synth.generate(out, n_images=2, seed=1, n_test=1, progress=False)
     assert (out / "train.csv").is_file()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_older_generator_data_is_made_again(tmp_path):
+    # A data set written by an earlier version of the generator looks different: it is made
+    # again, in place, never reused as if it were this version's.
+    out = synth.generate(tmp_path / "data", n_images=2, seed=1, n_test=1, progress=False)
+    marker = json.loads((out / synth.MARKER).read_text())
+    assert marker["version"] == synth.VERSION and marker["nuisances"]["edge"] > 0
+    marker["version"] = synth.VERSION - 1
+    (out / synth.MARKER).write_text(json.dumps(marker))
+    assert not synth.is_complete(out, 2, 1, 1)
+    synth.generate(out, n_images=2, seed=1, n_test=1, progress=False)
+    assert synth.is_complete(out, 2, 1, 1)

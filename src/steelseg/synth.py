@@ -9,10 +9,11 @@ the whole pipeline can run on::
     DIR/sample_submission.csv     ImageId,EncodedPixels,ClassId ("1 1", class 0 per image)
     DIR/synth.json                marks the folder as made here, with the arguments used
 
-The images imitate rolled steel as seen by the Severstal line cameras: grey level and contrast,
-fine vertical streaks along the rolling direction, uneven lighting, sensor noise, JPEG at
-quality 95 with 4:2:0 chroma (what the Kaggle files use), and black margins where the strip
-ends. The four defect classes follow the real class frequencies and co-occurrences (measured on
+The images imitate rolled steel as seen by the Severstal line cameras: the defect-free steel and
+the nuisances that are not defects (the dark area beyond the sheet edge, bands of light, stains,
+mill scale, rolled texture, specular streaks, JPEG artefacts) come from :mod:`steelseg.surface`,
+without masks; the files are JPEG at quality 95 with 4:2:0 chroma (what the Kaggle files use).
+The four defect classes follow the real class frequencies and co-occurrences (measured on
 all 12,568 Kaggle train images) and the real component sizes (percentiles measured on 2,549
 annotated Kaggle masks). As in Kaggle, each mask is a coarse polygon slightly larger than the
 visible defect, and classes never overlap.
@@ -30,15 +31,18 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
+from steelseg import surface
 from steelseg.io import atomic_write_bytes, atomic_write_text, locked
 from steelseg.rle import SHAPE, encode
+from steelseg.surface import NUISANCES, Nuisances
 
 H, W = SHAPE
 JPEG_QUALITY = 95  # the quantisation tables of the Kaggle JPEGs are libjpeg's at quality 95
 MARKER = "synth.json"
+VERSION = 2  # of the generator's look; 2: the nuisances of steelseg.surface. A data set made
+# by another version is made again (is_complete), never mixed with this one's.
 
 # Which classes an image has, with the number of Kaggle train images of each combination
 # (12,568 images, 5,902 defect-free); sampling from it reproduces the class frequencies and
@@ -105,87 +109,6 @@ CLASS_SHAPES: dict[int, dict] = {
         edge=0.38,
     ),
 }
-MARGIN_PROB = 0.12  # share of images showing a strip end (black margin) on one side
-
-
-def _field(
-    rng: np.random.Generator,
-    small: tuple[int, int],
-    shape: tuple[int, int],
-    interp: int = cv2.INTER_LINEAR,
-) -> np.ndarray:
-    """Smooth random field: white noise of shape ``small`` upsampled to ``shape`` (h, w).
-
-    The ratio ``shape / small`` along each axis is the correlation length, so (4, 1600) over
-    a 256x1600 image gives streaks about 64 px long and 1 px wide.
-    """
-    noise = rng.standard_normal(small, dtype=np.float32)
-    return cv2.resize(noise, (shape[1], shape[0]), interpolation=interp)
-
-
-def _white(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Zero-mean unit-variance white noise (float32).
-
-    Uniform over 256 levels rather than Gaussian: drawn as random bytes, several times faster,
-    and indistinguishable once blurred or JPEG-compressed.
-    """
-    noise = np.frombuffer(rng.bytes(shape[0] * shape[1]), np.uint8).reshape(shape)
-    return (noise.astype(np.float32) - np.float32(127.5)) * np.float32(math.sqrt(12) / 256)
-
-
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """Defect-free rolled-steel texture (float32, grey levels around 90-140).
-
-    Amplitudes are set so that the statistics of the real Kaggle frames are met: std ~23
-    over the frame, ~10 in the residual after a 40 px blur, ~6 below 1 px, with the residual
-    correlated further along the rolling direction (vertical) than across it.
-    """
-    # Everything smoother than ~4 px is built at quarter resolution, then upsampled once.
-    qh, qw = H // 4, W // 4
-    level = rng.uniform(90, 135)
-    # Uneven lighting: a ramp from top to bottom (real frames are often darker at one edge),
-    # broad swells across the width, often slanted, and a weaker 2-D unevenness.
-    ramp = np.linspace(-1.0, 1.0, qh, dtype=np.float32)[:, None] * rng.uniform(-48, 48)
-    slant = rng.uniform(-0.6, 0.6)  # px across per px down
-    shift = int(abs(slant) * qh) + 1
-    swell = 13.0 * _field(rng, (1, 10), (1, qw + 2 * shift), cv2.INTER_CUBIC)[0]
-    starts = shift + np.rint(slant * (np.arange(qh) - qh / 2)).astype(int)
-    low = level + ramp + sliding_window_view(swell, qw)[starts]
-    low += 6.0 * _field(rng, (3, 12), (qh, qw), cv2.INTER_CUBIC)
-    # Full-height bands 10-50 px wide, a little brighter or darker (different roll passes).
-    low += 5.0 * _field(rng, (2, W // 25), (qh, qw), cv2.INTER_CUBIC)
-    # Mottling a few pixels across.
-    low += 2.5 * _field(rng, (H // 6, W // 6), (qh, qw), cv2.INTER_CUBIC)
-    img = cv2.resize(low, (W, H), interpolation=cv2.INTER_LINEAR)
-    # Fine detail, summed at full resolution and blurred once: the blur widens the streaks to
-    # the 1-4 px of the real ones and gives the grain its ~1 px correlation, a little longer
-    # across than along (as measured on the real frames).
-    # Rolling streaks: columns with their own offset that drifts along the height, over ~10
-    # and ~60 px.
-    streaks = 3.0 * rng.standard_normal((24, W), dtype=np.float32)
-    streaks += 4.0 * _field(rng, (4, W), (24, W))
-    fine = cv2.resize(streaks, (W, H))
-    # Where a streak is darkest it often shows as a crisp dark dash (scale pressed in).
-    fine += rng.uniform(1, 3) * np.minimum(fine + rng.uniform(10, 16), 0)
-    # Stains: crisp-edged darker smears elongated along the rolling direction, with ragged
-    # outlines, gathered in some stretches of the strip; none to several per cent of the frame.
-    # Unlabelled in Kaggle, so not every dark mark is a defect.
-    smear = (
-        _field(rng, (6, W // 8), (qh, qw), cv2.INTER_CUBIC)
-        + 0.4 * _field(rng, (16, W // 4), (qh, qw), cv2.INTER_CUBIC)
-        + 0.8 * _field(rng, (1, 6), (1, qw), cv2.INTER_CUBIC)
-    )
-    smear = cv2.resize(smear, (W, H))
-    fine += (smear > rng.uniform(1.4, 3.0)) * np.float32(-rng.uniform(8, 20))
-    # Specks of scale and dust (1-2 px), a few dozen to a thousand per frame, mostly bright.
-    n = int(rng.integers(30, 1000))
-    fine[rng.integers(0, H, n), rng.integers(0, W, n)] += rng.uniform(40, 150, n) * rng.choice(
-        [-0.6, 1.0], n, p=[0.3, 0.7]
-    )
-    # Grain: 7 grey levels of std after the blur, which divides white noise's std by 0.48.
-    fine += (7.0 / 0.48) * _white(rng, (H, W))
-    img += cv2.GaussianBlur(fine, (0, 0), sigmaX=0.8, sigmaY=0.5)
-    return img
 
 
 def _sample_quantiles(u: float, knots: tuple[int, ...]) -> int:
@@ -269,7 +192,7 @@ def _scratches(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
                 int(rng.integers(1, 3)),
             )
     # Breaks: the lines fade in and out over 10-40 px.
-    on = _field(rng, (max(2, ch // 25), cw), (ch, cw))
+    on = surface.field(rng, (max(2, ch // 25), cw), (ch, cw))
     on = np.clip(cv2.GaussianBlur(on, (0, 0), sigmaX=2, sigmaY=0.1) * 2 + 0.5, 0, 1)
     lines = cv2.GaussianBlur(lines, (0, 0), 0.7) * on
     return rng.uniform(-25, -5) + lines + _glitter(rng, (ch, cw), 0.01)
@@ -282,7 +205,7 @@ def _pits(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     elongated along the rolling direction, and glitter.
     """
     ch, cw = inner.shape
-    spots = _field(rng, (max(2, ch // 4), max(2, cw // 3)), (ch, cw), cv2.INTER_CUBIC)
+    spots = surface.field(rng, (max(2, ch // 4), max(2, cw // 3)), (ch, cw), cv2.INTER_CUBIC)
     return (
         rng.uniform(2, 12)
         + rng.uniform(35, 70) * np.maximum(spots - 0.6, 0)
@@ -297,7 +220,7 @@ def _groove(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     A groove about 20 levels darker than the steel around (its soft-edged region makes it
     deepest on the centre line), its depth varying along its length.
     """
-    along = 1.0 + 0.25 * _field(rng, (max(2, inner.shape[0] // 20), 1), (inner.shape[0], 1))
+    along = 1.0 + 0.25 * surface.field(rng, (max(2, inner.shape[0] // 20), 1), (inner.shape[0], 1))
     return -rng.uniform(20, 40) * along * np.ones_like(inner)
 
 
@@ -308,8 +231,8 @@ def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     across the rolling direction.
     """
     ch, cw = inner.shape
-    mottle = 5.0 * _field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
-    flakes = _field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
+    mottle = 5.0 * surface.field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
+    flakes = surface.field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
     return (
         rng.uniform(-25, -10)
         + mottle
@@ -414,7 +337,7 @@ def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndar
     _, _, bw, bh = cv2.boundingRect(comp)
     slack = float(np.clip(0.1 * min(bw, bh), 1, 6))
     edge = max(1.5, style.soft * min(bw, bh) / 2)
-    wobble = _field(rng, (max(2, ch // 12), max(2, cw // 12)), (ch, cw), cv2.INTER_CUBIC)
+    wobble = surface.field(rng, (max(2, ch // 12), max(2, cw // 12)), (ch, cw), cv2.INTER_CUBIC)
     inner = np.clip((dist - slack * (1 + style.ragged * wobble)) / edge, 0, 1)
     if cls == 4:
         # Scale patches partly hide the rolling texture under them.
@@ -427,63 +350,66 @@ def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndar
     patch += style.draw(rng, inner) * inner + rng.uniform(*style.relief) * slope
 
 
-def _strip_end(rng: np.random.Generator) -> tuple[tuple[int, int], np.ndarray | None]:
-    """Where the steel strip is in the frame.
-
-    Returns:
-        ``((x_lo, x_hi), dist)``: the columns where defects may go, and, in the images that
-        show a strip end, the signed distance in px to its edge (positive beyond it);
-        otherwise None.
-    """
-    if rng.random() >= MARGIN_PROB:
-        return (0, W), None
-    width = int(rng.integers(40, 500))
-    # The edge is nearly straight: a slight slant plus a small wobble along the height.
-    y = np.arange(H, dtype=np.float32)[:, None]
-    edge = width + rng.uniform(-4, 4) * y / H + 1.5 * _field(rng, (6, 1), (H, 1))
-    x = np.arange(W, dtype=np.float32)[None, :]
-    if rng.random() < 0.5:
-        return (width + 30, W), edge - x
-    return (0, W - width - 30), x - (W - 1 - edge)
-
-
-def _darken_margin(rng: np.random.Generator, img: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Blacken the frame beyond the strip end, as the real frames look there.
-
-    The camera sees near-black (grey 7-11) with a glow of scattered light fading over a few
-    tens of px; the strip's own rim, 10-30 px wide, is darker than the rest of the steel.
-    """
-    steel = np.clip(0.5 - dist / 2, 0, 1)  # a 2 px transition
-    rim = rng.uniform(15, 45) * np.exp(-np.maximum(-dist, 0) / rng.uniform(8, 30))
-    glow = 7.0 + rng.uniform(5, 20) * np.exp(-np.maximum(dist, 0) / 25)
-    return (img - rim) * steel + glow * (1 - steel)
-
-
-def make_image(rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def make_image(
+    rng: np.random.Generator,
+    nuisances: Nuisances = NUISANCES,
+    classes: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Make one synthetic steel image and its defect masks (no JPEG, no files).
 
     Args:
         rng: Source of randomness; the result is a pure function of its state.
+        nuisances: The chance of each defect-free nuisance (:class:`steelseg.surface.Nuisances`).
+            They draw from streams of their own, so switching one on or off leaves the steel
+            and the defects as they were (except that defects keep out of a dark edge area).
+        classes: The defect classes to draw (``()``: a clean image); default: drawn with the
+            Kaggle frequencies (:data:`CLASS_COMBOS`).
 
     Returns:
         ``(image, masks)``: ``image`` is uint8 (256, 1600); ``masks`` maps each class present
-        (1..4) to a uint8 0/1 mask of the same shape. Defect-free images give ``{}``.
+        (1..4) to a uint8 0/1 mask of the same shape. Defect-free images give ``{}``. No
+        nuisance ever adds to a mask.
     """
-    img = _background(rng)
-    x_range, margin = _strip_end(rng)
-    weights = np.array([n for _, n in CLASS_COMBOS], float)
-    classes = CLASS_COMBOS[int(rng.choice(len(CLASS_COMBOS), p=weights / weights.sum()))][0]
+    order = ("edge", "rim", "texture", "stains", "scale", "specular", "illumination", "jpeg")
+    chance = dict(zip(order, rng.random(len(order))))
+    stream = dict(zip(order, rng.spawn(len(order))))
+
+    def happens(name: str) -> bool:
+        return bool(chance[name] < getattr(nuisances, name))
+
+    img = surface.background(rng)
+    if classes is None:
+        weights = np.array([n for _, n in CLASS_COMBOS], float)
+        classes = CLASS_COMBOS[int(rng.choice(len(CLASS_COMBOS), p=weights / weights.sum()))][0]
+    x_range, beyond = (0, W), None
+    if happens("edge"):
+        # Beside a wide dark area a defect would be cut to what is left of the sheet, which
+        # would shrink the defect areas below Kaggle's: the widest areas are on clean strips.
+        widest = surface.EDGE_WIDTH[1] if not classes else surface.EDGE_WIDTH_WITH_DEFECTS
+        x_range, beyond = surface.strip_edges(stream["edge"], nuisances.edge_both, widest)
+    for name, draw in (
+        ("texture", surface.texture),
+        ("stains", surface.stains),
+        ("scale", surface.mill_scale),
+    ):
+        if happens(name):
+            img = draw(stream[name], img)
+    if x_range[1] - x_range[0] < 60:
+        classes = ()  # the sheet edge leaves no room for a defect
     occupied = np.zeros((H, W), np.uint8)
     masks = {}
     for cls in classes:
         mask = _place_class(rng, cls, img, occupied, x_range)
         if mask.any():
             masks[cls] = mask
-    if margin is not None:
-        img = _darken_margin(rng, img, margin)
-    # Sensor noise grows with brightness (photon noise): std ~4 grey levels on the steel,
-    # ~1 in the black margins.
-    img += 0.35 * np.sqrt(np.maximum(img, 0)) * _white(rng, (H, W))
+    for name, draw in (("specular", surface.specular), ("illumination", surface.illumination)):
+        if happens(name):
+            img = draw(stream[name], img)
+    if beyond is not None:
+        img = surface.darken_beyond_edge(stream["rim"], img, beyond, rim=happens("rim"))
+    img = surface.sensor_noise(rng, img)
+    if happens("jpeg"):
+        img = surface.recompress(stream["jpeg"], img)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), masks
 
 
@@ -577,7 +503,13 @@ def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = 
         marker = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    want = {"n_images": n_images, "n_test": n_test, "seed": seed, "complete": True}
+    want = {
+        "n_images": n_images,
+        "n_test": n_test,
+        "seed": seed,
+        "version": VERSION,
+        "complete": True,
+    }
     return (
         isinstance(marker, dict)
         and all(marker.get(k) == v for k, v in want.items())
@@ -587,7 +519,14 @@ def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = 
 
 
 def _write_marker(out: Path, n_images: int, seed: int, n_test: int, complete: bool) -> None:
-    args = {"n_images": n_images, "n_test": n_test, "seed": seed, "complete": complete}
+    args = {
+        "n_images": n_images,
+        "n_test": n_test,
+        "seed": seed,
+        "version": VERSION,
+        "nuisances": NUISANCES.as_dict(),
+        "complete": complete,
+    }
     atomic_write_text(
         out / MARKER, json.dumps({"generator": "steelseg-synth", **args}, indent=2) + "\n"
     )

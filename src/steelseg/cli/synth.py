@@ -1,5 +1,6 @@
 """``steelseg-synth --out DIR [--n-images N] [--seed S] [--n-test T]``: see
-:func:`steelseg.synth.generate`."""
+:func:`steelseg.synth.generate`; with ``--compare-to REAL``, also the realism report of the
+data set against real strips (:func:`steelseg.realism.compare`)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,69 @@ def build_parser():
         help="test images (default: n-images // 10, at least 1)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("realism report (see docs/realism.md)")
+    g.add_argument(
+        "--compare-to",
+        type=Path,
+        metavar="REAL",
+        help="a folder of real strips (.jpg/.png): set the synthetic images of --out against "
+        "them (made first, unless --out already holds them) and write realism.json and "
+        "realism.html",
+    )
+    g.add_argument(
+        "--real-labels",
+        type=Path,
+        metavar="CSV",
+        help="the real strips' labels, for the defect areas per class: a Kaggle train.csv "
+        "(either layout) or an index CSV with image_id and area_class_1..4 (default: areas "
+        "not measured)",
+    )
+    g.add_argument(
+        "--report-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the report goes (default: OUT/realism)",
+    )
+    g.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="JSON",
+        help="a previous realism.json: its distances are shown as 'before', with the change",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    report_options = {
+        "--real-labels": args.real_labels,
+        "--report-dir": args.report_dir,
+        "--baseline": args.baseline,
+    }
+    given = [option for option, value in report_options.items() if value is not None]
+    if given and args.compare_to is None:
+        parser.error(f"{', '.join(given)} needs --compare-to REAL")
 
     def body() -> int:
         from steelseg.synth import generate
 
+        if args.compare_to is not None:  # a bad folder, file or baseline: nothing is made
+            from steelseg import realism
+
+            realism.check_inputs(args.compare_to, args.real_labels, args.baseline, args.report_dir)
         out = generate(args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet)
         if not args.quiet:
             print(f"{PROG}: synthetic Severstal-layout data set written to {out}", file=sys.stderr)
+        if args.compare_to is not None:
+            report_dir = args.report_dir or out / "realism"
+            result = realism.compare(
+                out, args.compare_to, report_dir, args.real_labels, baseline=args.baseline
+            )
+            print(realism.format_table(result))
+            if not args.quiet:
+                page = report_dir / realism.REPORT_HTML
+                print(f"{PROG}: realism report written to {page}", file=sys.stderr)
         return common.OK
 
     return common.run(PROG, body)

@@ -187,6 +187,19 @@ def test_every_augmentation_moves_mask_with_image(shared_cfg: DictConfig) -> Non
     assert moved > 0
 
 
+def test_blackout_removes_one_defect_class_and_its_label() -> None:
+    transform = train_transform(p_flip=0, brightness=0, contrast=0, shift=0, blackout=1.0)
+    transform.set_random_seed(0)
+    image = np.full((64, 64), 120, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[5:20, 5:20], mask[40:60, 40:60] = 3, 1
+    for _ in range(10):
+        out = transform(image=image, mask=mask)
+        (gone,) = {1, 3} - set(np.unique(out["mask"]).tolist())  # exactly one class dropped
+        np.testing.assert_array_equal(out["image"][mask == gone], 0)  # blacked out
+        np.testing.assert_array_equal(out["image"][mask != gone], 120)  # the rest untouched
+
+
 # ----------------------------------------------------------------------------- sizes
 def test_check_size_suggests_the_neighbours() -> None:
     with pytest.raises(ValueError, match="use 224 or 256") as e:

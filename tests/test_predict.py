@@ -181,7 +181,7 @@ def test_cli_on_a_kaggle_folder_writes_everything(tiny_ckpt, kaggle3, tmp_path, 
     assert panel.shape == (4 * (256 + 28), 1600, 3)
     assert cv2.imread(str(out / "overlays" / stems[0])).shape == (256, 1600, 3)
     df = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert list(df.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    assert list(df.columns) == ["ImageId", "ClassId", "EncodedPixels", "ClassName"]
     assert sorted(df["ImageId"]) == ids and set(df["ClassId"]) == {"0"}
     for iid, encoded in zip(df["ImageId"], df["EncodedPixels"]):
         saved = cv2.imread(str(out / "masks" / f"{Path(iid).stem}.png"), cv2.IMREAD_UNCHANGED)

@@ -244,7 +244,7 @@ def test_cli_writes_a_valid_kaggle_submission(tiny_ckpt_4gate, kaggle_test, tmp_
 
     # masks/ hold class ids; predictions.csv a row per (image, class) found, as submitted
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert list(rows.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    assert list(rows.columns) == ["ImageId", "ClassId", "EncodedPixels", "ClassName"]
     sub = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
     for image_id in sample.image_ids:
         stem = Path(image_id).stem
@@ -362,4 +362,4 @@ def test_cli_gate_options(tiny_ckpt, tiny_ckpt_4gate, synth_root, tmp_path, caps
         ("hard", 0.99)
     }
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
-    assert rows.values.tolist() == [[image.name, "0", ""]]  # every class gated out
+    assert rows.values.tolist() == [[image.name, "0", "", ""]]  # every class gated out

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers import exit_code
 
+from helpers import exit_code
 from steelseg import deploy, runtime
 from steelseg.cli.eval import main as eval_main
 from steelseg.cli.export import main as export_main

@@ -4,10 +4,13 @@ Modules follow the data path, and none imports one further along it:
 
 * ``io`` (atomic writes, reading images), ``runtime`` (PyTorch / ONNX Runtime / OpenVINO
   engines, no torch needed), ``config`` (Hydra configs, compose);
-* ``rle`` (Kaggle run-length encoding, train.csv) -> ``synth`` (synthetic data in the Kaggle
-  layout) -> ``layouts`` (the Kaggle and folder layouts and their labels) -> ``cache`` (the
-  uint8 cache of a split) -> ``prepare`` (stratified split, the prepared folder) ->
-  ``dataset`` (Dataset, LightningDataModule);
+* ``rle`` (Kaggle run-length encoding, train.csv), ``coco`` (COCO masks and polygons) ->
+  ``surface`` (defect-free steel and its nuisances) -> ``synth`` (synthetic data in the Kaggle
+  layout) -> ``layouts`` (the Kaggle and folder layouts, their labels and class names) ->
+  ``labelimport`` (labelling tools' exports into the folder layout) -> ``duplicates``
+  (near-duplicate images, split leaks) -> ``cache`` (the uint8 cache of a split) ->
+  ``prepare`` (stratified split, the prepared folder) -> ``dataset`` (Dataset,
+  LightningDataModule);
 * ``losses``, ``metric`` (IoU, Dice, per-image Dice, detection; numpy, no torch) ->
   ``segmetrics`` (the training metric, torchmetrics) -> ``checkpoint`` (atomic, weights-only
   checkpoint files) -> ``callbacks`` -> ``model`` (LightningModule) -> ``sweep`` -> ``train``
@@ -15,8 +18,10 @@ Modules follow the data path, and none imports one further along it:
 * ``postprocess`` (thresholds, areas, the gate, the stored settings) -> ``inputs`` (which
   images to predict) -> ``submission`` (Kaggle submission CSV) -> ``draw`` (overlays) ->
   ``labelled`` (a run's labelled images and their masks) -> ``predict`` (the Predictor, the
-  one loop over image files) -> ``writer`` (predictions into a folder) -> ``accuracy`` (a
-  predictor against PyTorch fp32 on labelled images) -> ``report`` (HTML) -> ``evaluate`` ->
+  one loop over image files) -> ``writer`` (predictions into a folder) -> ``review`` (the
+  most uncertain images as a labelling task) -> ``accuracy`` (a
+  predictor against PyTorch fp32 on labelled images) -> ``report`` (HTML) -> ``realism``
+  (synthetic strips against real ones) -> ``datareport`` (the data report) -> ``evaluate`` ->
   ``tune``, ``pseudo``, ``export`` -> ``deploy`` (``load_predictor``, the one way in to a
   model; the runtime choice) -> ``compare``;
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
@@ -38,8 +43,12 @@ MODULES = (
     "runtime",
     "config",
     "rle",
+    "coco",
+    "surface",
     "synth",
     "layouts",
+    "labelimport",
+    "duplicates",
     "cache",
     "prepare",
     "dataset",
@@ -58,8 +67,11 @@ MODULES = (
     "labelled",
     "predict",
     "writer",
+    "review",
     "accuracy",
     "report",
+    "realism",
+    "datareport",
     "evaluate",
     "tune",
     "pseudo",
@@ -76,15 +88,19 @@ if TYPE_CHECKING:  # pragma: no cover
         callbacks,
         checkpoint,
         cli,
+        coco,
         compare,
         config,
+        datareport,
         dataset,
         deploy,
         draw,
+        duplicates,
         evaluate,
         export,
         inputs,
         io,
+        labelimport,
         labelled,
         layouts,
         losses,
@@ -94,11 +110,14 @@ if TYPE_CHECKING:  # pragma: no cover
         predict,
         prepare,
         pseudo,
+        realism,
         report,
+        review,
         rle,
         runtime,
         segmetrics,
         submission,
+        surface,
         sweep,
         synth,
         train,

@@ -63,6 +63,7 @@ def train_transform(
     rot90: float = 0.0,
     blur: float = 0.0,
     noise: float = 0.0,
+    blackout: float = 0.0,
 ) -> A.Compose:
     """Augmentations for training (image already at training size): flips, light, small shift,
     and for square samples of a surface that has no up or down, quarter turns.
@@ -78,12 +79,18 @@ def train_transform(
             256x1600 would not batch).
         blur: Probability of a slight Gaussian blur (camera focus).
         noise: Probability of Gaussian noise (sensor noise).
+        blackout: Probability of the 1st-place Severstal solution's "defect blackout": the
+            pixels of one defect class present in the sample are set to black and its label to
+            background, so that the same steel is also seen without that defect, and black is
+            seen as no defect (the dark area beyond a sheet edge). Albumentations' MaskDropout.
     """
     crops = []
     if crop is not None:
         check_size(*crop)
         crops = [A.RandomCrop(height=int(crop[0]), width=int(crop[1]))]
     extra = []
+    if blackout:  # each class id is one "object" of MaskDropout: one class goes at a time
+        extra.append(A.MaskDropout(max_objects=1, fill=0, fill_mask=0, p=blackout))
     if rot90:
         extra.append(A.RandomRotate90(p=rot90))
     if blur:
@@ -305,15 +312,20 @@ class SteelDataModule(pl.LightningDataModule):
             ``root`` when it has no train.csv, or None. Ignored (with an info log) when
             ``root`` is in the folder layout (``images/``, ``masks/``), whichever experiment
             set it.
-        extra_roots: More Kaggle-layout folders (e.g. pseudo-labels from ``steelseg-pseudo``)
-            whose every image joins the training split only, never val/test; decoded from
-            JPEG each epoch (no cache). Their train.csv may use ClassId 0 (any class).
+        extra_roots: More labelled folders whose every image joins the training split only,
+            never val/test; decoded each epoch (no cache). Kaggle layout (e.g. pseudo-labels
+            from ``steelseg-pseudo``; its train.csv may use ClassId 0, any class) or folder
+            layout (``images/`` + ``masks/``, e.g. a corrected review task from
+            ``steelseg-import``; masks read as the data's, with ``n_classes``).
         n_classes: The classes of a folder layout's masks (pixel values 1..n_classes; a
             larger value is an error); part of the split's parameters. Unused by the Kaggle
             layout.
         train_fraction: Train on this share, in (0, 1], of the split's training images (at
             least one), stratified by the classes each image shows and seeded by ``seed``; val,
             test and the prepared split stay the same (a learning curve, see docs/sweeps.md).
+        group_split: Keep each group of near-duplicate images (copies, flipped or rotated
+            copies) on one side of the split (:func:`steelseg.prepare.group_sides`); part of
+            the split's parameters.
     """
 
     def __init__(
@@ -340,6 +352,7 @@ class SteelDataModule(pl.LightningDataModule):
         extra_roots: Sequence[str] | None = None,
         n_classes: int = 1,
         train_fraction: float = 1.0,
+        group_split: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < float(train_fraction) <= 1.0:
@@ -369,6 +382,7 @@ class SteelDataModule(pl.LightningDataModule):
             val_fraction=val_fraction,
             skip_bad=skip_bad,
             n_classes=self.n_classes,
+            group_split=group_split,
         )
         self.params = prep.prepare_params(self.root, self.kw)
         self.prepared_dir = prep.prepared_dir_for(
@@ -584,7 +598,8 @@ class SteelDataModule(pl.LightningDataModule):
         return A.Compose([A.RandomCrop(*crop)]) if crop is not None else None
 
     def _extra_dataset(self, root: Path, aug: A.BasicTransform | None) -> SteelDataset:
-        """Every image of an extra Kaggle-layout folder, labelled by its train.csv."""
+        """Every image of an extra folder: Kaggle layout (labelled by its train.csv) or folder
+        layout (by its masks/)."""
         rows = layouts.image_labels(
             root, self.kw["skip_bad"], any_class=True, n_classes=self.n_classes
         )

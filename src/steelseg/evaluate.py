@@ -40,6 +40,7 @@ from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, json_ready, read_grey, run_folder
 from steelseg.labelled import LabelledImages, MaskReader, model_checkpoint
 from steelseg.layouts import check_classes
+from steelseg.layouts import class_names as data_class_names
 from steelseg.postprocess import ClassPostProcess, PostProcess, class_map
 from steelseg.predict import Predictor, apply_postprocess
 from steelseg.runtime import DICE_TOLERANCE
@@ -317,11 +318,14 @@ def _result(
 ) -> dict[str, Any]:
     """eval.json's content: the model and its settings, and every number."""
     model_file = Path(predictor.model_file).resolve() if predictor.model_file else None
+    root = paths[0].parent.parent.resolve()  # above train_images/ or images/
+    names = data_class_names(root, predictor.classes)  # its classes.csv, else the ids
     return json_ready(
         {
             "checkpoint": str(model_file),
             "split": split,
-            "data_root": str(paths[0].parent.parent.resolve()),
+            "data_root": str(root),
+            "class_names": {str(c): name for c, name in names.items()},
             "n_images": len(scorer.images),
             "n_defective": sum(r["gt_pixels"] > 0 for r in scorer.images),
             "classes": predictor.classes,

@@ -24,6 +24,7 @@ from steelseg.layouts import (
     FOLDER_MASKS,
     KAGGLE_CSV,
     KAGGLE_IMAGES,
+    class_names,
     data_classes,
     image_dir,
     image_labels,
@@ -67,6 +68,20 @@ def model_checkpoint(model: str | os.PathLike) -> Path:
         source = load_metadata(path).get("checkpoint")
         return Path(source) if source else path
     return path
+
+
+def model_class_names(model: str | os.PathLike | None, n_classes: int) -> dict[int, str]:
+    """{class id: name} of a model's classes: those of the data its run was trained on
+    (``data.root`` of the run's ``config.yaml``: :func:`steelseg.layouts.class_names`), else
+    the ids (``defect`` for a binary model)."""
+    root = None
+    if model is not None:
+        try:
+            data = _run_data_config(run_folder(model_checkpoint(model)))
+        except (OSError, ValueError, ImportError):  # no run (or no omegaconf, deployed): ids
+            data = None
+        root = data.get("root") if data else None
+    return class_names(root, n_classes)
 
 
 def labelled_split(

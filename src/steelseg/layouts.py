@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 
 from steelseg import rle
-from steelseg.io import IMAGE_SUFFIXES, check_image, file_digest
+from steelseg.io import IMAGE_SUFFIXES, atomic_write_text, check_image, file_digest
 
 log = logging.getLogger(__name__)
 
 KAGGLE_IMAGES, KAGGLE_CSV = "train_images", "train.csv"  # the Kaggle layout
 FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"  # the folder layout: images/ + masks/<stem>.png
+CLASSES_CSV = "classes.csv"  # the folder layout's class table: id,name,colour
 MAX_CLASSES = 255  # class ids are 8-bit mask values
 BINARY_DEFECT = 255  # the defect value of a 0/255 binary mask (public sets, labelling tools)
 BINARY_THRESHOLD = 128  # an anti-aliased 0/255 mask: >= 128 (half of 255) is defect
@@ -468,6 +469,61 @@ def folder_labels(
         )
     df.attrs[MASKS_THRESHOLDED] = len(smoothed)  # prepare.json records it
     return df
+
+
+# ----------------------------------------------------------------------------- class names
+def read_classes(root: str | os.PathLike) -> dict[int, tuple[str, str]]:
+    """A folder layout's class table ``root/classes.csv`` (``id,name,colour``, written by
+    ``steelseg-import``): {class id: (name, colour ``#rrggbb`` or "")}; {} without one.
+
+    Raises:
+        ValueError: a malformed table (naming the file, the line and the fix).
+    """
+    import csv
+
+    path = Path(root) / CLASSES_CSV
+    if not path.is_file():
+        return {}
+    table: dict[int, tuple[str, str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"id", "name"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path} needs the columns id,name(,colour); write it again")
+        for line, row in enumerate(reader, start=2):
+            text, name = (row.get("id") or "").strip(), (row.get("name") or "").strip()
+            if not text.isdigit() or not 1 <= int(text) <= MAX_CLASSES or not name:
+                raise ValueError(
+                    f"{path} line {line}: {row.get('id')!r},{row.get('name')!r} is not a class "
+                    f"id 1..{MAX_CLASSES} and a name; fix the line"
+                )
+            if int(text) in table or name in (n for n, _ in table.values()):
+                raise ValueError(f"{path} line {line}: class {text} {name!r} is listed twice")
+            table[int(text)] = (name, (row.get("colour") or "").strip())
+    return table
+
+
+def class_names(root: str | os.PathLike | None, n_classes: int) -> dict[int, str]:
+    """{class id: name} of classes 1..``n_classes``: the one place names come from.
+
+    A folder layout names its classes in ``classes.csv`` (:func:`read_classes`); every other
+    class (the Kaggle layout's 1..4, a folder without the table) is named by its id, and the
+    one class of a binary model, without a table, ``defect``.
+    """
+    table = read_classes(root) if root is not None and Path(root).is_dir() else {}
+    own = {1: "defect"} if int(n_classes) == 1 else {}
+    return {c: table[c][0] if c in table else own.get(c, str(c)) for c in range(1, n_classes + 1)}
+
+
+def write_classes(root: str | os.PathLike, classes: Mapping[int, tuple[str, str]]) -> None:
+    """Write ``root/classes.csv`` (``id,name,colour``), atomically."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "name", "colour"])
+    writer.writerows([c, name, colour] for c, (name, colour) in sorted(classes.items()))
+    atomic_write_text(Path(root) / CLASSES_CSV, text.getvalue())
 
 
 # ----------------------------------------------------------------------------- checks

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steelseg import layouts, rle
+from steelseg import duplicates, layouts, rle
 from steelseg.cache import build_cache
 from steelseg.io import atomic_write_text, file_digest, locked, remove_stale
 
@@ -47,6 +47,7 @@ SPLIT_SETTINGS = {
     "val_fraction": 0.1,
     "skip_bad": False,
     "n_classes": 1,
+    "group_split": False,
 }
 
 
@@ -238,6 +239,7 @@ def prepare(
     skip_bad: bool = False,
     cache_size: tuple[int, int] | None = None,
     n_classes: int = 1,
+    group_split: bool = False,
 ) -> Path:
     """Write ``out/split.csv`` (and ``out/prepare.json``); optionally a uint8 cache.
 
@@ -258,6 +260,9 @@ def prepare(
         cache_size: (height, width) to also store decoded, resized images and masks at.
         n_classes: The classes of a folder layout's masks (values 1..n_classes); unused by
             the Kaggle layout.
+        group_split: Keep each group of near-duplicate images (copies, flipped or rotated
+            copies: :mod:`steelseg.duplicates`) on one side of the split
+            (:func:`group_sides`); prepare.json records the groups and the images moved.
 
     Returns:
         Path of ``split.csv``.
@@ -273,6 +278,7 @@ def prepare(
         "val_fraction": val_fraction,
         "skip_bad": skip_bad,
         "n_classes": n_classes,
+        "group_split": group_split,
     }
     if cache_size is not None and (len(cache_size) != 2 or min(cache_size) < 1):
         raise ValueError(f"cache size must be (height, width) >= 1, got {cache_size}")
@@ -291,6 +297,9 @@ def prepare(
             raise ValueError(msg + " (pass --skip-bad / data.skip_bad=true to drop them)")
         log.warning("%s; dropping them", msg)
         chosen = chosen[~chosen["ImageId"].isin(bad)]
+    groups = None
+    if group_split:
+        chosen, groups = group_sides(data_dir, chosen)
     if not (chosen["split"] == "train").any():
         raise ValueError("the split has no training images; use more images or another --split")
     chosen = chosen.sort_values(["split", "ImageId"], key=_split_order).reset_index(drop=True)
@@ -304,8 +313,13 @@ def prepare(
         "counts": chosen["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict(),
         "split_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],  # = file_digest(split.csv)
     }
+    if groups is not None:
+        meta["group_split"] = groups
     if layouts.MASKS_THRESHOLDED in labels.attrs:  # folder layout: anti-aliased 0/255 masks
         meta[layouts.MASKS_THRESHOLDED] = labels.attrs[layouts.MASKS_THRESHOLDED]
+    n_named = layouts.data_classes(list(chosen.columns)) or 1  # the classes split.csv holds
+    names = layouts.class_names(data_dir, n_named)
+    meta["class_names"] = {str(c): name for c, name in names.items()}  # JSON keys are text
     with locked(out, "the prepared split"):
         for name in ("split.csv", "prepare.json"):
             remove_stale(out, name)  # what a killed writer left
@@ -316,6 +330,34 @@ def prepare(
         if cache_size is not None:
             build_cache(data_dir, out, cache_size)  # reused too, when it matches
     return out / "split.csv"
+
+
+def group_sides(data_dir: Path, chosen: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Put each group of near-duplicate images of a split on one side (``data.group_split``).
+
+    The groups are found among the chosen images (:func:`steelseg.duplicates.find_groups`);
+    a group on several sides moves wholly to the side most of it is on
+    (:func:`steelseg.duplicates.keep_groups_together`), so only its images move and the
+    stratification of the rest stays.
+
+    Returns:
+        (``chosen`` with the new sides, what prepare.json records: ``groups`` (of 2+ images),
+        ``images`` in them, ``moved``, ``threshold`` in bits).
+    """
+    ids = chosen["ImageId"].tolist()
+    found = duplicates.find_groups(layouts.image_dir(data_dir), ids)
+    group_of = {iid: g for g, members in enumerate(found["groups"]) for iid in members}
+    labels = np.array([group_of.get(iid, len(group_of) + i) for i, iid in enumerate(ids)])
+    sides, moved = duplicates.keep_groups_together(chosen["split"].to_numpy(), labels, SPLITS)
+    chosen = chosen.assign(split=sides)
+    n = len(found["groups"])
+    log.info("group_split: %d near-duplicate group(s), %d image(s) moved", n, moved)
+    return chosen, {
+        "groups": n,
+        "images": sum(len(g) for g in found["groups"]),
+        "moved": moved,
+        "threshold": found["threshold"],
+    }
 
 
 def _write_split(
@@ -383,6 +425,8 @@ def prepare_params(root: str | os.PathLike, settings: Mapping[str, Any]) -> dict
     n_classes = layouts.layout_n_classes(root, s["n_classes"])
     if n_classes is not None:
         params["n_classes"] = n_classes
+    if s["group_split"]:  # only when on: splits made before it keep their folders
+        params["group_split"] = True
     return params
 
 

@@ -42,7 +42,7 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -51,7 +51,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _fig_uri(fig) -> str:
+def figure_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -65,7 +65,7 @@ def threshold_curve_uri(
     curve: Sequence[Mapping[str, float]], used: float, model_threshold: float
 ) -> str:
     """PNG plot of IoU, Dice and per-image Dice against the threshold, as a data URI."""
-    fig = _figure(6.2, 3.4)
+    fig = figure(6.2, 3.4)
     ax = fig.add_subplot()
     t = [r["threshold"] for r in curve]
     for key, label, style in (
@@ -100,14 +100,14 @@ def threshold_curve_uri(
     ax.set_ylim(0, 1.08)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
-    return _fig_uri(fig)
+    return figure_uri(fig)
 
 
 def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     """PNG histogram of per-image Dice, defective and clean images stacked, as a data URI."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(6.2, 3.4)
+    fig = figure(6.2, 3.4)
     ax = fig.add_subplot()
     d, c = np.asarray(dice, dtype=float), np.asarray(clean, dtype=bool)
     ax.hist(
@@ -122,7 +122,7 @@ def dice_histogram_uri(dice: Sequence[float], clean: Sequence[bool]) -> str:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3, axis="y")
-    return _fig_uri(fig)
+    return figure_uri(fig)
 
 
 def _count(n: int) -> str:
@@ -145,7 +145,7 @@ def confusion_matrix_uri(
     """
     n = len(names)
     size = max(3.2, 1.0 + 0.75 * n)  # inches per matrix: room for two lines in each cell
-    fig = _figure(size * len(matrices) + 1.2, size + 0.3)
+    fig = figure(size * len(matrices) + 1.2, size + 0.3)
     axes = fig.subplots(1, len(matrices), squeeze=False, gridspec_kw={"wspace": 0.06})[0]
     for i, (ax, (title, counts)) in enumerate(zip(axes, matrices.items())):
         m = np.asarray(counts, dtype=np.int64)
@@ -172,11 +172,11 @@ def confusion_matrix_uri(
             ax.set_ylabel("ground truth")
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=list(axes), fraction=0.03, label="share of the true class's pixels")
-    return _fig_uri(fig)
+    return figure_uri(fig)
 
 
 # ----------------------------------------------------------------------------- HTML pieces
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt_number(v: Any, digits: int = 3) -> str:
     if v is None:
         return '<span class="na" title="undefined: no images of that kind">n/a</span>'
     if isinstance(v, float):
@@ -225,8 +225,8 @@ def _headline_table(metrics: Mapping[str, Any]) -> str:
         last = group
         va, vb = a[section][key], b[section][key]
         rows.append(
-            f"<tr>{head}<td>{label}</td><td class=num>{_fmt(va)}</td>"
-            f"<td class='num strong'>{_fmt(vb)}</td><td class=num>{_delta(va, vb)}</td></tr>"
+            f"<tr>{head}<td>{label}</td><td class=num>{fmt_number(va)}</td>"
+            f"<td class='num strong'>{fmt_number(vb)}</td><td class=num>{_delta(va, vb)}</td></tr>"
         )
     return (
         "<table class=metrics><thead><tr><th></th><th>metric</th><th>threshold only</th>"
@@ -316,10 +316,10 @@ def _settings(result: Mapping[str, Any]) -> str:
             (
                 "runtime check",
                 f"{'within' if check['ok'] else 'OVER'} tolerance: per-image Dice "
-                f"{_fmt(check['dice_per_image'], 4)} vs {_fmt(check['reference_dice_per_image'], 4)}"
+                f"{fmt_number(check['dice_per_image'], 4)} vs {fmt_number(check['reference_dice_per_image'], 4)}"
                 f" on PyTorch fp32 (drop {check['dice_drop']:+.4f}, tolerance "
-                f"{check['tolerance']}); pixel IoU {_fmt(check['iou'], 4)} vs "
-                f"{_fmt(check['reference_iou'], 4)}",
+                f"{check['tolerance']}); pixel IoU {fmt_number(check['iou'], 4)} vs "
+                f"{fmt_number(check['reference_iou'], 4)}",
             )
         )
     if result.get("skipped"):
@@ -332,23 +332,30 @@ def _swatch(c: int) -> str:
     return f'<i class=sw style="background:rgb{CLASS_RGB.get(c, (128, 128, 128))}"></i>'
 
 
-def _class_table(metrics: Mapping[str, Any]) -> str:
+def class_text(names: Mapping[str, str], c: int | str) -> str:
+    """A class as the report shows it: ``scratch (3)``, or ``class 3`` when it has no name."""
+    name = names.get(str(c), str(c))
+    return f"class {c}" if name == str(c) else f"{name} ({c})"
+
+
+def _class_table(metrics: Mapping[str, Any], names: Mapping[str, str]) -> str:
     """Per-class pixel numbers and the competition's metric, for a multi-class model."""
     a, b = metrics["threshold_only"], metrics["postprocessed"]
     rows = [
         "<tr><td><b>competition metric</b>: mean Dice over (image, class) pairs</td><td></td>"
-        f"<td class=num>{_fmt(a['kaggle_dice'])}</td><td class='num strong'>"
-        f"{_fmt(b['kaggle_dice'])}</td><td class=num>{_delta(a['kaggle_dice'], b['kaggle_dice'])}"
+        f"<td class=num>{fmt_number(a['kaggle_dice'])}</td><td class='num strong'>"
+        f"{fmt_number(b['kaggle_dice'])}</td><td class=num>{_delta(a['kaggle_dice'], b['kaggle_dice'])}"
         "</td><td></td><td></td></tr>"
     ]
     for ca, cb in zip(a["classes"], b["classes"]):
         c = cb["class"]
         rows.append(
-            f"<tr><td>{_swatch(c)}class {c}</td><td class=num>{cb['n_images_with']}</td>"
-            f"<td class=num>{_fmt(ca['dice_per_image'])}</td>"
-            f"<td class='num strong'>{_fmt(cb['dice_per_image'])}</td>"
+            f"<tr><td>{_swatch(c)}{html.escape(class_text(names, c))}</td>"
+            f"<td class=num>{cb['n_images_with']}</td>"
+            f"<td class=num>{fmt_number(ca['dice_per_image'])}</td>"
+            f"<td class='num strong'>{fmt_number(cb['dice_per_image'])}</td>"
             f"<td class=num>{_delta(ca['dice_per_image'], cb['dice_per_image'])}</td>"
-            f"<td class=num>{_fmt(cb['iou'])}</td><td class=num>{_fmt(cb['dice'])}</td></tr>"
+            f"<td class=num>{fmt_number(cb['iou'])}</td><td class=num>{fmt_number(cb['dice'])}</td></tr>"
         )
     return (
         "<table class=metrics><thead><tr><th></th><th>images with it</th>"
@@ -359,22 +366,26 @@ def _class_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _class_label(name: str) -> str:
-    """A confusion-matrix class name, with its colour swatch for a numbered class."""
-    return (_swatch(int(name)) if name.isdigit() else "") + html.escape(name)
+def _class_label(name: str, names: Mapping[str, str]) -> str:
+    """A confusion-matrix class name (with its colour swatch and name for a numbered class)."""
+    if not name.isdigit():
+        return html.escape(name)
+    return _swatch(int(name)) + html.escape(class_text(names, name))
 
 
-def _segmentation_table(metrics: Mapping[str, Any]) -> str:
+def _segmentation_table(metrics: Mapping[str, Any], names: Mapping[str, str]) -> str:
     """Per-class IoU, Dice, precision and recall (background included), post-processed."""
     a, b = metrics["threshold_only"]["segmentation"], metrics["postprocessed"]["segmentation"]
     rows = []
     for name, cb in b["classes"].items():
         ca = a["classes"][name]
         rows.append(
-            f"<tr><td>{_class_label(name)}</td><td class=num>{cb['pixels']:,}</td>"
-            f"<td class=num>{_fmt(ca['IoU'])}</td><td class='num strong'>{_fmt(cb['IoU'])}</td>"
+            f"<tr><td>{_class_label(name, names)}</td><td class=num>{cb['pixels']:,}</td>"
+            f"<td class=num>{fmt_number(ca['IoU'])}</td><td class='num strong'>{fmt_number(cb['IoU'])}</td>"
             f"<td class=num>{_delta(ca['IoU'], cb['IoU'])}</td>"
-            + "".join(f"<td class=num>{_fmt(cb[k])}</td>" for k in ("Dice", "Precision", "Recall"))
+            + "".join(
+                f"<td class=num>{fmt_number(cb[k])}</td>" for k in ("Dice", "Precision", "Recall")
+            )
             + "</tr>"
         )
     return (
@@ -386,15 +397,15 @@ def _segmentation_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _segmentation_section(metrics: Mapping[str, Any]) -> str:
+def _segmentation_section(metrics: Mapping[str, Any], names: Mapping[str, str]) -> str:
     """The field's metrics: per-class table and the pixel confusion matrices ("" for an
     eval.json written before they existed)."""
     if "segmentation" not in metrics["postprocessed"]:
         return ""
-    names = list(metrics["postprocessed"]["segmentation"]["classes"])
+    rows = list(metrics["postprocessed"]["segmentation"]["classes"])
     uri = confusion_matrix_uri(
         {VARIANT_LABELS[v]: metrics[v]["segmentation"]["confusion"] for v in VARIANT_LABELS},
-        names,
+        [class_text(names, r) if r.isdigit() else r for r in rows],
     )
     return (
         "<section><h2>Segmentation metrics, background included</h2><p class=note>As "
@@ -404,7 +415,7 @@ def _segmentation_section(metrics: Mapping[str, Any]) -> str:
         "mDice and mAcc are their means over the classes, background included, and aAcc the "
         "share of all pixels labelled right. n/a: the class is absent from truth or prediction. "
         "Per class below: post-processed Dice, precision and recall.</p>"
-        f"{_segmentation_table(metrics)}"
+        f"{_segmentation_table(metrics, names)}"
         '<h2 style="margin-top:16px">Pixel confusion matrix</h2><p class=note>Rows: the true '
         "class, columns: the predicted one; each cell holds its pixel count and its share of "
         "the row (the true class's pixels), coloured by that share.</p>"
@@ -424,7 +435,7 @@ def _kpis(metrics: Mapping[str, Any]) -> str:
     cards = []
     if "kaggle_dice" in b:
         cards.append(
-            f"<div class=kpi><div class=kv>{_fmt(b['kaggle_dice'])}</div>"
+            f"<div class=kpi><div class=kv>{fmt_number(b['kaggle_dice'])}</div>"
             "<div class=kl>competition metric (mean Dice over image, class)</div><div class=kd>"
             f"{_delta(a['kaggle_dice'], b['kaggle_dice'])} vs threshold only</div></div>"
         )
@@ -439,7 +450,7 @@ def _kpis(metrics: Mapping[str, Any]) -> str:
         if key not in b.get(section, {}):  # an eval.json written before the number existed
             continue
         cards.append(
-            f"<div class=kpi><div class=kv>{_fmt(b[section][key])}</div>"
+            f"<div class=kpi><div class=kv>{fmt_number(b[section][key])}</div>"
             f"<div class=kl>{label}</div><div class=kd>{_delta(a[section][key], b[section][key])}"
             " vs threshold only</div></div>"
         )
@@ -555,6 +566,7 @@ def render_report(
         panel_width: Width in pixels of each panel picture (full images are 1600 wide).
     """
     m = result["metrics"]
+    names = result.get("class_names", {})  # eval.json from before class names: the ids
     used = _threshold(m["postprocessed"]["postprocess"])
     model_t = _threshold(m["threshold_only"]["postprocess"])
     images = result["images"]
@@ -574,14 +586,14 @@ def render_report(
     )
     if "classes" in m["postprocessed"]:
         legend += "".join(
-            f"<span>{_swatch(c)}class {c}</span>"
+            f"<span>{_swatch(c)}{html.escape(class_text(names, c))}</span>"
             for c in range(1, len(m["postprocessed"]["classes"]) + 1)
         )
     classes = (
         "<section><h2>Defect classes</h2><p class=note>Per-image Dice of each class counts an "
         "empty prediction on an image without that class as 1; the competition's metric is "
         "its mean over every (image, class) pair. The numbers above score the merged mask "
-        f"(any class).</p>{_class_table(m)}</section>"
+        f"(any class).</p>{_class_table(m, names)}</section>"
         if "classes" in m["postprocessed"]
         else ""
     )
@@ -603,7 +615,7 @@ Image level: an image is flagged when its predicted mask is not empty. Defect le
 defect (connected component) is found when a predicted one overlaps it with IoU &ge;
 {m["postprocessed"]["defect"]["iou_threshold"]:g}. n/a: undefined (e.g. no clean images).</p>
 {_headline_table(m)}</section>
-{_segmentation_section(m)}
+{_segmentation_section(m, names)}
 {classes}
 <section><h2>Clean vs defective images</h2><div class=confusions>
 {_confusion_table("threshold_only", m["threshold_only"]["image"])}

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from steelseg import draw, metric, rle, submission
+from steelseg.coco import concat, masks_to_coco, write_coco
 from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, check_out_folder, write_png
-from steelseg.layouts import read_mask
+from steelseg.labelled import model_class_names
+from steelseg.layouts import class_names, read_mask
 from steelseg.postprocess import class_map
 from steelseg.predict import AnyPostProcess, Prediction, Predictor
 from steelseg.submission import Sample
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 #: background threads that post-process and write outputs while the model runs (OpenCV
 #: releases the GIL while it encodes)
 WRITE_THREADS = 2
+PREDICTIONS_COCO = "predictions.coco.json"  # the predictions as COCO polygon instances
+SCORES_CSV = "scores.csv"  # predict_to_folder's ``score`` of each image
 
 
 def predict_to_folder(
@@ -46,14 +50,21 @@ def predict_to_folder(
     progress: bool | None = None,
     unmatched: Sequence[str] = (),
     sample: Sample | None = None,
+    score: Callable[[Prediction], Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Predict image files into ``out``: ``steelseg-predict``'s work.
 
     Writes ``masks/<stem>.png``, ``overlays/<stem>.png``, ``panels/<stem>.png`` (the reference
     demo's four panels, where ground truth is known: a Kaggle-layout folder or its
     ``train_images/`` with train.csv beside it, or a folder layout's ``images/`` with
-    ``masks/``), ``predictions.csv`` (``ImageId,ClassId,EncodedPixels``), ``predict.json``
-    (settings, counts, speed, skipped inputs) and, given a ``sample``, ``submission.csv``.
+    ``masks/``), ``predictions.csv`` (``ImageId,ClassId,EncodedPixels,ClassName``),
+    ``predictions.coco.json`` (a polygon instance per connected component of each class, its
+    ``score`` the mean probability inside it: :func:`steelseg.coco.masks_to_coco`),
+    ``predict.json`` (settings, counts, speed, skipped inputs) and, given a ``sample``,
+    ``submission.csv``.
+
+    Class names are those of the data the model was trained on
+    (:func:`steelseg.labelled.model_class_names`); ``submission.csv`` keeps Kaggle's ids.
 
     * A binary model: masks 0/255; overlays with the prediction red (with ground truth: found
       green, false alarm red, missed blue); one CSV row per image, ClassId 0 (any defect
@@ -78,6 +89,10 @@ def predict_to_folder(
             whose every image is among ``sources``: also write ``submission.csv`` in its
             layout (an image of it that is skipped gets empty rows, and is named), and check
             it as Kaggle would (``submission`` in the returned summary).
+        score: Numbers of each prediction, which then carries its probabilities without
+            test-time flips too (``Prediction.plain``), e.g. the uncertainty of
+            :func:`steelseg.review.uncertainty`: written to ``scores.csv`` (``ImageId`` and
+            one column per number; ``scores`` in the returned summary).
 
     Returns:
         The content of ``predict.json``; its ``skipped`` maps each skipped input to the reason.
@@ -92,10 +107,17 @@ def predict_to_folder(
     skipped = Skipped(on_skip)
     skipped.extend((Source(Path(text), text), "no image file matches it") for text in unmatched)
     pp = predictor.postprocess if postprocess is None else predictor.check_postprocess(postprocess)
-    writer = _ImageWriter(out, pp, predictor.classes, _Truth(sources), sample, masks_only)
+    names = model_class_names(predictor.checkpoint or predictor.model_file, predictor.classes)
+    writer = _ImageWriter(
+        out, pp, predictor.classes, _Truth(sources), sample, masks_only, score, names
+    )
     saved, seconds = _predict_and_write(predictor, sources, writer, skipped, progress)
-    _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows])
+    _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows], names)
+    write_coco(out / PREDICTIONS_COCO, concat([s.coco for s in saved if s.coco], names))
     summary = _summary(predictor, pp, saved, seconds, skipped)
+    if score is not None:
+        _write_scores(out / SCORES_CSV, saved)
+        summary["scores"] = SCORES_CSV
     if sample is not None:
         rles = {s.image_id: s.class_rles for s in saved if s.class_rles is not None}
         summary["submission"] = submission.write_checked(out / "submission.csv", sample, rles)
@@ -128,7 +150,11 @@ def _predict_and_write(
     with ThreadPoolExecutor(WRITE_THREADS, "steelseg-write") as pool:
         waiting: deque = deque()
         for p in predictor.predict_files(
-            sources, check=writer.check, on_skip=skipped, progress=progress
+            sources,
+            check=writer.check,
+            on_skip=skipped,
+            with_plain=writer.score is not None,
+            progress=progress,
         ):
             waiting.append(pool.submit(writer, p))
             while len(waiting) > 2 * predictor.batch_size:
@@ -146,6 +172,8 @@ class _Saved:
     rows: list[tuple[str, int, str]]
     class_rles: list[str] | None = None  # only for the images of a submission's sample
     panel: bool = False
+    score: Mapping[str, float] | None = None  # predict_to_folder's ``score`` of the image
+    coco: dict | None = None  # its instances (masks_to_coco)
 
 
 class _ImageWriter:
@@ -160,8 +188,12 @@ class _ImageWriter:
         truth: _Truth,
         sample: Sample | None,
         masks_only: bool,
+        score: Callable[[Prediction], Mapping[str, float]] | None = None,
+        names: Mapping[int, str] | None = None,
     ) -> None:
         self.out, self.postprocess, self.truth = out, postprocess, truth
+        self.names = names or class_names(None, classes)  # {class id: name}
+        self.score = score
         self.binary = classes == 1
         self.masks_only = masks_only
         self.in_sample = set(sample.image_ids) if sample is not None else set()
@@ -197,8 +229,16 @@ class _ImageWriter:
             rows = rows or [(image_id, rle.ANY_CLASS, "")]
         write_png(self.out / "masks" / f"{stem}.png", ids)
         saved = _Saved(image_id, rows, encoded if image_id in self.in_sample else None)
+        saved.coco = masks_to_coco(
+            [(image_id, mask.astype(np.uint8) if self.binary else ids)],
+            self.names,
+            polygons=True,
+            probabilities=[p.prob],
+        )
         if not self.masks_only:
             saved.panel = self._pictures(p, mask, ids, stem)
+        if self.score is not None:
+            saved.score = self.score(p)
         return saved
 
     def _pictures(self, p: Prediction, mask: np.ndarray, ids: np.ndarray, stem: str) -> bool:
@@ -295,9 +335,21 @@ class _Truth:
         return mask > 0
 
 
-def _write_csv(path: Path, rows: Sequence[tuple[str, int, str]]) -> None:
-    """``ImageId,ClassId,EncodedPixels`` rows (see :func:`predict_to_folder`)."""
+def _write_scores(path: Path, saved: Sequence[_Saved]) -> None:
+    """``ImageId`` and each image's numbers (see :func:`predict_to_folder`'s ``score``)."""
+    import pandas as pd
+
+    rows = [{"ImageId": s.image_id, **(s.score or {})} for s in saved]
+    df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["ImageId"])
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def _write_csv(path: Path, rows: Sequence[tuple[str, int, str]], names: Mapping[int, str]) -> None:
+    """``ImageId,ClassId,EncodedPixels,ClassName`` rows (see :func:`predict_to_folder`);
+    ClassId 0 is any class of a binary model (its one name), or no defect (no name)."""
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+    any_class = names[1] if len(names) == 1 else ""
+    df["ClassName"] = [names.get(c, any_class) for c in df["ClassId"]]
     atomic_write_text(path, df.to_csv(index=False))

@@ -21,10 +21,12 @@ def build_parser():
         "OUT/overlays/<id>.png (one colour per class for a per-class model), OUT/panels/<id>.png "
         "(original / prediction / overlay / ground truth, when ground truth is known: a "
         "Kaggle-layout folder or its train_images/ with train.csv beside it), "
-        "OUT/predictions.csv (ImageId,ClassId,EncodedPixels; a binary model: one row per "
-        "image, ClassId 0 = any defect class; a per-class model: one row per image and class "
-        "found, ClassId 1..4, and a ClassId 0 row for an image without any; EncodedPixels "
-        "empty for no defect) and OUT/predict.json. With a 4-class model and a "
+        "OUT/predictions.csv (ImageId,ClassId,EncodedPixels,ClassName; a binary model: one row "
+        "per image, ClassId 0 = any defect class; a per-class model: one row per image and "
+        "class found, ClassId 1..4, and a ClassId 0 row for an image without any; EncodedPixels "
+        "empty for no defect; ClassName from the training data's classes.csv), "
+        "OUT/predictions.coco.json (a polygon per defect with its mean probability as score) "
+        "and OUT/predict.json. With a 4-class model and a "
         "sample_submission.csv (beside test_images/ of the input folder, or "
         "--sample-submission), also OUT/submission.csv, checked as Kaggle would.",
     )
@@ -47,6 +49,16 @@ def build_parser():
         "every image it names (all must be among the inputs; needs a model.classes=4 model). "
         "Default: the sample_submission.csv beside test_images/ when the input is that folder",
     )
+    p.add_argument(
+        "--review",
+        type=common.positive_int,
+        metavar="N",
+        help="active learning: also write the N images the model is least sure of (pixels "
+        "near the threshold, the gate near its threshold, disagreement between test-time "
+        "flips; docs/datasets.md) to OUT/review/, a COCO task for CVAT or Label Studio with "
+        "the model's masks as pre-annotations, and every image's terms to OUT/scores.csv; "
+        "predicts with test-time flips (the model's, else both)",
+    )
     common.add_prediction(
         p,
         "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
@@ -61,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from steelseg.inputs import collect_inputs
         from steelseg.io import check_out_folder
+        from steelseg.review import predict_for_review
         from steelseg.writer import predict_to_folder
 
         sources, unmatched = collect_inputs(args.inputs)
@@ -73,20 +86,28 @@ def main(argv: list[str] | None = None) -> int:
         predictor = common.predictor(args, PROG)
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
-        summary = predict_to_folder(
-            predictor,
-            sources,
-            args.out,
+        kw = dict(
             masks_only=args.masks_only,
             progress=False if args.no_progress else None,
             unmatched=unmatched,
             sample=sample,
         )
+        if args.review:
+            summary = predict_for_review(predictor, sources, args.out, args.review, **kw)
+        else:
+            summary = predict_to_folder(predictor, sources, args.out, **kw)
         print(
             f"{PROG}: {summary['images']} image(s) predicted ({summary['with_defect']} with a "
             f"defect, {summary['panels']} with ground truth) into {args.out}"
             + common.skipped_note(list(summary["skipped"]))
         )
+        review = summary.get("review")
+        if review:
+            print(
+                f"{PROG}: {review['images']} most uncertain image(s) to review in "
+                f"{review['folder']} (see its README.txt; scores of every image in "
+                f"{args.out / 'scores.csv'})"
+            )
         sub = summary["submission"]
         if sub is not None:
             empty = sub["left_empty"]

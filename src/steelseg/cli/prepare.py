@@ -88,6 +88,12 @@ def build_parser():
         "0/1 or 0/255); "
         "unused by the Kaggle layout",
     )
+    p.add_argument(
+        "--group-split",
+        action="store_true",
+        help="keep each group of near-duplicate images (copies, flipped or rotated copies) on "
+        "one side of the split (data.group_split=true; see steelseg-data report)",
+    )
     return p
 
 
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             args.skip_bad,
             args.cache,
             args.n_classes,
+            args.group_split,
         )
         counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
         print(f"{PROG}: wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))

@@ -20,7 +20,6 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,11 @@ from steelseg import duplicates, layouts, rle
 from steelseg.io import atomic_write_text, json_ready, read_grey
 from steelseg.prepare import SPLITS, resolve_split_file
 from steelseg.report import (
-    CSP,
-    CSS,
-    SCRIPT,
     class_text,
     figure,
     figure_uri,
     fmt_number,
+    page,
     png_data_uri,
 )
 
@@ -308,16 +305,9 @@ def render_data_report(result: Mapping[str, Any]) -> str:
         if unreadable
         else ""
     )
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Data report: {root.name}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}{EXTRA_CSS}</style></head>
-<body><header><h1>{html.escape(title)}</h1>
-<p>{html.escape(str(root))} ({result["layout"]} layout) &middot; {html.escape(when)}</p></header>
-<main><div class=kpis>{cards}</div>
+    subtitle = f"{html.escape(str(root))} ({result['layout']} layout)"
+    body = f"""<div class=kpis>{cards}</div>
 <section><h2>Image sizes</h2>{sizes}{bad}</section>
 <section><h2>Classes</h2><p class=note>images: images showing the class; defects: its
 8-connected components; border: images where it touches the image's edge (a defect the frame
@@ -325,10 +315,8 @@ cuts). {result["empty"]["images"]} of {n} images have no defect.</p>{classes}
 <div class=plots><img alt="defect-area histograms" src="{area_histogram_uri(result["classes"])}">
 </div></section>
 {_split_section(split)}
-{_groups_section(result, layouts.image_dir(root))}
-<footer>steelseg &middot; {JSON_NAME} beside this file holds every number</footer>
-</main><script>{SCRIPT}</script></body></html>
-"""
+{_groups_section(result, layouts.image_dir(root))}"""
+    return page(title, subtitle, body, JSON_NAME, css=EXTRA_CSS)
 
 
 EXTRA_CSS = """

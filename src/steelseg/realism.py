@@ -24,7 +24,6 @@ import html
 import json
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from scipy.stats import wasserstein_distance
 from steelseg import rle
 from steelseg.io import atomic_write_text, check_out_folder, images_in, json_ready, read_grey
 from steelseg.layouts import KAGGLE_CSV, KAGGLE_IMAGES
-from steelseg.report import CSP, CSS, figure, figure_uri, png_data_uri
+from steelseg.report import figure, figure_uri, page, png_data_uri
 
 # The real strips show the black beside a strip end at grey 0-15 (88 Kaggle test strips: a peak
 # at 1, the histogram's valley at 15-19) and the darkest real steel from about 20 up.
@@ -664,7 +663,6 @@ def _page(
     d = result["distances"]
     grey, dark = d["grey_histogram"], d["dark_share"]
     title = f"Realism: {result['synthetic']['root']} against {result['real']['folder']}"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     counts = " and ".join(f"{result[s]['images']} of {result[s]['of']} {s}" for s in SIDES)
     counts += " strips"
     if result["baseline"]:
@@ -688,15 +686,7 @@ def _page(
             _figures(synth_thumbs, "synthetic"), _figures(real_thumbs, "real"), fillvalue="<i></i>"
         )
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}{PAGE_CSS}</style></head>
-<body><header><h1>{html.escape(title)}</h1>
-<p>{counts} &middot; {html.escape(when)}</p></header>
-<main>
-<section><h2>Distances (0: alike; lower is closer to the real strips)</h2>
+    body = f"""<section><h2>Distances (0: alike; lower is closer to the real strips)</h2>
 {_distance_table(d)}</section>
 <section><h2>Grey levels</h2><p class=note>Each image's histogram, averaged. Percentiles in grey
 levels; steel median: the median of the pixels at grey {DARK_LEVEL} and above.</p>
@@ -718,6 +708,5 @@ strips compared above). Shares are of all labelled images.</p>
 {_area_section(result, areas)}</section>
 <section><h2>Strips side by side</h2><p class=note>Synthetic (left) and real (right), spread
 evenly over each set.</p><div class=pairs>{pairs}</div></section>
-<footer>steelseg &middot; realism.json beside this file holds every number</footer>
-</main></body></html>
 """
+    return page(title, counts, body, "realism.json", css=PAGE_CSS)

@@ -176,6 +176,40 @@ def confusion_matrix_uri(
 
 
 # ----------------------------------------------------------------------------- HTML pieces
+def page(
+    title: str,
+    subtitle: str,
+    body: str,
+    numbers: str,
+    css: str = "",
+    heading: str | None = None,
+) -> str:
+    """A self-contained steelseg report page around ``body`` (HTML): the style, the content
+    policy (no network), the header and the footer naming the JSON that holds every number.
+
+    Args:
+        title: The page's title (text).
+        subtitle: The line under the heading (HTML).
+        body: The sections (HTML).
+        numbers: The JSON file beside the page.
+        css: Style added to the shared one.
+        heading: The heading (text); default the title.
+    """
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{CSS}{css}</style></head>
+<body><header><h1>{html.escape(heading or title)}</h1>
+<p>{subtitle} &middot; {html.escape(when)}</p></header>
+<main>
+{body}
+<footer>steelseg &middot; {html.escape(numbers)} beside this file holds every number</footer>
+</main><script>{SCRIPT}</script></body></html>
+"""
+
+
 def fmt_number(v: Any, digits: int = 3) -> str:
     if v is None:
         return '<span class="na" title="undefined: no images of that kind">n/a</span>'
@@ -575,7 +609,6 @@ def render_report(
     dice = [r["postprocessed"]["dice"] for r in images]
     clean = [r["gt_pixels"] == 0 for r in images]
     title = f"Evaluation of {Path(result['checkpoint']).name} on {result['split']}"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     legend = "".join(
         f'<span><i class=sw style="background:rgb{rgb}"></i>{label}</span>'
         for rgb, label in (
@@ -599,15 +632,8 @@ def render_report(
     )
     curve_uri = threshold_curve_uri(result["threshold_curve"], used, model_t)
     shown = f"{len(worst)} of {len(images)}" if len(worst) < len(images) else f"all {len(images)}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}</style></head>
-<body><header><h1>Steel defect segmentation: {html.escape(title)}</h1>
-<p>{result["n_images"]} images ({result["n_defective"]} defective) &middot; {html.escape(when)}</p></header>
-<main>
-{_kpis(m)}
+    subtitle = f"{result['n_images']} images ({result['n_defective']} defective)"
+    body = f"""{_kpis(m)}
 <section><h2>Run</h2>{_settings(result)}</section>
 <section><h2>Headline metrics</h2>
 <p class=note>Per-image Dice counts an empty prediction on a clean image as 1 (the Kaggle rule).
@@ -631,9 +657,8 @@ morphology. Right: how the post-processed per-image Dice is spread over the imag
 down, with the post-processed prediction compared to the ground truth (for a model with
 classes, then its predicted classes and the true ones in their colours).</p><p class=legend>{legend}</p>
 {panels or "<p class=note>No panels.</p>"}</section>
-<footer>steelseg &middot; eval.json beside this file holds every number</footer>
-</main><script>{SCRIPT}</script></body></html>
 """
+    return page(title, subtitle, body, "eval.json", heading="Steel defect segmentation: " + title)
 
 
 def write_report(

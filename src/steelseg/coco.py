@@ -343,21 +343,28 @@ def category_classes(coco: Mapping[str, Any], where: str) -> dict[int, tuple[int
     return {c["id"]: (k, str(c.get("name", c["id"]))) for k, c in enumerate(by_id, start=1)}
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A labelling tool's JSON export, or one line naming it and where it breaks."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file "
+            "or export it again"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; export the annotations again") from None
+
+
 def read_coco(path: str | os.PathLike) -> dict:
     """A COCO JSON file as a dict.
 
     Raises:
         ValueError: malformed JSON (naming the line and column), or not a COCO dict.
     """
-    path = Path(path)
-    try:
-        coco = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file "
-            "or export it again"
-        ) from None
-    if not isinstance(coco, dict) or "images" not in coco or "annotations" not in coco:
+    coco = read_json(path)
+    if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
         raise ValueError(
             f"{path} is not a COCO file (no images and annotations lists); export COCO "
             "instance segmentation, or choose another --format"

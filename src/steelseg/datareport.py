@@ -25,11 +25,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from steelseg import duplicates, layouts, rle
 from steelseg.io import atomic_write_text, json_ready, read_grey
-from steelseg.prepare import SPLITS, resolve_split_file
+from steelseg.prepare import SPLITS, read_split_file, resolve_split_file
 from steelseg.report import (
     class_text,
     figure,
@@ -37,6 +36,7 @@ from steelseg.report import (
     fmt_number,
     page,
     png_data_uri,
+    write_page,
 )
 
 JSON_NAME, HTML_NAME = "data_report.json", "data_report.html"
@@ -75,16 +75,11 @@ def read_split_sides(split_file: str | os.PathLike) -> dict[str, str]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no ImageId and split columns, or a side other than train/val/test.
+        ValueError: as :func:`steelseg.prepare.read_split_file`.
     """
     path = Path(split_file)
     path = path / "split.csv" if path.is_dir() else resolve_split_file(split_file)
-    spec = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"ImageId", "split"} <= set(spec.columns):
-        raise ValueError(f"{path} has columns {list(spec.columns)}; expected ImageId,split")
-    bad = spec.loc[~spec["split"].isin(SPLITS), "split"]
-    if len(bad):
-        raise ValueError(f"{path}: split {bad.iloc[0]!r} is not one of {SPLITS}")
+    spec = read_split_file(path)
     return dict(zip(spec["ImageId"], spec["split"]))
 
 
@@ -344,8 +339,6 @@ def report_dataset(
     """
     out = Path(out)
     result = dataset_report(root, split_file, threshold, skip_bad)
-    text = render_data_report(result)
     atomic_write_text(out / JSON_NAME, json.dumps(json_ready(result), indent=1) + "\n")
-    # character references keep the page ASCII: right whatever the locale's encoding
-    atomic_write_text(out / HTML_NAME, text.encode("ascii", "xmlcharrefreplace").decode("ascii"))
+    write_page(out / HTML_NAME, render_data_report(result))
     return result

@@ -23,7 +23,6 @@ written: the output is built in a temporary folder and renamed at the end.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from steelseg.coco import category_classes, coco_to_masks, encode_rle
+from steelseg.coco import category_classes, coco_to_masks, encode_rle, read_coco, read_json
 from steelseg.io import atomic_dir, check_out_folder, images_in, write_png
 from steelseg.layouts import FOLDER_IMAGES, FOLDER_MASKS, MAX_CLASSES, write_classes
 
@@ -238,19 +237,6 @@ def _check_names(paths: list[Path], entries: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- readers
-def _read_json(path: Path) -> Any:
-    """A JSON file, or one line naming it and where it breaks."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file "
-            "or export it again"
-        ) from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text; export the annotations again") from None
-
-
 def _box(x0: float, y0: float, x1: float, y1: float, degrees: float = 0.0, centre=None) -> list:
     """A box as a COCO polygon, turned ``degrees`` clockwise about ``centre`` (default: its
     own centre)."""
@@ -327,12 +313,7 @@ class _Builder:
 def read_coco_export(path: Path) -> dict:
     """A COCO JSON file (also Label Studio's COCO export) as a COCO dict for
     :func:`import_labels`; an annotation with an empty segmentation and a box is its box."""
-    coco = _read_json(path)
-    if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
-        raise ValueError(
-            f"{path} is not a COCO file (no images and annotations lists); export COCO "
-            "instance segmentation, or choose another --format"
-        )
+    coco = read_coco(path)
     for entry in coco["images"]:
         entry.setdefault("dir", str(path.parent))
         entry["where"] = f"{path}: image {entry.get('id')} ({entry.get('file_name')})"
@@ -439,7 +420,7 @@ def read_labelme(src: Path) -> dict:
         raise ValueError(f"{src} holds no LabelMe JSON files (*.json); give their folder")
     build, skipped = _Builder(), 0
     for k, path in enumerate(files, start=1):
-        doc = _read_json(path)
+        doc = read_json(path)
         if not isinstance(doc, dict) or "shapes" not in doc or "imagePath" not in doc:
             raise ValueError(
                 f"{path} is not a LabelMe file (no shapes and imagePath); save it with LabelMe, "
@@ -490,7 +471,7 @@ def read_label_studio(path: Path) -> dict:
     (Label Studio's RLE, decoded by ``label-studio-converter``). Coordinates are per cent of
     ``original_width`` / ``original_height``.
     """
-    tasks = _read_json(path)
+    tasks = read_json(path)
     if isinstance(tasks, dict):
         tasks = [tasks]
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):

@@ -179,10 +179,13 @@ def select(
     return chosen
 
 
-def apply_split_file(
-    labels: pd.DataFrame, split_file: Path, val_fraction: float, seed: int, skip_bad: bool = False
-) -> pd.DataFrame:
-    """Use a published ``ImageId,split`` list; carve ``val`` from ``train`` when it has none."""
+def read_split_file(split_file: Path) -> pd.DataFrame:
+    """An ``ImageId,split`` list (more columns may follow), checked line by line.
+
+    Raises:
+        ValueError: no ImageId and split columns, a bad ImageId, a side other than
+            train/val/test, or an image listed twice; the file and line named.
+    """
     spec = pd.read_csv(split_file, dtype=str, keep_default_na=False)
     if not {"ImageId", "split"} <= set(spec.columns):
         raise ValueError(f"{split_file} has columns {list(spec.columns)}; expected ImageId,split")
@@ -193,6 +196,14 @@ def apply_split_file(
     if spec["ImageId"].duplicated().any():
         dup = spec.loc[spec["ImageId"].duplicated(), "ImageId"].iloc[0]
         raise ValueError(f"{split_file.name}: ImageId {dup!r} is listed twice")
+    return spec
+
+
+def apply_split_file(
+    labels: pd.DataFrame, split_file: Path, val_fraction: float, seed: int, skip_bad: bool = False
+) -> pd.DataFrame:
+    """Use a published ``ImageId,split`` list; carve ``val`` from ``train`` when it has none."""
+    spec = read_split_file(split_file)
     missing = sorted(set(spec["ImageId"]) - set(labels["ImageId"]))
     if missing:
         layouts.report_missing(

@@ -36,7 +36,7 @@ from scipy.stats import wasserstein_distance
 from steelseg import rle
 from steelseg.io import atomic_write_text, check_out_folder, images_in, json_ready, read_grey
 from steelseg.layouts import KAGGLE_CSV, KAGGLE_IMAGES
-from steelseg.report import figure, figure_uri, page, png_data_uri
+from steelseg.report import figure, figure_uri, page, png_data_uri, write_page
 
 # The real strips show the black beside a strip end at grey 0-15 (88 Kaggle test strips: a peak
 # at 1, the histogram's valley at 15-19) and the darkest real steel from about 20 up.
@@ -443,8 +443,9 @@ def compare(
     )
     if out is not None:
         out = Path(out)
-        page = _page(result, s["thumbs"], r["thumbs"], (synth_areas, real_areas))
-        atomic_write_text(out / REPORT_HTML, page.encode("ascii", "xmlcharrefreplace").decode())
+        write_page(
+            out / REPORT_HTML, _page(result, s["thumbs"], r["thumbs"], (synth_areas, real_areas))
+        )
         atomic_write_text(out / REPORT_JSON, json.dumps(result, indent=1) + "\n")
     return result
 

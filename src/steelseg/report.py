@@ -210,6 +210,12 @@ def page(
 """
 
 
+def write_page(path: str | os.PathLike, text: str) -> None:
+    """Write a report page atomically, in ASCII (character references for the rest): right
+    whatever the locale's encoding."""
+    atomic_write_text(Path(path), text.encode("ascii", "xmlcharrefreplace").decode("ascii"))
+
+
 def fmt_number(v: Any, digits: int = 3) -> str:
     if v is None:
         return '<span class="na" title="undefined: no images of that kind">n/a</span>'
@@ -670,7 +676,5 @@ def write_report(
 ) -> Path:
     """Render :func:`render_report` and write it atomically to ``path``; return the path."""
     path = Path(path)
-    text = render_report(result, load_panel, max_panels, panel_width)
-    # character references keep the file ASCII: right whatever the locale's encoding
-    atomic_write_text(path, text.encode("ascii", "xmlcharrefreplace").decode("ascii"))
+    write_page(path, render_report(result, load_panel, max_panels, panel_width))
     return path

@@ -351,7 +351,7 @@ def test_review_of_a_gated_four_class_model(tiny_ckpt_4gate: Path, synth_root: P
     predictor = Predictor.from_checkpoint(tiny_ckpt_4gate, "cpu", tta=["hflip"])
     sources, _ = collect_inputs([synth_root / "test_images"])
     out = tmp_path / "pred"
-    summary = predict_for_review(predictor, sources, out, 2, masks_only=True, progress=False)
+    summary = predict_for_review(predictor, sources, out, 2, outputs=("masks",), progress=False)
     assert summary["review"]["terms"] == ["pixel", "gate", "flips"]
     assert summary["review"]["tta"] == ["hflip"]  # the model's own flips
     scores = pd.read_csv(out / "scores.csv")

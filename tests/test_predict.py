@@ -193,6 +193,38 @@ def test_cli_on_a_kaggle_folder_writes_everything(tiny_ckpt, kaggle3, tmp_path, 
     assert not list(out.rglob(".*.tmp"))
 
 
+@pytest.mark.parametrize(
+    "flags, written",
+    [
+        (["--outputs", "masks"], {"masks"}),
+        (["--outputs", "overlays,coco"], {"overlays", "predictions.coco.json"}),
+        (["--outputs", "panels"], {"panels"}),
+        (["--outputs", "none"], set()),
+        (["--masks-only"], {"masks", "predictions.coco.json"}),
+    ],
+)
+def test_cli_outputs_writes_only_what_is_asked(tiny_ckpt, kaggle3, tmp_path, flags, written):
+    full, out = tmp_path / "full", tmp_path / "out"
+    assert run_cli(tiny_ckpt, kaggle3, "--out", full, "--runtime", "torch") == 0
+    assert run_cli(tiny_ckpt, kaggle3, "--out", out, "--runtime", "torch", *flags) == 0
+    always = {"predictions.csv", "predict.json"}
+    assert {p.name for p in out.iterdir()} == always | written
+    assert (out / "predictions.csv").read_text() == (full / "predictions.csv").read_text()
+    for sub in written & {"masks", "overlays", "panels"}:
+        assert {p.name for p in (out / sub).iterdir()} == {p.name for p in (full / sub).iterdir()}
+    summary = json.loads((out / "predict.json").read_text())
+    assert summary["panels"] == (3 if "panels" in written else 0)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--outputs", "masks,pictures"], ["--outputs", ""], ["--outputs", "masks", "--masks-only"]],
+)
+def test_cli_bad_outputs_are_usage_errors(tiny_ckpt, kaggle3, tmp_path, flags, capsys):
+    assert run_cli(tiny_ckpt, kaggle3, "--out", tmp_path / "o", *flags) == 2
+    assert "--outputs" in capsys.readouterr().err
+
+
 def test_cli_panels_only_with_ground_truth(tiny_ckpt, synth_root, tmp_path):
     out = tmp_path / "out"
     assert run_cli(tiny_ckpt, synth_root / "test_images", "--out", out) == 0

@@ -23,7 +23,8 @@ Modules follow the data path, and none imports one further along it:
   predictor against PyTorch fp32 on labelled images) -> ``report`` (HTML) -> ``realism``
   (synthetic strips against real ones) -> ``datareport`` (the data report) -> ``evaluate`` ->
   ``tune``, ``pseudo``, ``export`` -> ``deploy`` (``load_predictor``, the one way in to a
-  model; the runtime choice) -> ``compare``;
+  model; the runtime choice) -> ``distributed`` (the same model as Ray Data actors) ->
+  ``compare``;
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
 
 Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
@@ -77,6 +78,7 @@ MODULES = (
     "pseudo",
     "export",
     "deploy",
+    "distributed",
     "compare",
     "cli",
 )
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover
         datareport,
         dataset,
         deploy,
+        distributed,
         draw,
         duplicates,
         evaluate,

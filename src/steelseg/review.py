@@ -31,7 +31,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from steelseg.layouts import read_mask
 from steelseg.postprocess import TTA_CHOICES, ClassPostProcess
 from steelseg.predict import AnyPostProcess, Prediction, Predictor
 from steelseg.submission import Sample
-from steelseg.writer import SCORES_CSV, predict_to_folder
+from steelseg.writer import OUTPUTS, SCORES_CSV, PredictFiles, predict_to_folder
 
 REVIEW_DIR = "review"  # OUT/review/: the task
 TERMS = ("pixel", "gate", "flips")
@@ -181,11 +181,12 @@ def predict_for_review(
     sources: Sequence[Source],
     out: str | os.PathLike,
     n: int,
-    masks_only: bool = False,
+    outputs: Collection[str] = OUTPUTS,
     on_skip: Callable[[Source, str], None] = log_skip,
     progress: bool | None = None,
     unmatched: Sequence[str] = (),
     sample: Sample | None = None,
+    predict_files: PredictFiles | None = None,
 ) -> dict[str, Any]:
     """``steelseg-predict --review N``: predict into ``out`` (as
     :func:`steelseg.writer.predict_to_folder`, with test-time flips: :func:`with_flips`),
@@ -209,12 +210,13 @@ def predict_for_review(
         reviewer,
         sources,
         out,
-        masks_only=masks_only,
+        outputs=outputs,
         on_skip=on_skip,
         progress=progress,
         unmatched=unmatched,
         sample=sample,
         score=score,
+        predict_files=predict_files,
     )
     ranked = rank_scores(pd.read_csv(out / SCORES_CSV, dtype={"ImageId": str}))
     picked = ranked.head(n)

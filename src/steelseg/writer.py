@@ -13,9 +13,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 WRITE_THREADS = 2
 PREDICTIONS_COCO = "predictions.coco.json"  # the predictions as COCO polygon instances
 SCORES_CSV = "scores.csv"  # predict_to_folder's ``score`` of each image
+#: what predict_to_folder can write besides predictions.csv and predict.json (all by default)
+OUTPUTS = ("masks", "overlays", "panels", "coco")
+#: a stand-in for ``Predictor.predict_files``: the same arguments, the predictor first
+#: (steelseg.distributed.RayEngine.predict_files runs the model on Ray actors)
+PredictFiles = Callable[..., Iterable[Prediction]]
 
 
 def predict_to_folder(
@@ -45,12 +51,13 @@ def predict_to_folder(
     sources: Sequence[Source],
     out: str | os.PathLike,
     postprocess: AnyPostProcess | None = None,
-    masks_only: bool = False,
+    outputs: Collection[str] = OUTPUTS,
     on_skip: Callable[[Source, str], None] = log_skip,
     progress: bool | None = None,
     unmatched: Sequence[str] = (),
     sample: Sample | None = None,
     score: Callable[[Prediction], Mapping[str, float]] | None = None,
+    predict_files: PredictFiles | None = None,
 ) -> dict[str, Any]:
     """Predict image files into ``out``: ``steelseg-predict``'s work.
 
@@ -81,7 +88,9 @@ def predict_to_folder(
             and globs).
         out: The output folder.
         postprocess: Replaces the predictor's post-processing.
-        masks_only: Write masks and the CSV only.
+        outputs: Which of :data:`OUTPUTS` to write (``predictions.csv``, ``predict.json``
+            and the submission are always written): the pictures cost most of the time
+            besides the model (an overlay's PNG alone as much as the quickstart model).
         on_skip: Told each skipped input and why.
         progress: A progress bar (None: on a terminal).
         unmatched: Inputs that named no image (recorded as skipped).
@@ -93,6 +102,10 @@ def predict_to_folder(
             test-time flips too (``Prediction.plain``), e.g. the uncertainty of
             :func:`steelseg.review.uncertainty`: written to ``scores.csv`` (``ImageId`` and
             one column per number; ``scores`` in the returned summary).
+        predict_files: How the model runs over the images: a stand-in for
+            ``predictor.predict_files`` taking the same arguments with the predictor first,
+            e.g. :meth:`steelseg.distributed.RayEngine.predict_files` (Ray actors); its
+            predictions are written alike. None: ``predictor.predict_files``, here.
 
     Returns:
         The content of ``predict.json``; its ``skipped`` maps each skipped input to the reason.
@@ -103,18 +116,23 @@ def predict_to_folder(
             before any image is predicted).
     """
     out = Path(out)
+    outputs = check_outputs(outputs)
     _check_request(predictor, sources, out, sample)
     skipped = Skipped(on_skip)
     skipped.extend((Source(Path(text), text), "no image file matches it") for text in unmatched)
     pp = predictor.postprocess if postprocess is None else predictor.check_postprocess(postprocess)
     names = model_class_names(predictor.checkpoint or predictor.model_file, predictor.classes)
     writer = _ImageWriter(
-        out, pp, predictor.classes, _Truth(sources), sample, masks_only, score, names
+        out, pp, predictor.classes, _Truth(sources), sample, outputs, score, names
     )
-    saved, seconds = _predict_and_write(predictor, sources, writer, skipped, progress)
+    saved, seconds = _predict_and_write(
+        predictor, sources, writer, skipped, progress, predict_files
+    )
     _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows], names)
-    write_coco(out / PREDICTIONS_COCO, concat([s.coco for s in saved if s.coco], names))
+    if "coco" in outputs:
+        write_coco(out / PREDICTIONS_COCO, concat([s.coco for s in saved if s.coco], names))
     summary = _summary(predictor, pp, saved, seconds, skipped)
+    summary["outputs"] = list(outputs)
     if score is not None:
         _write_scores(out / SCORES_CSV, saved)
         summary["scores"] = SCORES_CSV
@@ -123,6 +141,20 @@ def predict_to_folder(
         summary["submission"] = submission.write_checked(out / "submission.csv", sample, rles)
     atomic_write_text(out / "predict.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def check_outputs(outputs: Collection[str]) -> tuple[str, ...]:
+    """``outputs`` in :data:`OUTPUTS`' order.
+
+    Raises:
+        ValueError: a name that is not one of :data:`OUTPUTS`.
+    """
+    unknown = sorted(set(outputs) - set(OUTPUTS))
+    if unknown:
+        raise ValueError(
+            f"unknown output(s) {', '.join(unknown)}: choose from {', '.join(OUTPUTS)}"
+        )
+    return tuple(o for o in OUTPUTS if o in outputs)
 
 
 def _check_request(
@@ -142,6 +174,7 @@ def _predict_and_write(
     writer: _ImageWriter,
     skipped: Skipped,
     progress: bool | None,
+    predict_files: PredictFiles | None = None,
 ) -> tuple[list[_Saved], float]:
     """Run the model over ``sources`` while writer threads post-process and write each
     prediction (in order; at most a few batches wait, so memory stays flat)."""
@@ -149,7 +182,8 @@ def _predict_and_write(
     start = time.perf_counter()
     with ThreadPoolExecutor(WRITE_THREADS, "steelseg-write") as pool:
         waiting: deque = deque()
-        for p in predictor.predict_files(
+        run = partial(predict_files, predictor) if predict_files else predictor.predict_files
+        for p in run(
             sources,
             check=writer.check,
             on_skip=skipped,
@@ -187,7 +221,7 @@ class _ImageWriter:
         classes: int,
         truth: _Truth,
         sample: Sample | None,
-        masks_only: bool,
+        outputs: Collection[str],
         score: Callable[[Prediction], Mapping[str, float]] | None = None,
         names: Mapping[int, str] | None = None,
     ) -> None:
@@ -195,7 +229,7 @@ class _ImageWriter:
         self.names = names or class_names(None, classes)  # {class id: name}
         self.score = score
         self.binary = classes == 1
-        self.masks_only = masks_only
+        self.outputs = outputs
         self.in_sample = set(sample.image_ids) if sample is not None else set()
         self.stems: dict[str, Path] = {}
 
@@ -227,29 +261,33 @@ class _ImageWriter:
             encoded = [rle.encode(m) for m in mask]
             rows = [(image_id, c, e) for c, e in enumerate(encoded, 1) if e]
             rows = rows or [(image_id, rle.ANY_CLASS, "")]
-        write_png(self.out / "masks" / f"{stem}.png", ids)
+        if "masks" in self.outputs:
+            write_png(self.out / "masks" / f"{stem}.png", ids)
         saved = _Saved(image_id, rows, encoded if image_id in self.in_sample else None)
-        saved.coco = masks_to_coco(
-            [(image_id, mask.astype(np.uint8) if self.binary else ids)],
-            self.names,
-            polygons=True,
-            probabilities=[p.prob],
-        )
-        if not self.masks_only:
+        if "coco" in self.outputs:
+            saved.coco = masks_to_coco(
+                [(image_id, mask.astype(np.uint8) if self.binary else ids)],
+                self.names,
+                polygons=True,
+                probabilities=[p.prob],
+            )
+        if "overlays" in self.outputs or "panels" in self.outputs:
             saved.panel = self._pictures(p, mask, ids, stem)
         if self.score is not None:
             saved.score = self.score(p)
         return saved
 
     def _pictures(self, p: Prediction, mask: np.ndarray, ids: np.ndarray, stem: str) -> bool:
-        """Write the overlay and, with ground truth, the four panels; whether it had truth."""
+        """Write the overlay and, with ground truth, the four panels (as ``outputs`` asks);
+        whether it wrote the panels."""
         gt = self.truth.mask(p.source, p.image.shape)
-        if self.binary:
-            picture = draw.overlay(p.image, mask, np.zeros_like(mask) if gt is None else gt)
-        else:
-            picture = draw.class_overlay(p.image, ids)
-        write_png(self.out / "overlays" / f"{stem}.png", draw.to_bgr(picture))
-        if gt is None:
+        if "overlays" in self.outputs:
+            if self.binary:
+                picture = draw.overlay(p.image, mask, np.zeros_like(mask) if gt is None else gt)
+            else:
+                picture = draw.class_overlay(p.image, ids)
+            write_png(self.out / "overlays" / f"{stem}.png", draw.to_bgr(picture))
+        if gt is None or "panels" not in self.outputs:
             return False
         defect = mask if self.binary else mask.any(axis=0)  # panels: defects of any class
         dice = float(metric.dice_per_image(*metric.mask_counts(defect, gt)))

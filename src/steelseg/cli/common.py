@@ -236,23 +236,18 @@ def postprocess_overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in POSTPROCESS_FIELDS if getattr(args, k, None) is not None}
 
 
-def predictor(
+def predictor_options(
     args: argparse.Namespace,
-    prog: str = "steelseg",
     use_tuned: bool | None = None,
     tta: tuple[str, ...] | None = None,
-):
-    """The :class:`steelseg.predict.Predictor` the options ask for (via
-    :func:`steelseg.deploy.load_predictor`): the model file, runtime, precision, device, batch
-    size, TTA and tuned post-processing, with the post-processing options applied. Says on
-    stderr where the model runs."""
-    from steelseg.deploy import load_predictor
-
-    loaded = load_predictor(
-        args.checkpoint,
-        args.runtime,
-        args.precision,
-        args.device,
+) -> dict:
+    """:func:`steelseg.deploy.load_predictor`'s keyword arguments the options ask for (the
+    model file aside): runtime, precision, device, batch size, TTA, tuned post-processing and
+    the post-processing options."""
+    return dict(
+        runtime=args.runtime,
+        precision=args.precision,
+        device=args.device,
         tta=args.tta if tta is None else tta,
         batch_size=args.batch_size,
         use_tuned=not getattr(args, "no_tuned", False) if use_tuned is None else use_tuned,
@@ -260,6 +255,21 @@ def predictor(
         progress=not getattr(args, "no_progress", False),
         overrides=postprocess_overrides(args),
     )
+
+
+def predictor(
+    args: argparse.Namespace,
+    prog: str = "steelseg",
+    use_tuned: bool | None = None,
+    tta: tuple[str, ...] | None = None,
+):
+    """The :class:`steelseg.predict.Predictor` the options ask for (via
+    :func:`steelseg.deploy.load_predictor` with :func:`predictor_options`): the model file,
+    runtime, precision, device, batch size, TTA and tuned post-processing, with the
+    post-processing options applied. Says on stderr where the model runs."""
+    from steelseg.deploy import load_predictor
+
+    loaded = load_predictor(args.checkpoint, **predictor_options(args, use_tuned, tta))
     print(f"{prog}: model on {loaded.describe()}{_why(loaded.choice)}", file=sys.stderr)
     return loaded
 

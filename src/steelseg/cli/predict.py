@@ -10,6 +10,8 @@ from typing import Any
 from steelseg.cli import common
 
 PROG = "steelseg-predict"
+OUTPUTS = ("masks", "overlays", "panels", "coco")  # steelseg.writer.OUTPUTS, without importing it
+ENGINES = ("local", "ray")  # where the model runs: this process, or Ray actors (docs/scale.md)
 
 
 def build_parser():
@@ -38,9 +40,16 @@ def build_parser():
         help="image file, folder (or Kaggle-layout folder) or quoted glob such as 'dir/*.jpg'",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--masks-only", action="store_true", help="write masks and the CSV, no overlays or panels"
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--outputs",
+        type=_outputs,
+        metavar="LIST",
+        help=f"what to write besides predictions.csv and predict.json, comma-separated from "
+        f"{','.join(OUTPUTS)}, or none (default: all); overlays and panels are PNG pictures "
+        "that cost most of the time besides the model",
     )
+    what.add_argument("--masks-only", action="store_true", help="the same as --outputs masks,coco")
     p.add_argument(
         "--sample-submission",
         type=Path,
@@ -64,11 +73,37 @@ def build_parser():
         "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
         "only the model's threshold); each option given replaces that one value",
     )
+    g = p.add_argument_group("engine (archive scale: docs/scale.md)")
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local (default): the model runs in this process; ray: the same model runs as "
+        "Ray Data actors that read the images themselves, this process writing the same "
+        "outputs (needs pip install 'steelseg[ray]'; MODEL and INPUT paths readable on every "
+        "node)",
+    )
+    g.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="with --engine ray: the cluster to attach to, auto (the one this machine belongs "
+        "to) or ray://HOST:10001; default: a new local Ray on this machine's CPUs",
+    )
+    g.add_argument(
+        "--actors",
+        type=common.positive_int,
+        metavar="N",
+        help="with --engine ray: model actors, each with 1 CPU (and 1 GPU when the model runs "
+        "on CUDA); default: one per CPU (GPU) of the cluster",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.engine != "ray" and (args.address or args.actors):
+        parser.error("--address and --actors need --engine ray")
 
     def body() -> int:
         from steelseg.inputs import collect_inputs
@@ -76,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from steelseg.review import predict_for_review
         from steelseg.writer import predict_to_folder
 
+        if args.engine == "ray":
+            from steelseg.distributed import require_ray
+
+            require_ray()  # before anything is read or loaded
         sources, unmatched = collect_inputs(args.inputs)
         for text in unmatched:
             print(f"{PROG}: skipped {text}: no image file matches it", file=sys.stderr)
@@ -87,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
         kw = dict(
-            masks_only=args.masks_only,
+            outputs=_chosen_outputs(args),
             progress=False if args.no_progress else None,
             unmatched=unmatched,
             sample=sample,
+            predict_files=_engine(args),
         )
         if args.review:
             summary = predict_for_review(predictor, sources, args.out, args.review, **kw)
@@ -120,6 +160,38 @@ def main(argv: list[str] | None = None) -> int:
         return common.SKIPPED if summary["skipped"] else common.OK
 
     return common.run(PROG, body)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    """The ``predict_files`` of ``--engine``: None for local, else the Ray engine's."""
+    if args.engine == "local":
+        return None
+    from steelseg.distributed import RayEngine
+
+    engine = RayEngine(args.checkpoint, common.predictor_options(args), args.address, args.actors)
+    print(
+        f"{PROG}: the model runs as Ray Data actors ({args.actors or 'one per CPU or GPU'}) on "
+        f"{args.address or 'a new local Ray'}",
+        file=sys.stderr,
+    )
+    return engine.predict_files
+
+
+def _chosen_outputs(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.masks_only:
+        return ("masks", "coco")
+    return OUTPUTS if args.outputs is None else args.outputs
+
+
+def _outputs(text: str) -> tuple[str, ...]:
+    """argparse type of ``--outputs``: names of OUTPUTS, or none."""
+    names = [] if text.strip() == "none" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = sorted(set(names) - set(OUTPUTS))
+    if unknown or not (names or text.strip() == "none"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose from {','.join(OUTPUTS)}, comma-separated, or none"
+        )
+    return tuple(names)
 
 
 def _sample(args: argparse.Namespace, sources: list[Any]) -> tuple[Any, str]:

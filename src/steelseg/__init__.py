@@ -24,7 +24,7 @@ Modules follow the data path, and none imports one further along it:
   (synthetic strips against real ones) -> ``datareport`` (the data report) -> ``evaluate`` ->
   ``tune``, ``pseudo``, ``export`` -> ``deploy`` (``load_predictor``, the one way in to a
   model; the runtime choice) -> ``distributed`` (the same model as Ray Data actors) ->
-  ``compare``;
+  ``compare`` -> ``serve`` (HTTP on Ray Serve);
 * ``cli``: the ``steelseg-*`` commands, thin shells over the above.
 
 Every module is loaded on first use, so ``import steelseg`` is cheap: ``steelseg.predict``
@@ -80,6 +80,7 @@ MODULES = (
     "deploy",
     "distributed",
     "compare",
+    "serve",
     "cli",
 )
 __all__ = list(MODULES)
@@ -119,6 +120,7 @@ if TYPE_CHECKING:  # pragma: no cover
         rle,
         runtime,
         segmetrics,
+        serve,
         submission,
         surface,
         sweep,

@@ -287,6 +287,11 @@ def _truncated(head: bytes, tail: bytes) -> bool:
     return head[:2] == JPEG_START and JPEG_END not in tail[-64:]
 
 
+def truncated_jpeg(data: bytes) -> bool:
+    """Whether the bytes of an image file are a JPEG cut short (no end-of-image marker)."""
+    return _truncated(data, data)
+
+
 def read_grey(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 grey (H, W).
 
@@ -301,7 +306,7 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise ImageError(path, str(e.strerror or e)) from None
-    if _truncated(data, data):
+    if truncated_jpeg(data):
         raise ImageError(path, "truncated JPEG (no end-of-image marker)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
     if img is None:

@@ -6,8 +6,10 @@ reference-style pipeline (the original task's), side by side in one run, on a CP
     python scripts/benchmark.py --sections data          # only the data path, images/s per core
     python scripts/benchmark.py --compile reduce-overhead --batch 8   # add torch.compile runs
     python scripts/benchmark.py --sections runtimes --quickstart-ckpt RUN/checkpoints/last.ckpt
+    python scripts/benchmark.py --sections serve --serve-model RUN/checkpoints/last.ckpt
 
-Sections (``--sections``, comma-separated; default all, on a GPU all but ``runtimes``):
+Sections (``--sections``, comma-separated; default all but ``serve``, on a GPU also not
+``runtimes``):
 
 * ``model``: (a) the model-only training-step ceiling: random inputs already on the device,
   AdamW, Dice loss; on a GPU fp32 (framework defaults) and bf16 + channels_last + fused AdamW.
@@ -37,6 +39,13 @@ Sections (``--sections``, comma-separated; default all, on a GPU all but ``runti
   are copied into the work folder first: the automatic choice is measured afresh and nothing
   is written beside them. ``--smoke``: the quickstart-shaped network only, batches 1 and 2. A
   default section on a CPU; on a GPU only when asked for (it measures the CPU).
+* ``serve``: (s) ``steelseg-serve`` on this machine under ``--serve-clients`` (1 and 8) clients
+  posting 256x1600 JPEG strips over loopback (``--serve-requests`` timed each): images/s and
+  its fraction of the same engine's model-only images/s at ``--max-batch`` 8 (target >= 0.8
+  at 8 clients), p50/p99 latency, the engine batches the server formed (``/metrics``). The
+  model: ``--serve-model`` (a checkpoint or an export), else ``--quickstart-ckpt``, else an
+  untrained quickstart network. Only when asked for: it starts Ray and a server (seconds to
+  a minute), needs ``pip install 'steelseg[serve]'``, and measures a deployment.
 
 The reference recipe's wall time (800 training images x 30 epochs at batch 8, 100 validation
 images every epoch) is projected from (b) and (c) at ``--reference-batch``. The table is printed
@@ -60,7 +69,7 @@ SCRIPTS = str(Path(__file__).resolve().parent)
 if SCRIPTS not in sys.path:  # run from anywhere, or loaded by path: bench/ lives beside this file
     sys.path.insert(0, SCRIPTS)
 
-from bench.options import CPU_SECTIONS, RUNTIME_MODELS, SECTIONS  # noqa: E402
+from bench.options import CPU_SECTIONS, OPT_IN_SECTIONS, RUNTIME_MODELS, SECTIONS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (tests)")
     p.add_argument(
         "--sections",
-        help=f"of {','.join(SECTIONS)} (default: all; on a GPU all but {','.join(CPU_SECTIONS)})",
+        help=f"of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN_SECTIONS)}; on a GPU "
+        f"also not {','.join(CPU_SECTIONS)})",
     )
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp dir)")
@@ -138,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--calibration-images", type=int, help="runtimes: train images INT8 calibrates on (64)"
+    )
+    p.add_argument(
+        "--serve-model",
+        type=Path,
+        help="serve: the model steelseg-serve runs, a checkpoint or an .onnx/.xml export "
+        "(default: --quickstart-ckpt, else an untrained quickstart network)",
+    )
+    p.add_argument("--serve-clients", help="serve: client counts (default 1,8)")
+    p.add_argument(
+        "--serve-requests", type=int, help="serve: timed requests per client count (200)"
     )
     return p
 

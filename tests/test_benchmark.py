@@ -165,6 +165,8 @@ def test_seed_is_a_deprecated_alias_of_the_reference_section(benchmark, caplog) 
         (["--batch", "0"], "--batch=0 must be >= 1"),
         (["--runtime-batches", "1,0"], "--runtime-batches=1,0"),
         (["--runtime-models", "vgg"], "--runtime-models"),
+        (["--serve-clients", "8,0"], "--serve-clients=8,0"),
+        (["--serve-model", "no-such.ckpt"], "--serve-model no-such.ckpt does not exist"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(benchmark, argv, message, capsys) -> None:
@@ -201,6 +203,7 @@ def test_smoke_run_writes_every_section(benchmark, tmp_path: Path, capsys) -> No
     assert mem["anon_growth_mb"] < mem["cache_mb"] / 2, mem  # a 32 MB cache: never on the heap
     for v in r["reference_recipe"].values():
         assert v is None or isinstance(v, dict) or v > 0
+    assert "serve" not in r  # only when asked for
     table = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("(c) reference-style loop, train") for line in table)
     assert table[-1].startswith("peak host RSS")
@@ -238,6 +241,36 @@ def test_runtimes_section_on_a_trained_checkpoint(
     table = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("(r) quickstart auto = ") for line in table)
     assert any(line.startswith("(r) CPU runtimes on ") for line in table)
+
+
+def test_serve_batches_from_two_histograms(benchmark) -> None:
+    from bench.serve import batches
+
+    # cumulative batches per bucket upper bound (steelseg_batch_size), before and after a run
+    before = {1.0: 4, 2.0: 4, 6.0: 4, 8.0: 4, float("inf"): 4}
+    after = {1.0: 7, 2.0: 9, 6.0: 14, 8.0: 30, float("inf"): 30}
+    assert batches(before, after) == {"1": 3, "2": 2, "3-6": 5, "7-8": 16}
+    assert batches({}, {1.0: 0, 64.0: 0, float("inf"): 2}) == {">64": 2}
+
+
+@pytest.mark.slow
+def test_serve_section(benchmark, tmp_path: Path, capsys) -> None:
+    out, work = tmp_path / "bench.json", tmp_path / "work"
+    argv = ["--smoke", "--device", "cpu", "--sections", "serve", "--json", str(out)]
+    assert benchmark.main([*argv, "--serve-requests", "12", "--workdir", str(work)]) == 0
+    r = json.loads(out.read_text())["serve"]
+    assert not r["trained"] and r["max_batch"] == 8 and r["model_images_per_s"] > 0
+    assert [row["clients"] for row in r["rows"]] == [1, 8]
+    for row in r["rows"]:
+        assert row["requests"] == 12 and row["images_per_s"] > 0 and row["over_model"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert sum(row["batches"].values()) == row["engine_batches"]  # /metrics = answers
+        assert 1 <= row["mean_batch"] <= 8 and row["server_ms"]["total"] > 0
+    assert r["rows"][0]["batches"] == {"1": 12}  # one client: batches of one
+    log = (work / "serve" / "server.log").read_text()
+    assert "steelseg-serve: stopped (0 request(s) unfinished)" in log  # drained, then stopped
+    table = capsys.readouterr().out
+    assert "(s) serve, 8 client(s)" in table and "(target >= 0.8)" in table
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ module per section, named for its JSON key:
 * :mod:`bench.inference` (``inference``, (d)), :mod:`bench.rle` (``rle``, (e)),
   :mod:`bench.data_path` (``data``), :mod:`bench.memory` (``memory``);
 * :mod:`bench.runtimes` (``runtimes``, (r)), with its models in :mod:`bench.runtime_models` and
-  its engine variants in :mod:`bench.runtime_engines`.
+  its engine variants in :mod:`bench.runtime_engines`;
+* :mod:`bench.serve` (``serve``, (s)): ``steelseg-serve`` under load, only when asked for.
 
 Shared by all: :mod:`bench.measure` (the timing helper: clocks, rates, cores, memory peaks),
 :mod:`bench.context` (the run, its synthetic data and network). Around them:

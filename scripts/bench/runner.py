@@ -23,10 +23,18 @@ from bench import (
     reference_loop,
     rle,
     runtimes,
+    serve,
     steelseg_loop,
 )
 from bench.context import Bench
-from bench.options import CPU_SECTIONS, SECTIONS, parse_sections, pick_device, resolve_args
+from bench.options import (
+    CPU_SECTIONS,
+    OPT_IN_SECTIONS,
+    SECTIONS,
+    parse_sections,
+    pick_device,
+    resolve_args,
+)
 from bench.summary import summarise
 
 #: each ``--sections`` name and the module whose ``run(bench)`` measures it, in run order
@@ -39,6 +47,7 @@ SECTION_MODULES = {
     "data": data_path,
     "memory": memory,
     "runtimes": runtimes,
+    "serve": serve,
 }
 assert tuple(SECTION_MODULES) == SECTIONS
 
@@ -49,7 +58,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen sections and return the results (also written to ``--json``)."""
     device = pick_device(args.device)
     if args.sections is None:
-        skip = CPU_SECTIONS if device.type == "cuda" else ()
+        skip = OPT_IN_SECTIONS + (CPU_SECTIONS if device.type == "cuda" else ())
         args.sections = ",".join(s for s in SECTIONS if s not in skip)
     args.sections = parse_sections(args.sections)
     args.arch_kwargs = None

@@ -193,29 +193,40 @@ def runtime_auto(args, spec, strips, test, ref, rows) -> tuple[dict[str, Any], A
     return out, predictor
 
 
+#: what steelseg-predict writes in each folder run (``--outputs``): everything (the default),
+#: ``--masks-only``, and the CSV alone (``--outputs none``)
+FOLDER_OUTPUTS = {"all": None, "masks,coco": ("masks", "coco"), "none": ()}
+
+
 def runtime_folder(args, spec, predictor, folder: Path, auto: dict[str, Any]) -> dict[str, Any]:
-    """``steelseg-predict`` (predict_to_folder: read, predict, masks, overlays, CSV) over
-    the folder of strips with the automatic choice, against its model-only images/s (the
-    mean over calls: the folder's is a mean too)."""
+    """``steelseg-predict`` (predict_to_folder: read, predict, then masks, overlays, COCO,
+    CSV) over the folder of strips with the automatic choice, against its model-only images/s
+    (the mean over calls: the folder's is a mean too): the default outputs, and in
+    ``by_outputs`` each of :data:`FOLDER_OUTPUTS`."""
     from steelseg.inputs import collect_inputs
-    from steelseg.writer import predict_to_folder
+    from steelseg.writer import OUTPUTS, predict_to_folder
 
     batch = max(args.runtime_batches)
     model = next(r for r in auto["batches"] if r["batch"] == batch)["mean_images_per_s"]
     sources, _ = collect_inputs([folder])
-    out = spec["folder"] / "predict"
-    shutil.rmtree(out, ignore_errors=True)
     predictor.batch_size = batch
-    summary = predict_to_folder(predictor, sources, out, progress=False)
-    row = {
-        "images": summary["images"],
-        "batch": batch,
-        "runtime": summary["runtime"],
-        "precision": summary["precision"],
-        "seconds": summary["seconds"],
-        "images_per_s": summary["images_per_second"],
-        "model_images_per_s": model,
-        "over_model": ratio(summary["images_per_second"], model, 3),
-    }
-    log.info("runtimes predict folder %s", row)
-    return row
+    rows = {}
+    for name, outputs in FOLDER_OUTPUTS.items():
+        out = spec["folder"] / "predict"
+        shutil.rmtree(out, ignore_errors=True)
+        summary = predict_to_folder(
+            predictor, sources, out, outputs=OUTPUTS if outputs is None else outputs,
+            progress=False,
+        )  # fmt: skip
+        rows[name] = {
+            "images": summary["images"],
+            "batch": batch,
+            "runtime": summary["runtime"],
+            "precision": summary["precision"],
+            "seconds": summary["seconds"],
+            "images_per_s": summary["images_per_second"],
+            "model_images_per_s": model,
+            "over_model": ratio(summary["images_per_second"], model, 3),
+        }
+        log.info("runtimes predict folder, outputs %s: %s", name, rows[name])
+    return {**rows["all"], "by_outputs": rows}

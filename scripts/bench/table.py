@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.options import RUNTIME_TARGETS
+from bench.options import RUNTIME_TARGETS, SERVE_TARGET
 
 
 def fmt(v: Any, unit: str = "") -> str:
@@ -74,6 +74,7 @@ def table(results: dict[str, Any]) -> str:
             f"peak RSS growth; train cache {mem['train_cache_mb']} MB, "
             f"overhead {mem['overhead_mb']} MB, heap {mem['anon_growth_mb']} MB")  # fmt: skip
     runtimes_table(results.get("runtimes"), add)
+    serve_table(results.get("serve"), add)
     ratios = results.get("ratios", {})
     targets = {"b_over_a": ">= 0.9 (GPU, batch 32)", "b_over_c": ">= 1.6 (GPU, batch 32)",
                "predictor_over_model": ">= 0.9", "cached_over_jpeg": ">= 3"}  # fmt: skip
@@ -125,3 +126,25 @@ def runtimes_table(rt: dict[str, Any] | None, add: Callable[..., None]) -> None:
             fmt(pf["images_per_s"], " img/s"),
             f"{fmt(pf['over_model'])} of its model-only {fmt(pf['model_images_per_s'])} img/s "
             "(target >= 0.9)")  # fmt: skip
+        for outputs, row in pf.get("by_outputs", {}).items():
+            if outputs != "all":
+                add(f"(r) {name} steelseg-predict --outputs {outputs}", row["batch"],
+                    fmt(row["images_per_s"], " img/s"), f"{fmt(row['over_model'])} of model-only")  # fmt: skip
+
+
+def serve_table(sv: dict[str, Any] | None, add: Callable[..., None]) -> None:
+    """The serve section's lines of the table (see :func:`table`)."""
+    if not sv:
+        return
+    trained = "" if sv["trained"] else " (untrained)"
+    add(f"(s) steelseg-serve on {sv['runtime']} {sv['precision']}{trained}", sv["max_batch"],
+        fmt(sv["model_images_per_s"], " img/s"),
+        f"model only; {sv['model']}; started in {fmt(sv['startup_s'])} s")  # fmt: skip
+    for row in sv["rows"]:
+        sizes = ", ".join(f"{k}: {v}" for k, v in row["batches"].items())
+        target = f" (target >= {SERVE_TARGET})" if row["clients"] == 8 else ""
+        add(f"(s) serve, {row['clients']} client(s), POST /predict 256x1600 JPEG",
+            sv["max_batch"], fmt(row["images_per_s"], " img/s"),
+            f"{fmt(row['over_model'])} of model only{target}; p50 {fmt(row['p50_ms'])} ms, "
+            f"p99 {fmt(row['p99_ms'])} ms; mean batch {fmt(row['mean_batch'])} "
+            f"(batches by size {sizes})")  # fmt: skip

@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -178,3 +179,59 @@ def tune_ckpt(ckpt, split="val", data_root=None, split_file=None, **kwargs):
 
     images = labelled_split(model_checkpoint(ckpt), split, data_root, split_file)
     return tune(Predictor.from_checkpoint(ckpt, "cpu", use_tuned=False), images, split, **kwargs)
+
+
+#: headless Chromium with no network use of its own, as the browser tests start it
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # tests may run as root in a container
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+)
+
+
+def checked_run(*cmd: object, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command; fail the test with the end of its stderr unless it exits 0."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, f"{cmd}: {done.stderr[-3000:]}"
+    return done
+
+
+def torchless_venv(folder: Path, root: Path, requirements: Path, extra: str | None = None) -> Path:
+    """A new virtual environment in ``folder`` with steelseg (``--no-deps``, from ``root``),
+    a requirements file and, given ``extra``, the requirements of that steelseg extra (read
+    from the installed metadata: pyproject.toml is the one list), checked to hold no PyTorch;
+    its ``bin/`` folder."""
+    checked_run(sys.executable, "-m", "venv", folder, timeout=300)
+    python = folder / "bin" / "python"
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    checked_run(*pip, "--no-deps", root, timeout=900)
+    more = extra_requirements(python, extra) if extra else []
+    checked_run(*pip, "-r", requirements, *more, timeout=900)
+    probe = "import importlib.util as u; print(u.find_spec('torch') is None)"
+    assert checked_run(python, "-c", probe).stdout.strip() == "True"
+    return folder / "bin"
+
+
+def extra_requirements(python: Path, extra: str) -> list[str]:
+    """The requirements of steelseg's ``extra`` as the metadata in ``python``'s environment
+    lists them."""
+    import json
+
+    from packaging.requirements import Requirement
+
+    probe = "import importlib.metadata as m, json; print(json.dumps(m.requires('steelseg')))"
+    out = []
+    for line in json.loads(checked_run(python, "-c", probe).stdout):
+        req = Requirement(line)
+        if req.marker is not None and req.marker.evaluate({"extra": extra}):
+            req.marker = None
+            out.append(str(req))
+    assert out, f"no requirements for the extra {extra!r} in steelseg's metadata"
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import eval_ckpt
+from helpers import CHROMIUM_FLAGS, eval_ckpt
 from steelseg.report import (
     FN_RGB,
     FP_RGB,
@@ -65,16 +65,7 @@ def load_in_browser(chromium: str, page: Path, profile: Path) -> tuple[str, str]
     """(DOM after load, browser log) of ``page`` in headless chromium with no network use."""
     cmd = [
         chromium,
-        "--headless",
-        "--no-sandbox",  # tests may run as root in a container
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-default-apps",
-        "--disable-sync",
-        "--disable-extensions",
-        "--no-first-run",
-        "--no-default-browser-check",
+        *CHROMIUM_FLAGS,
         "--metrics-recording-only",
         "--safebrowsing-disable-auto-update",
         f"--user-data-dir={profile}",

@@ -35,6 +35,7 @@ pytest.importorskip("ray.serve")
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+from helpers import torchless_venv  # noqa: E402
 from steelseg import rle  # noqa: E402
 from steelseg.deploy import load_predictor  # noqa: E402
 from steelseg.predict import Predictor  # noqa: E402
@@ -531,52 +532,17 @@ def _load_until_refused(
 
 
 # ----------------------------------------------------------------------------- 4. no PyTorch
-def _run(*cmd, **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
-    assert done.returncode == 0, f"{cmd}: {done.stderr[-3000:]}"
-    return done
-
-
-def serve_extra(python: Path) -> list[str]:
-    """The ``serve`` extra's requirements as steelseg's metadata in ``python``'s environment
-    lists them: built from pyproject.toml, the one list, by ``pip install``."""
-    from packaging.requirements import Requirement
-
-    probe = "import importlib.metadata as m, json; print(json.dumps(m.requires('steelseg')))"
-    out = []
-    for line in json.loads(_run(python, "-c", probe).stdout):
-        req = Requirement(line)
-        if req.marker is not None and req.marker.evaluate({"extra": "serve"}):
-            req.marker = None
-            out.append(str(req))
-    assert out, "no requirements for the extra 'serve' in steelseg's metadata"
-    return out
-
-
 def test_serve_an_onnx_export_without_torch(tiny_ckpt: Path, tmp_path: Path) -> None:
     from steelseg.export import export
 
     model = tmp_path / "model.onnx"
     export(tiny_ckpt, model, "onnx", onnx_exporter="torchscript", check=False)
-    venv = tmp_path / "venv"
-    _run(sys.executable, "-m", "venv", venv, timeout=300)
-    pip = [
-        venv / "bin" / "python",
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ]
-    _run(*pip, "--no-deps", ROOT, timeout=900)
     deploy = ROOT / "requirements" / "deploy-onnxruntime.txt"
-    _run(*pip, "-r", deploy, *serve_extra(venv / "bin" / "python"), timeout=900)
-    probe = "import importlib.util as u; print(u.find_spec('torch') is None)"
-    assert _run(venv / "bin" / "python", "-c", probe).stdout.strip() == "True"
+    bin_ = torchless_venv(tmp_path / "venv", ROOT, deploy, extra="serve")
 
     img = IMAGES[2]
     onnx = load_predictor(model, "onnxruntime")
-    server = start_server([venv / "bin" / "steelseg-serve", model, "--runtime", "onnxruntime"],
+    server = start_server([bin_ / "steelseg-serve", model, "--runtime", "onnxruntime"],
                           tmp_path / "server.log")  # fmt: skip
     try:
         body, kind = multipart(png(img))

@@ -37,6 +37,7 @@ pytest.importorskip("websockets")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from helpers import CHROMIUM_FLAGS  # noqa: E402
 from steelseg.serve import PAGE, ServeOptions, Service, make_app  # noqa: E402
 
 SHAPE = (64, 320)
@@ -117,16 +118,7 @@ class Browser:
         profile.mkdir(parents=True, exist_ok=True)
         cmd = [
             chromium,
-            "--headless",
-            "--no-sandbox",  # tests may run as root in a container
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-default-apps",
-            "--disable-sync",
-            "--disable-extensions",
-            "--no-first-run",
-            "--no-default-browser-check",
+            *CHROMIUM_FLAGS,
             "--force-color-profile=srgb",  # screenshot pixels as the canvas holds them
             "--remote-debugging-port=0",
             f"--user-data-dir={profile}",

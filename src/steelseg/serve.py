@@ -798,18 +798,21 @@ def serve_forever(options: ServeOptions, host: str = "127.0.0.1", port: int = 80
         log_to_driver=False,
         configure_logging=False,
     )
-    stop = threading.Event()  # before Ray's own handlers can end the process mid-start
+    stop = threading.Event()  # ray.init's own handlers would exit mid-request: ours drain
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     serve.start(http_options={"host": host, "port": port})
-    serve.run(_deployment(serve, options), name="steelseg", route_prefix="/", blocking=False)
+    app = serve.run(_deployment(serve, options), name="steelseg", route_prefix="/", blocking=False)
     print(
         f"steelseg-serve: ready on http://{host}:{port}/ (POST /predict; Ctrl-C stops)", flush=True
     )
     stop.wait()
     print("steelseg-serve: stopping: finishing the requests in flight", flush=True)
-    left = serve.get_app_handle("steelseg").drain.remote().result(timeout_s=DRAIN_S + 10)
-    print(f"steelseg-serve: stopped ({left} request(s) unfinished)", flush=True)
+    try:
+        left = app.drain.remote().result(timeout_s=DRAIN_S + 10)
+        print(f"steelseg-serve: stopped ({left} request(s) unfinished)", flush=True)
+    except Exception as e:  # Ray itself was stopped under us: nothing left to drain
+        print(f"steelseg-serve: stopped without draining ({type(e).__name__})", flush=True)
     if os.environ.get("RAY_ADDRESS"):  # a cluster of its own: leave it running
         serve.delete("steelseg")
     ray.shutdown()

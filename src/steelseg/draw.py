@@ -67,6 +67,22 @@ def class_overlay(image: np.ndarray, classes: np.ndarray, width: int | None = No
     return _tinted(image, [(classes == c, rgb) for c, rgb in CLASS_RGB.items()], width)
 
 
+def prediction_overlay(
+    image: np.ndarray, mask: np.ndarray, classes: np.ndarray, truth: np.ndarray | None = None
+) -> np.ndarray:
+    """The overlay of a prediction, as ``steelseg-predict`` and ``steelseg-serve`` draw it: a
+    binary model's mask against ``truth`` (:func:`overlay`; without truth every defect is a
+    false alarm's red), or a per-class model's class ids (:func:`class_overlay`).
+
+    Shape:
+        image: (H, W); mask: bool (H, W) (binary) or (C, H, W); classes: the class id of each
+        pixel (H, W); truth: bool (H, W) or None. Returns RGB uint8 (H, W, 3).
+    """
+    if mask.ndim == 2:
+        return overlay(image, mask, np.zeros_like(mask) if truth is None else truth)
+    return class_overlay(image, classes)
+
+
 def _tinted(
     image: np.ndarray, regions: Sequence[tuple[np.ndarray, tuple[int, int, int]]], width: int | None
 ) -> np.ndarray:

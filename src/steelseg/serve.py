@@ -338,10 +338,7 @@ class Service:
         import cv2
 
         masks, ids = self.masks(out)
-        if self.binary:
-            picture = draw.overlay(image, masks[0], np.zeros_like(masks[0]))
-        else:
-            picture = draw.class_overlay(image, ids)
+        picture = draw.prediction_overlay(image, masks[0] if self.binary else masks, ids)
         return cv2.imencode(".png", draw.to_bgr(picture))[1].tobytes()
 
     def probability_pngs(self, out: Output) -> list[str]:

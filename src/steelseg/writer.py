@@ -282,10 +282,7 @@ class _ImageWriter:
         whether it wrote the panels."""
         gt = self.truth.mask(p.source, p.image.shape)
         if "overlays" in self.outputs:
-            if self.binary:
-                picture = draw.overlay(p.image, mask, np.zeros_like(mask) if gt is None else gt)
-            else:
-                picture = draw.class_overlay(p.image, ids)
+            picture = draw.prediction_overlay(p.image, mask, ids, gt)
             write_png(self.out / "overlays" / f"{stem}.png", draw.to_bgr(picture))
         if gt is None or "panels" not in self.outputs:
             return False

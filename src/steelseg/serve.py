@@ -54,7 +54,6 @@ from steelseg.labelled import model_class_names
 from steelseg.layouts import CLASSES_CSV, write_classes
 from steelseg.postprocess import apply_postprocess, class_map
 from steelseg.predict import Predictor
-from steelseg.runtime import DICE_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 MAX_PIXELS = 4096 * 4096  # default --max-pixels: a 256 x 1600 strip is 409,600
 MAX_BODY_BYTES = 256 << 20  # any request body: larger is refused before it is read whole
 VERDICTS = ("wrong", "missed")  # the review page's buttons
-TOKEN_ENV = "STEELSEG_SERVE_TOKEN"  # the token when --token is not given
 RETRY_AFTER_S = 1  # what a 503 for a full queue asks the client to wait
 DRAIN_S = 60.0  # how long SIGTERM waits for the requests in flight
 PAGE = Path(__file__).with_name("serve_page.html")  # the review page at /
@@ -77,11 +75,10 @@ class ServeOptions:
 
     Args:
         model: A checkpoint or an exported model file.
-        runtime, precision, tolerance: As every command takes them
-            (:func:`steelseg.deploy.load_predictor`).
-        overrides: Post-processing values replacing the stored ones.
-        tta: Test-time flips; None: the stored ones.
-        use_tuned: Use the post-processing ``steelseg-tune`` stored with the model.
+        predictor: :func:`steelseg.deploy.load_predictor`'s keyword arguments (runtime,
+            precision, tolerance, post-processing overrides, flips, ...), as every command
+            makes them (:func:`steelseg.cli.common.predictor_options`); the batch size is
+            ``max_batch``.
         max_batch: Most images in one engine batch.
         max_wait_ms: How long the first request of a batch waits for others.
         max_queue: Most requests waiting for the model; more get 503.
@@ -92,12 +89,7 @@ class ServeOptions:
     """
 
     model: str
-    runtime: str = "auto"
-    precision: str = "auto"
-    tolerance: float = DICE_TOLERANCE
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    tta: tuple[str, ...] | None = None
-    use_tuned: bool = True
+    predictor: Mapping[str, Any] = field(default_factory=dict)
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_queue: int = 64
@@ -265,16 +257,8 @@ class Service:
     @classmethod
     def load(cls, options: ServeOptions) -> "Service":
         """The model of ``options`` on its runtime (:func:`steelseg.deploy.load_predictor`)."""
-        predictor = load_predictor(
-            options.model,
-            options.runtime,
-            options.precision,
-            tta=options.tta,
-            batch_size=options.max_batch,
-            use_tuned=options.use_tuned,
-            tolerance=options.tolerance,
-            overrides=options.overrides,
-        )
+        kwargs = {**options.predictor, "batch_size": options.max_batch, "progress": False}
+        predictor = load_predictor(options.model, **kwargs)
         return cls(predictor, options.name)
 
     def infer(self, images: Sequence[np.ndarray]) -> list[Output]:

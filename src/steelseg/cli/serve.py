@@ -8,7 +8,7 @@ import sys
 from steelseg.cli import common
 
 PROG = "steelseg-serve"
-TOKEN_ENV = "STEELSEG_SERVE_TOKEN"  # steelseg.serve.TOKEN_ENV, without importing it
+TOKEN_ENV = "STEELSEG_SERVE_TOKEN"  # the token when --token is not given
 MAX_PIXELS = 4096 * 4096  # steelseg.serve.MAX_PIXELS, without importing it
 
 
@@ -28,19 +28,27 @@ def build_parser():
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     g.add_argument("--port", type=common.positive_int, default=8000, help="port (default 8000)")
     g.add_argument(
-        "--max-batch", type=common.positive_int, default=8,
-        help="most images in one engine batch (default 8)",
+        "--max-batch",
+        type=common.positive_int,
+        default=8,
+        help="most images in one engine batch (default 8; it replaces --batch-size)",
     )
     g.add_argument(
-        "--max-wait-ms", type=float, default=10.0,
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
         help="how long the first request of a batch waits for others, ms (default 10)",
     )
     g.add_argument(
-        "--max-queue", type=common.positive_int, default=64,
+        "--max-queue",
+        type=common.positive_int,
+        default=64,
         help="most requests waiting for the model; more get 503 (default 64)",
     )
     g.add_argument(
-        "--max-pixels", type=common.positive_int, default=MAX_PIXELS,
+        "--max-pixels",
+        type=common.positive_int,
+        default=MAX_PIXELS,
         help=f"largest image accepted, height x width (default {MAX_PIXELS})",
     )
     g.add_argument(
@@ -49,7 +57,8 @@ def build_parser():
         f"the page (default: ${TOKEN_ENV} when set, else open)",
     )
     g.add_argument(
-        "--review-dir", default="review",
+        "--review-dir",
+        default="review",
         help="where the review page's 'wrong' and 'missed' images are saved, in the folder "
         "layout (default ./review)",
     )
@@ -72,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no model file {args.checkpoint}")
         options = ServeOptions(
             model=str(args.checkpoint),
-            runtime=args.runtime,
-            precision=args.precision,
-            tolerance=args.tolerance,
-            overrides=common.postprocess_overrides(args),
-            tta=args.tta,
-            use_tuned=not args.no_tuned,
+            predictor=common.predictor_options(args),
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue,

@@ -9,6 +9,11 @@ The real images are Kaggle's and stay where they are. For each checkpoint:
   the model flags (any defect pixel after its post-processing) and the predicted defect area per
   strip, to set beside the 47% of Kaggle's train strips that are clean (53% defective).
 
+- **synthetic classes** (``--synthetic-classes N``, default 12): which defect kinds the model
+  learned at all. N synthetic strips with one class each (seeded, the current generator): the
+  mean probability inside the masks and the Dice, per class. A class the model misses here it
+  cannot find on real steel either.
+
 Nothing is copied into the project.
 
     python scripts/real_sample.py CKPT [...] [--sample ../shared/severstal_sample]
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steelseg import synth
 from steelseg.evaluate import evaluate
 from steelseg.inputs import collect_inputs
 from steelseg.labelled import labelled_images
@@ -61,10 +67,35 @@ def flagged(predictor: Predictor, strips: Path) -> tuple[int, int, float, float]
     return len(areas), len(hit), float(np.mean(areas)), float(np.median(hit)) if hit else 0.0
 
 
+def synthetic_classes(predictor: Predictor, n: int) -> list[tuple[int, float, float]]:
+    """(class, mean probability inside the masks, Dice at the predictor's post-processing)
+    over ``n`` synthetic strips with that class alone (seeded: the same strips every run)."""
+    rows = []
+    for cls in range(1, 5):
+        inside, dice = [], []
+        for i in range(n):
+            image, masks = synth.make_image(np.random.default_rng([cls, i]), classes=(cls,))
+            if cls not in masks:
+                continue
+            prob = predictor.predict_proba(image)
+            prob = prob.max(0) if prob.ndim == 3 else prob
+            truth = masks[cls] > 0
+            pred = predictor.predict(image)
+            pred = pred.any(0) if pred.ndim == 3 else pred
+            inside.append(float(prob[truth].mean()))
+            dice.append(2 * float((pred & truth).sum()) / (pred.sum() + truth.sum()))
+        rows.append((cls, float(np.mean(inside)), float(np.mean(dice))))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", type=Path, help="checkpoints (.ckpt)")
     p.add_argument("--sample", type=Path, default=Path("../shared/severstal_sample"))
+    p.add_argument(
+        "--synthetic-classes", type=int, default=12, metavar="N",
+        help="synthetic strips per defect class for the per-class check (0: skip)",
+    )
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +128,15 @@ def main() -> None:
             n, hit, mean, median = flagged(Predictor.from_checkpoint(model), strips)
             print(f"| {model} | {n} | {hit} | {hit / n:.2f} | {mean:.0f} | {median:.0f} |")
         print(f"(Kaggle's train strips: {KAGGLE_DEFECTIVE:.2f} defective)\n")
+    if a.synthetic_classes:
+        print("| model | class | mean probability inside the masks | Dice |")
+        print("|---|---|---|---|")
+        for model in a.models:
+            for cls, inside, dice in synthetic_classes(
+                Predictor.from_checkpoint(model), a.synthetic_classes
+            ):
+                print(f"| {model} | {cls} | {inside:.3f} | {dice:.3f} |")
+        print(f"({a.synthetic_classes} synthetic strips per class, one class each)\n")
     print(
         "| model | post-processing | images | Dice/img | IoU | defect recall | Kaggle | "
         "Dice/img per class 1-4 |"

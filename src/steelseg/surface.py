@@ -82,8 +82,6 @@ class Nuisances:
 NUISANCES = Nuisances()
 EDGE_WIDTH = (40, 1400)  # px of dark beyond the edge, log-uniform: a sliver to most of the frame
 EDGE_WIDTH_WITH_DEFECTS = 600  # the widest beside defects (so that they keep Kaggle's sizes)
-EDGE_GAP = 5  # px: the nearest a defect comes to the sheet edge (2 of 6 labelled real strips
-# have one within 40 px of it)
 
 
 def field(
@@ -252,9 +250,8 @@ def strip_edges(
     sometimes ragged (a torn or burred edge).
 
     Returns:
-        ``((x_lo, x_hi), dist)``: the columns where defects may go (at least :data:`EDGE_GAP`
-        px from the edge on every row), and the signed distance in px to the nearest edge
-        (positive beyond it).
+        ``((x_lo, x_hi), dist)``: the columns where defects may go, and the signed distance in
+        px to the nearest edge (positive beyond it).
     """
     y = np.arange(H, dtype=np.float32)[:, None]
     x = np.arange(W, dtype=np.float32)[None, :]
@@ -273,10 +270,8 @@ def strip_edges(
         dist = np.maximum(dist, boundary(left) - x)
     if right:
         dist = np.maximum(dist, x - (W - 1 - boundary(right)))
-    # Defects may come within EDGE_GAP px of the edge where it reaches furthest into the frame
-    # (real defects run right beside it), never into the dark.
-    steel = np.flatnonzero((dist < -EDGE_GAP).all(axis=0))
-    x_lo, x_hi = (int(steel[0]), int(steel[-1]) + 1) if len(steel) else (0, 0)
+    x_lo = int(left) + 30 if left else 0
+    x_hi = W - int(right) - 30 if right else W
     if x_hi - x_lo < 60:  # too little steel for a defect: keep the sheet, place none
         x_lo, x_hi = 0, 0
     return (x_lo, x_hi), dist

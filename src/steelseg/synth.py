@@ -41,7 +41,7 @@ from steelseg.surface import NUISANCES, Nuisances
 H, W = SHAPE
 JPEG_QUALITY = 95  # the quantisation tables of the Kaggle JPEGs are libjpeg's at quality 95
 MARKER = "synth.json"
-VERSION = 3  # of the generator's look; 2: the nuisances of steelseg.surface; 3: DEFECT_MIX. A data set made
+VERSION = 2  # of the generator's look; 2: the nuisances of steelseg.surface. A data set made
 # by another version is made again (is_complete), never mixed with this one's.
 
 # Which classes an image has, with the number of Kaggle train images of each combination
@@ -60,11 +60,6 @@ CLASS_COMBOS: tuple[tuple[tuple[int, ...], int], ...] = (
     ((1, 2, 3), 2),
     ((2, 4), 1),
 )
-# How the defective images share out among the combinations: their Kaggle counts raised to this
-# power. 1 is Kaggle's mix, where 73% of defective images show scratches (class 3) and a model
-# sees few pits, thin marks and patches; 0.5 gives those three classes about 2-4x more images
-# and class 3 about half. The clean share stays Kaggle's (47%).
-DEFECT_MIX = 0.5
 
 # Per class, measured on the annotated Kaggle masks (8-connected components):
 #   n_comp:  how many masks have 1, 2, 3, ... components;
@@ -232,36 +227,17 @@ def _groove(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
 def _patch(rng: np.random.Generator, inner: np.ndarray) -> np.ndarray:
     """Class 4 (patches): grey-level change over the region ``inner``.
 
-    A scale patch or a peeled layer: darker (or, one time in four, a little lighter) and
-    mottled, with flakes (short bright and dark dashes across the rolling direction), and
-    along its outline the lip of the layer: a thin bright line beside a dark one, broken in
-    places. Real patches show that lip as their clearest sign.
+    A scale patch, a little darker and mottled, with flakes: short bright and dark dashes
+    across the rolling direction.
     """
     ch, cw = inner.shape
     mottle = 5.0 * surface.field(rng, (max(2, ch // 25), max(2, cw // 25)), (ch, cw))
     flakes = surface.field(rng, (max(2, ch // 3), max(2, cw // 30)), (ch, cw))  # ~3 x 30 px
-    level = rng.uniform(-25, -10) if rng.random() < 0.75 else rng.uniform(3, 10)
-    visible = (inner > 0.5).astype(np.uint8)
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    outer_line = visible - cv2.erode(visible, cross)
-    inner_line = cv2.erode(visible, cross) - cv2.erode(visible, cross, iterations=2)
-    broken = surface.field(rng, (max(2, ch // 20), max(2, cw // 20)), (ch, cw)) > -0.5
-    bright, dark = rng.uniform(15, 50), rng.uniform(10, 35)
-    if rng.random() < 0.5:
-        outer_line, inner_line = inner_line, outer_line
-    lip = broken * (bright * outer_line - dark * inner_line).astype(np.float32)
     return (
-        level
+        rng.uniform(-25, -10)
         + mottle
-        + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.3, 0)
-        + cv2.GaussianBlur(lip, (0, 0), 0.6)
+        + 40.0 * np.sign(flakes) * np.maximum(np.abs(flakes) - 1.5, 0)
     )
-
-
-# Each defect's visible change is scaled by a gain, log-uniform over this range (natural log):
-# real defects of one class range from barely visible to saturating glints, and a model that
-# has seen only one strength misses the others.
-DEFECT_GAIN = (math.log(0.6), math.log(2.0))
 
 
 class _Style(NamedTuple):
@@ -362,19 +338,16 @@ def _render(rng: np.random.Generator, cls: int, patch: np.ndarray, comp: np.ndar
     slack = float(np.clip(0.1 * min(bw, bh), 1, 6))
     edge = max(1.5, style.soft * min(bw, bh) / 2)
     wobble = surface.field(rng, (max(2, ch // 12), max(2, cw // 12)), (ch, cw), cv2.INTER_CUBIC)
-    if cls == 4:  # a peeled layer's outline is scalloped, a few px deep every 10-20 px
-        wobble += 0.5 * surface.field(rng, (max(2, ch // 6), max(2, cw // 6)), (ch, cw), cv2.INTER_CUBIC)
     inner = np.clip((dist - slack * (1 + style.ragged * wobble)) / edge, 0, 1)
     if cls == 4:
         # Scale patches partly hide the rolling texture under them.
-        patch += rng.uniform(0.2, 0.9) * inner * (cv2.GaussianBlur(patch, (0, 0), 1.5) - patch)
+        patch += 0.3 * inner * (cv2.GaussianBlur(patch, (0, 0), 1.5) - patch)
     angle = rng.uniform(0, 2 * np.pi)  # light direction; 8 is the gain of the Sobel kernel
     slope = (
         math.cos(angle) * cv2.Sobel(inner, cv2.CV_32F, 1, 0, ksize=3)
         + math.sin(angle) * cv2.Sobel(inner, cv2.CV_32F, 0, 1, ksize=3)
     ) / 8
-    gain = math.exp(rng.uniform(*DEFECT_GAIN))
-    patch += gain * (style.draw(rng, inner) * inner + rng.uniform(*style.relief) * slope)
+    patch += style.draw(rng, inner) * inner + rng.uniform(*style.relief) * slope
 
 
 def make_image(
@@ -406,7 +379,8 @@ def make_image(
 
     img = surface.background(rng)
     if classes is None:
-        classes = _draw_classes(rng)
+        weights = np.array([n for _, n in CLASS_COMBOS], float)
+        classes = CLASS_COMBOS[int(rng.choice(len(CLASS_COMBOS), p=weights / weights.sum()))][0]
     x_range, beyond = (0, W), None
     if happens("edge"):
         # Beside a wide dark area a defect would be cut to what is left of the sheet, which
@@ -437,18 +411,6 @@ def make_image(
     if happens("jpeg"):
         img = surface.recompress(stream["jpeg"], img)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), masks
-
-
-def _draw_classes(rng: np.random.Generator) -> tuple[int, ...]:
-    """Which defect classes an image shows: none with Kaggle's clean share, else a combination
-    of :data:`CLASS_COMBOS` weighted by its count to the power :data:`DEFECT_MIX`."""
-    counts = np.array([n for _, n in CLASS_COMBOS], float)
-    clean = counts[0] / counts.sum()
-    weights = counts**DEFECT_MIX
-    weights[0] = 0.0
-    weights *= (1 - clean) / weights.sum()
-    weights[0] = clean
-    return CLASS_COMBOS[int(rng.choice(len(CLASS_COMBOS), p=weights))][0]
 
 
 def _image_ids(rng: np.random.Generator, n: int) -> list[str]:

@@ -93,7 +93,10 @@ def main() -> None:
     p.add_argument("models", nargs="+", type=Path, help="checkpoints (.ckpt)")
     p.add_argument("--sample", type=Path, default=Path("../shared/severstal_sample"))
     p.add_argument(
-        "--synthetic-classes", type=int, default=12, metavar="N",
+        "--synthetic-classes",
+        type=int,
+        default=12,
+        metavar="N",
         help="synthetic strips per defect class for the per-class check (0: skip)",
     )
     a = p.parse_args()

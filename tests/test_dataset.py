@@ -202,6 +202,8 @@ def test_defect_crop_puts_the_window_on_a_defect() -> None:
     assert hits[1.0] == 50 and hits[0.0] < 25
     clean = train_transform(**still, defect_crop=1.0)(image=image, mask=np.zeros_like(mask))
     assert clean["image"].shape == (64, 64) and not clean["mask"].any()
+    with pytest.raises(ValueError, match="defect_crop must be a probability"):
+        train_transform(**still, defect_crop=1.5)
 
 
 def test_blackout_removes_one_defect_class_and_its_label() -> None:

@@ -87,8 +87,10 @@ def train_transform(
         defect_crop: With ``crop``, the probability that the window is placed on a defect of
             the image (albumentations' CropNonEmptyMaskIfExists; anywhere on a clean image).
             A 256x416 window of a 1600 px strip misses a given defect about 2 times in 3, so
-            the rarer classes are seen that much more often; clean images stay clean.
+            defects are seen that much more often at the same cost; clean images stay clean.
     """
+    if not 0.0 <= defect_crop <= 1.0:
+        raise ValueError(f"data.augment.defect_crop must be a probability (0-1), got {defect_crop}")
     crops = []
     if crop is not None:
         check_size(*crop)

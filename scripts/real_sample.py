@@ -35,6 +35,7 @@ from steelseg import synth
 from steelseg.evaluate import evaluate
 from steelseg.inputs import collect_inputs
 from steelseg.labelled import labelled_images
+from steelseg.postprocess import apply_postprocess
 from steelseg.predict import Predictor
 
 KAGGLE_DEFECTIVE = 1 - 5902 / 12568  # share of Kaggle's train strips with a defect
@@ -77,11 +78,11 @@ def synthetic_classes(predictor: Predictor, n: int) -> list[tuple[int, float, fl
             image, masks = synth.make_image(np.random.default_rng([cls, i]), classes=(cls,))
             if cls not in masks:
                 continue
-            prob = predictor.predict_proba(image)
-            prob = prob.max(0) if prob.ndim == 3 else prob
+            prob, image_prob = predictor.predict_proba(image, return_image_prob=True)
+            pred = apply_postprocess(predictor.postprocess, prob, image_prob)  # as predict() does
+            if prob.ndim == 3:  # several classes: any class counts
+                prob, pred = prob.max(0), pred.any(0)
             truth = masks[cls] > 0
-            pred = predictor.predict(image)
-            pred = pred.any(0) if pred.ndim == 3 else pred
             inside.append(float(prob[truth].mean()))
             dice.append(2 * float((pred & truth).sum()) / (pred.sum() + truth.sum()))
         rows.append((cls, float(np.mean(inside)), float(np.mean(dice))))

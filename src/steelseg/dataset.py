@@ -20,7 +20,9 @@ whole images for validation and test.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,28 @@ def pad_to(
     )
 
 
+def repeat_factors(classes: Sequence[str], threshold: float) -> np.ndarray:
+    """How often each image is seen per epoch under class-balanced oversampling.
+
+    The repeat factors of LVIS (Gupta et al. 2019), as mmdet's and mmseg's
+    ``ClassBalancedDataset`` apply them: a class shown in a share ``f`` of the images gets
+    ``max(1, sqrt(threshold / f))``; an image takes that of its rarest class, rounded up, and a
+    clean image 1. Rare defects are then seen often enough to be learned, common ones as before.
+
+    Args:
+        classes: Per image, the classes it shows, space-separated (split.csv's ``classes``:
+            ``""``, ``"3"``, ``"1 3"``).
+        threshold: Classes shown in fewer than this share of the images are repeated.
+
+    Returns:
+        (N,) int: the repeats of each image, >= 1.
+    """
+    shown = [str(c).split() for c in classes]
+    counts = Counter(c for cs in shown for c in set(cs))
+    factor = {c: max(1.0, math.sqrt(threshold * len(shown) / n)) for c, n in counts.items()}
+    return np.array([math.ceil(max((factor[c] for c in cs), default=1.0)) for cs in shown], int)
+
+
 def targets(mask: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A class-id mask -> the model's targets.
 
@@ -339,6 +363,10 @@ class SteelDataModule(pl.LightningDataModule):
         group_split: Keep each group of near-duplicate images (copies, flipped or rotated
             copies) on one side of the split (:func:`steelseg.prepare.group_sides`); part of
             the split's parameters.
+        oversample_thr: Class-balanced oversampling of the training images (mmdet's and
+            mmseg's ``ClassBalancedDataset``, LVIS repeat factors): an image is seen
+            ``ceil(max(1, sqrt(oversample_thr / f)))`` times per epoch, ``f`` the share of
+            training images showing its rarest class; 0: off (:func:`repeat_factors`).
     """
 
     def __init__(
@@ -366,8 +394,15 @@ class SteelDataModule(pl.LightningDataModule):
         n_classes: int = 1,
         train_fraction: float = 1.0,
         group_split: bool = False,
+        oversample_thr: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(oversample_thr) <= 1.0:
+            raise ValueError(
+                f"data.oversample_thr={oversample_thr} must be in [0, 1] (0: off), e.g. 0.3 to "
+                "repeat images of classes shown in fewer than 30% of the training images"
+            )
+        self.oversample_thr = float(oversample_thr)
         if not 0.0 < float(train_fraction) <= 1.0:
             raise ValueError(
                 f"data.train_fraction={train_fraction} must be in (0, 1], e.g. 0.25 to train on "
@@ -571,7 +606,7 @@ class SteelDataModule(pl.LightningDataModule):
         for name in prep.SPLITS:
             idx = np.flatnonzero(rows["split"].to_numpy() == name)
             if name == "train":
-                idx = self._train_subset(rows, idx)
+                idx = self._oversample(rows, self._train_subset(rows, idx))
             part_cache = (*cache, idx) if cache is not None else None
             self.datasets[name] = SteelDataset(
                 rows.iloc[idx],
@@ -601,6 +636,22 @@ class SteelDataModule(pl.LightningDataModule):
             self.train_fraction,
         )
         return picked
+
+    def _oversample(self, rows: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+        """``idx`` with each training image repeated by its class-balanced repeat factor."""
+        if not self.oversample_thr:
+            return idx
+        repeats = repeat_factors(rows["classes"].iloc[idx], self.oversample_thr)
+        log.info(
+            "class-balanced oversampling (data.oversample_thr=%g): %d training samples per "
+            "epoch from %d images (%s)",
+            self.oversample_thr,
+            repeats.sum(),
+            len(idx),
+            ", ".join(f"{n} images x{r}" for r, n in sorted(Counter(repeats).items()) if r > 1)
+            or "no class rare enough to repeat",
+        )
+        return np.repeat(idx, repeats)
 
     def train_transform(self) -> A.BasicTransform | None:
         """The training augmentation, with the random native-resolution crop when set."""

@@ -107,6 +107,20 @@ def grey_of(image_id: str) -> int:
     return 10 + 4 * int(image_id[:4])
 
 
+def data_module(cfg, **data: object):
+    """``cfg.data`` with some values replaced, instantiated, prepared and set up for fitting."""
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.data.update(data)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
 def exit_code(main: Callable[[list[str]], int | None], argv: Sequence[object]) -> int:
     """A command's exit code: what its ``main`` returns, or argparse's ``SystemExit`` code."""
     try:

@@ -8,26 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from conftest import tiny_overrides
-from helpers import exit_code, run_main
+from helpers import data_module, exit_code, run_main
 from steelseg.cli.compare import main as compare_main
 from steelseg.dataset import SteelDataModule
 from steelseg.io import file_digest
 from steelseg.train import build
-
-
-def ready(cfg: DictConfig, **data: object) -> SteelDataModule:
-    """``cfg.data`` with some values replaced, prepared and set up."""
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.data.update(data)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def ids(dm: SteelDataModule, name: str) -> list[str]:
@@ -35,23 +23,23 @@ def ids(dm: SteelDataModule, name: str) -> list[str]:
 
 
 def test_train_fraction_subsamples_train_only(tiny_cfg: DictConfig, caplog) -> None:
-    full = ready(tiny_cfg)
+    full = data_module(tiny_cfg)
     digest = file_digest(full.prepared_dir / "split.csv")
     with caplog.at_level("INFO", logger="steelseg.dataset"):
-        part = ready(tiny_cfg, train_fraction=0.25)
+        part = data_module(tiny_cfg, train_fraction=0.25)
     assert "training on 6 of 24 train images (data.train_fraction=0.25)" in caplog.messages
     assert len(ids(part, "train")) == 6 and set(ids(part, "train")) < set(ids(full, "train"))
     for name in ("val", "test"):
         assert ids(part, name) == ids(full, name)
     assert part.prepared_dir == full.prepared_dir  # the split's folder and digest are unchanged
     assert file_digest(part.prepared_dir / "split.csv") == digest
-    assert ids(ready(tiny_cfg, train_fraction=0.25), "train") == ids(part, "train")  # seeded
+    assert ids(data_module(tiny_cfg, train_fraction=0.25), "train") == ids(part, "train")  # seeded
     # each stratum (the classes an image shows) keeps its share, +-1
     rows = pd.read_csv(full.prepared_dir / "split.csv", dtype=str, keep_default_na=False)
     key = rows.set_index("ImageId")["classes"]
     whole, sub = key[ids(full, "train")].value_counts(), key[ids(part, "train")].value_counts()
     assert all(abs(sub.get(k, 0) - 0.25 * n) <= 1 for k, n in whole.items())
-    assert len(ids(ready(tiny_cfg, train_fraction=0.01), "train")) == 1  # at least one image
+    assert len(ids(data_module(tiny_cfg, train_fraction=0.01), "train")) == 1  # at least one image
 
 
 @pytest.mark.parametrize("fraction", [0, -0.5, 1.5])

@@ -7,10 +7,10 @@ import math
 from collections import Counter
 
 import pytest
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from steelseg.dataset import SteelDataModule, repeat_factors
+from helpers import data_module
+from steelseg.dataset import repeat_factors
 from steelseg.train import build
 
 
@@ -25,20 +25,10 @@ def test_repeat_factors_follow_the_rarest_class() -> None:
     assert repeat_factors(["", ""], 0.5).tolist() == [1, 1]  # clean data: nothing to repeat
 
 
-def ready(cfg: DictConfig, **data: object) -> SteelDataModule:
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.data.update(data)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
-
-
 def test_oversampling_repeats_rare_training_images_only(tiny_cfg: DictConfig, caplog) -> None:
-    plain = ready(tiny_cfg)
+    plain = data_module(tiny_cfg)
     with caplog.at_level("INFO", logger="steelseg.dataset"):
-        over = ready(tiny_cfg, oversample_thr=1.0)
+        over = data_module(tiny_cfg, oversample_thr=1.0)
     assert any("class-balanced oversampling (data.oversample_thr=1)" in m for m in caplog.messages)
     seen = Counter(over.datasets["train"].ids)
     assert set(seen) == set(plain.datasets["train"].ids)  # the same images, some repeated

@@ -366,7 +366,8 @@ class SteelDataModule(pl.LightningDataModule):
         oversample_thr: Class-balanced oversampling of the training images (mmdet's and
             mmseg's ``ClassBalancedDataset``, LVIS repeat factors): an image is seen
             ``ceil(max(1, sqrt(oversample_thr / f)))`` times per epoch, ``f`` the share of
-            training images showing its rarest class; 0: off (:func:`repeat_factors`).
+            training images showing its rarest class; 0: off (:func:`repeat_factors`). The
+            images of ``extra_roots`` are not repeated.
     """
 
     def __init__(

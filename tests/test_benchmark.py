@@ -279,22 +279,53 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
         "STEELSEG_GPU_CHECK_CPU": "1",
         "STEELSEG_GPU_CHECK_OUT": str(tmp_path / "out"),
         "STEELSEG_PYTHON": sys.executable,
+        "STEELSEG_GPU_CHECK_COMPILE": "",  # compiling on 2 CPU cores takes minutes
     }
     env.pop("OUT", None)
     proc = subprocess.run(
         ["bash", str(SCRIPTS / "gpu_check.sh")], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    files = {p.name for p in (tmp_path / "out").iterdir()}
-    assert files >= {"gpu_check.txt", "benchmark.json", "train_metrics.json", "env.txt"}
-    assert len(files) <= 8  # what the device tool brings back from $OUT
+    out = tmp_path / "out"
+    files = {p.name for p in out.iterdir()}
+    assert files >= {"gpu_check.txt", "benchmark.json", "env.txt", "steps.txt", "gpu_tests.log"}
+    assert files >= {"train_metrics1.json", "train_metrics2.json", "sweep_summary.csv"}
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("GPU tests") and "skipped" in lines[-1]  # no CUDA here
-    assert any(line.startswith("training run: val IoU") for line in lines)
-    assert files >= {"gpu_tests.log", "benchmark.log", "train.log"}
+    assert lines[-1].startswith("steps: all") and "5 of 5 ok" in lines[-1]
+    assert any(line.startswith("GPU tests") and "skipped" in line for line in lines)  # no CUDA
     assert any(line.startswith("training run: precision") and "32-true" in line for line in lines)
-    metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())["metrics"]
+    assert any(line.startswith("same seed, two runs") for line in lines)
+    sweep = [line for line in lines if line.startswith("sweep: ")]
+    assert len(sweep) == 2 and all("val / test IoU" in line for line in sweep)  # unet and fpn
+    metrics = json.loads((out / "train_metrics1.json").read_text())["metrics"]
     assert metrics["epochs"] >= 0 and "val/iou" in metrics
+
+
+def test_gpu_check_table_says_what_failed_and_what_was_missed(tmp_path: Path) -> None:
+    """The table alone, on what a check left behind: a failed step, a skipped one, a missed
+    target; exit status 1."""
+    (tmp_path / "steps.txt").write_text(
+        "GPU tests 0 12\nbenchmark 0 90\nsweep 1 30\nbenchmark compile skipped 0\n"
+    )
+    bench = {
+        "meta": {"device_name": "NVIDIA H200"},
+        "ratios": {"b_over_a": 0.95, "b_over_c": 1.2},
+        "reference_recipe": {"steelseg_s": 75.0},
+    }
+    (tmp_path / "benchmark.json").write_text(json.dumps(bench))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu_check_table.py"), str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    out = {line.split("  ")[0]: line for line in proc.stdout.splitlines()}
+    assert "NVIDIA H200" in out["device"]
+    assert "target >= 0.9: met" in out["ratio b/a"]
+    assert "target >= 1.6: MISSED" in out["ratio b/c"]
+    assert "target <= 60 s: MISSED" in out["reference recipe projected, steelseg"]
+    assert "FAILED (exit 1)" in out["step: sweep"] and "SKIPPED" in out["step: benchmark compile"]
+    assert "no summary" in out["sweep (compare_arch_encoder)"]
+    assert "132 s" in out["steps: all"] and "2 of 4 ok" in out["steps: all"]
 
 
 def test_gpu_check_names_missing_packages(tmp_path: Path) -> None:

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"also not {','.join(CPU_SECTIONS)})",
     )
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile a few steps of (a) and (b) at --batch with torch.profiler: host and "
+        "GPU time, kernel launches and the busiest host operations per step (JSON profile)",
+    )
     p.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp dir)")
     p.add_argument("--arch", help="smp architecture (steelseg.model.ARCHS)")
     p.add_argument("--encoder", help="smp encoder or tu-<timm model>")

@@ -1,7 +1,7 @@
 """The short table that ends ``scripts/gpu_check.sh``: each target with its measured number, the
 two seeded training runs side by side, the sweep's summary and every step's outcome.
 
-    python scripts/gpu_check_table.py OUTDIR     # reads what gpu_check.sh wrote there
+    python scripts/gpu_check_table.py OUTDIR [WALL_SECONDS]   # reads what gpu_check.sh wrote
 
 Exit status 1 when a step failed or timed out (the table still prints what exists)."""
 
@@ -82,6 +82,21 @@ def benchmark_rows(b: dict[str, Any], compiled: dict[str, Any]) -> list[tuple[st
         if k.endswith("_s"):
             name = f"reference recipe projected, {k[:-2]}"
             rows.append((name, fmt(v, " s"), verdict(k, v)))
+    for loop, label in (("model_step", "(a)"), ("steelseg_loop", "(b)")):
+        prof = (b.get("profile") or {}).get(loop)
+        if prof:
+            value = f"{prof['wall_ms_per_step']:.1f} / {prof['host_ms_per_step']:.1f} / {prof['gpu_busy_ms_per_step']:.1f} ms"
+            note = f"{prof['launches_per_step']} kernel launches per step"
+            rows.append((f"profile {label}: wall / host / GPU busy per step", value, note))
+    busiest = ((b.get("profile") or {}).get("steelseg_loop") or {}).get("busiest_host_ops", [])
+    for op in busiest[:3]:
+        rows.append(
+            (
+                "profile (b): busy host op",
+                op["op"][:22],
+                f"{op['ms_per_step']} ms, {op['calls_per_step']} calls per step",
+            )
+        )
     mem = b.get("memory") or {}
     if mem:
         value = f"{mem['rss_growth_mb']} / {mem['train_cache_mb']} MB"
@@ -137,7 +152,9 @@ def sweep_rows(out: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
-def step_rows(out: Path) -> tuple[list[tuple[str, str, str]], bool]:
+def step_rows(out: Path, wall: int | None) -> tuple[list[tuple[str, str, str]], bool]:
+    """A row per step and one for all; ``wall``: the check's wall time (side-by-side steps
+    overlap), else the steps' times summed."""
     rows, failed = [], False
     path = out / "steps.txt"
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -147,25 +164,28 @@ def step_rows(out: Path) -> tuple[list[tuple[str, str, str]], bool]:
         failed |= not ok
         outcome = "ok" if ok else OUTCOMES.get(rc, f"FAILED (exit {rc})")
         rows.append((f"step: {name}", f"{seconds} s", outcome))
-    total = sum(int(x.rsplit(" ", 1)[1]) for x in lines)
-    rows.append(
-        ("steps: all", f"{total} s", f"{sum(r[2] == 'ok' for r in rows)} of {len(lines)} ok")
-    )
+    total = wall if wall is not None else sum(int(x.rsplit(" ", 1)[1]) for x in lines)
+    ok = sum(r[2] == "ok" for r in rows)
+    rows.append(("steps: all", f"{total} s", f"{ok} of {len(lines)} ok"))
     return rows, failed
 
 
-def main(out: Path) -> int:
+def main(out: Path, wall: int | None = None) -> int:
     b = read_json(out / "benchmark.json")
     compiled = read_json(out / "benchmark_compile.json")
     device = (b.get("meta") or compiled.get("meta") or {}).get("device_name", "?")
     tests = out / "gpu_tests.log"
     tests_line = tests.read_text().strip().splitlines()[-1] if tests.is_file() else "no log"
     rows = [("device", device, "")]
+    steps, failed = step_rows(out, wall)
+    ran = " ".join(name for name, _, _ in steps)
     rows += benchmark_rows(b, compiled)
-    rows += training_rows(out)
-    rows += sweep_rows(out)
-    rows.append(("GPU tests (-m 'gpu and not slow')", tests_line[:44], ""))
-    steps, failed = step_rows(out)
+    if "training run" in ran:
+        rows += training_rows(out)
+    if "sweep" in ran:
+        rows += sweep_rows(out)
+    if "GPU tests" in ran:
+        rows.append(("GPU tests (-m 'gpu and not slow')", tests_line[:44], ""))
     rows += steps
     print("== gpu_check summary")
     for name, value, note in rows:
@@ -174,4 +194,4 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -295,6 +295,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert any(line.startswith("GPU tests") and "skipped" in line for line in lines)  # no CUDA
     assert any(line.startswith("training run: precision") and "32-true" in line for line in lines)
     assert any(line.startswith("same seed, two runs") for line in lines)
+    assert any(line.startswith("profile (b): wall / host / GPU busy") for line in lines)
     sweep = [line for line in lines if line.startswith("sweep: ")]
     assert len(sweep) == 2 and all("val / test IoU" in line for line in sweep)  # unet and fpn
     metrics = json.loads((out / "train_metrics1.json").read_text())["metrics"]

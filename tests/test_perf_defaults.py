@@ -161,7 +161,15 @@ class Capture(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if batch_idx == 0:
-            conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
+            # a weight with several input channels and a kernel wider than 1x1: only there do
+            # the two memory formats differ (a 1-channel stem is contiguous in both)
+            conv = next(
+                m
+                for m in module.net.modules()
+                if isinstance(m, torch.nn.Conv2d)
+                and m.weight.shape[1] > 1
+                and m.weight.shape[2] * m.weight.shape[3] > 1
+            )
             self.seen = {
                 "precision": trainer.precision,
                 "channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last),

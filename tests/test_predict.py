@@ -296,7 +296,7 @@ def test_without_a_trained_size_images_are_padded_to_32(tiny_ckpt, images):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_prediction_in_bf16_matches_cpu_fp32(tiny_ckpt, predictor, images):
     gpu = Predictor.from_checkpoint(tiny_ckpt, device="cuda", batch_size=2)
-    assert gpu.bf16 == torch.cuda.is_bf16_supported()
+    assert gpu.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     got, want = gpu.predict_proba(images), predictor.predict_proba(images)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.abs(got - want).max() < 0.05  # bf16 rounding of the logits, nothing more

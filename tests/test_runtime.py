@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,18 @@ def test_export_runs_like_the_checkpoint(tiny_ckpt, onnx_file, images, name, pre
     got = Predictor.from_export(onnx_file, name, precision)
     assert (got.runtime, got.precision, got.input_size) == (name, precision, (64, 320))
     np.testing.assert_allclose(got.predict_proba(images), want, atol=atol)
+
+
+def test_torch_engine_probabilities_are_the_sigmoid_of_its_logits(tiny_ckpt, images):
+    """The sigmoid runs on the model's device for PyTorch, in numpy for the other runtimes: the
+    same numbers either way."""
+    engine = Predictor.from_checkpoint(tiny_ckpt, "cpu").engine
+    x = np.stack([cv2.resize(g, (320, 64), interpolation=cv2.INTER_AREA) for g in images])[:, None]
+    masks, image = engine(x)
+    probs, image_probs = engine.probabilities(x)
+    assert probs.dtype == np.float32 and probs.shape == masks.shape and image_probs is None
+    np.testing.assert_allclose(probs, runtime.sigmoid(masks), atol=1e-6)
+    np.testing.assert_allclose(runtime.Engine.probabilities(engine, x)[0], probs, atol=1e-6)
 
 
 @needs_bf16

@@ -73,6 +73,10 @@ class Bench:
             out.append(dict(out[-1], name=out[-1]["name"] + "+compile", compile=self.args.compile))
         return out
 
+    def fastest_eager(self) -> str:
+        """The model-only variant steelseg's loop runs by default: its ceiling in (b)/(a)."""
+        return [v["name"] for v in self.variants() if not v["compile"]][-1]
+
 
 # ----------------------------------------------------------------------------- the network
 def make_module(args: argparse.Namespace, **kwargs: Any):

@@ -69,6 +69,67 @@ def epoch_summary(epochs: list[dict[str, float]], fit_s: float) -> dict[str, Any
     }
 
 
+# ----------------------------------------------------------------------------- profile
+#: steps each ``--profile`` profiles
+PROFILE_STEPS = 5
+#: names of the host calls that launch one GPU kernel each
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+class StepProfile:
+    """torch.profiler over a few steps: per step, the wall time, the host time (self CPU time
+    of every recorded operation), the kernel launches, the GPU's busy time and the host's
+    busiest operations. The profiler's own cost inflates the host times alike for every
+    loop profiled, so compare loops with it, not with unprofiled timings."""
+
+    def __init__(self, device: torch.device, top: int = 12) -> None:
+        self.device, self.top = device, top
+        self.prof: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self.prof is not None
+
+    def start(self) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        sync(self.device)
+        self.prof = torch.profiler.profile(activities=activities)
+        self.prof.__enter__()
+        self.t = time.perf_counter()
+
+    def stop(self, steps: int) -> dict[str, Any]:
+        sync(self.device)
+        wall = time.perf_counter() - self.t
+        self.prof.__exit__(None, None, None)
+        events, self.prof = self.prof.key_averages(), None
+        steps = max(1, steps)
+
+        def ms(us: float) -> float:
+            return round(us / 1000 / steps, 3)
+
+        def device_us(e: Any) -> float:
+            return getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+
+        busiest = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: self.top]
+        return {
+            "steps": steps,
+            "wall_ms_per_step": round(wall * 1000 / steps, 2),
+            "host_ms_per_step": ms(sum(e.self_cpu_time_total for e in events)),
+            "launches_per_step": round(sum(e.count for e in events if e.key in LAUNCHES) / steps),
+            "gpu_busy_ms_per_step": ms(sum(device_us(e) for e in events)),
+            "busiest_host_ops": [
+                {
+                    "op": e.key[:70],
+                    "ms_per_step": ms(e.self_cpu_time_total),
+                    "calls_per_step": round(e.count / steps, 1),
+                }
+                for e in busiest
+            ],  # fmt: skip
+        }
+
+
 # ----------------------------------------------------------------------------- cores
 @contextmanager
 def cores(n: int) -> Iterator[None]:

@@ -1,6 +1,8 @@
 """Section ``model``, (a): the model-only training-step ceiling. Random inputs already on the
 device, AdamW, Dice loss; on a GPU fp32 (framework defaults) and bf16 + channels_last + fused
-AdamW (and ``--compile``). JSON ``model_step``; (b) aims at >= 0.9 of it (GPU, batch 32)."""
+AdamW (and ``--compile``). JSON ``model_step``; (b) aims at >= 0.9 of it (GPU, batch 32).
+``--profile``: a few more steps of the fastest eager variant at ``--batch`` under torch.profiler
+(JSON ``profile.model_step``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 
 from bench.context import Bench, make_module
-from bench.measure import now, per_s, sync
+from bench.measure import PROFILE_STEPS, StepProfile, now, per_s, sync
 
 log = logging.getLogger("benchmark")
 
@@ -63,4 +65,10 @@ def model_step(bench: Bench, batch: int, variant: dict[str, Any]) -> dict[str, A
         seconds = now(dev) - t
         row["images_per_s"] = per_s(batch * a.steps, seconds)
         row["step_ms"] = round(seconds / a.steps * 1000, 2)
+    if a.profile and batch == a.batch and variant["name"] == bench.fastest_eager():
+        profile = StepProfile(dev)
+        profile.start()
+        for _ in range(PROFILE_STEPS):
+            step()
+        bench.results.setdefault("profile", {})["model_step"] = profile.stop(PROFILE_STEPS)
     return row

@@ -1,7 +1,8 @@
 """Section ``steelseg``, (b): steelseg's real training loop. Synthetic JPEGs on disk, prepared +
 uint8 cache, the composed ``train`` config, SteelDataModule, SteelSegModule and a Lightning
 Trainer, timed per epoch. JSON ``steelseg_loop``; targets (GPU, batch 32): >= 0.9 of (a)
-and >= 1.6x (c)."""
+and >= 1.6x (c). ``--profile``: one more run at ``--batch`` with a few steps under torch.profiler
+(JSON ``profile.steelseg_loop``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from bench.context import Bench
-from bench.measure import epoch_summary, now
+from bench.measure import PROFILE_STEPS, StepProfile, epoch_summary, now
 
 log = logging.getLogger("benchmark")
 
@@ -27,9 +28,16 @@ def run(bench: Bench) -> None:
             rows.append(steelseg_loop(bench, batch, bench.args.compile))
             log.info("steelseg %s", rows[-1])
     bench.results["steelseg_loop"] = rows
+    if bench.args.profile:  # a run of its own: the profiler's cost stays out of the rows above
+        profiler = ProfileSteps(bench.device)
+        steelseg_loop(bench, bench.args.batch, None, profiler)
+        bench.results.setdefault("profile", {})["steelseg_loop"] = profiler.result
+        log.info("profile %s", bench.results["profile"])
 
 
-def steelseg_loop(bench: Bench, batch: int, compile_mode: str | None) -> dict[str, Any]:
+def steelseg_loop(
+    bench: Bench, batch: int, compile_mode: str | None, *extra: pl.Callback
+) -> dict[str, Any]:
     from steelseg import config
     from steelseg.train import build, build_all
 
@@ -55,7 +63,7 @@ def steelseg_loop(bench: Bench, batch: int, compile_mode: str | None) -> dict[st
         dm, module = build(cfg.data), build(cfg.model)
         trainer = build(
             cfg.trainer,
-            callbacks=[*build_all(cfg.get("callbacks")), timer],
+            callbacks=[*build_all(cfg.get("callbacks")), timer, *extra],
             logger=build_all(cfg.get("logger")) or False,
         )
         t = time.perf_counter()
@@ -70,6 +78,29 @@ def steelseg_loop(bench: Bench, batch: int, compile_mode: str | None) -> dict[st
         "num_workers": dm.num_workers,
     }
     return row
+
+
+class ProfileSteps(pl.Callback):
+    """Profiles a few training steps of the second epoch (:class:`StepProfile`): the loop's
+    data fetches, hooks and logging as well as the network."""
+
+    def __init__(self, device: torch.device, steps: int = PROFILE_STEPS) -> None:
+        self.profile, self.steps, self.done = StepProfile(device), steps, 0
+        self.result: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1 and batch_idx == 1 and self.result is None:
+            self.profile.start()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.profile.active:
+            self.done += 1
+            if self.done == self.steps:
+                self.result = self.profile.stop(self.done)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self.profile.active:  # an epoch shorter than the steps asked for
+            self.result = self.profile.stop(self.done)
 
 
 class EpochTimer(pl.Callback):

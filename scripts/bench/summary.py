@@ -35,8 +35,7 @@ def pick(rows: list[dict[str, Any]] | None, **where: Any) -> dict[str, Any] | No
 def summarise(bench: Bench) -> None:
     r, a = bench.results, bench.args
     fast = bench.variants()
-    # (b) runs steelseg's defaults: the fastest eager variant is its ceiling
-    fast_name = [v["name"] for v in fast if not v["compile"]][-1]
+    fast_name = bench.fastest_eager()  # (b) runs steelseg's defaults: its ceiling
 
     ratios: dict[str, Any] = {}
     model = r.get("model_step")

@@ -27,7 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
+# albumentations asks PyPI for a newer version at import (up to 2 s, and a warning, on the
+# offline machines steelseg runs on: plant lines, GPU nodes); NO_ALBUMENTATIONS_UPDATE=0 asks again
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import pandas as pd

@@ -66,7 +66,6 @@ from steelseg.runtime import (
     export_runtime,
     load_metadata,
     open_engine,
-    sigmoid,
 )
 
 #: what turns probabilities into masks: one setting for a binary model (or for every class),
@@ -417,14 +416,14 @@ class Predictor:
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Sigmoid of the engine's outputs: mask (N, C, h, w) and image (N, C) or None."""
-        masks, image = self.engine(np.ascontiguousarray(x))
+        masks, image = self.engine.probabilities(np.ascontiguousarray(x))
         if masks.ndim != 4 or masks.shape[1] != self.classes or (image is None) == self.gated:
             got = f"{masks.shape}" + ("" if image is None else f" and {image.shape}")
             raise ValueError(
                 f"the model gave outputs of shape {got}, not the {self.classes}-class mask "
                 f"logits{' and image logits' if self.gated else ''} its metadata names"
             )
-        return sigmoid(masks), None if image is None else sigmoid(image)
+        return masks, image
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """TTA-averaged and plain probabilities of a (N, h, w) batch at network size: masks

@@ -252,6 +252,12 @@ class Engine:
     def __call__(self, x: np.ndarray) -> Outputs:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def probabilities(self, x: np.ndarray) -> Outputs:
+        """The sigmoid of :meth:`__call__`'s outputs: float32 mask probabilities (N, C, H, W)
+        and image probabilities (N, C) or None."""
+        masks, image = self(x)
+        return sigmoid(masks), None if image is None else sigmoid(image)
+
     def describe(self) -> str:
         return f"{self.runtime} {self.precision} on {self.device}"
 
@@ -423,7 +429,16 @@ class TorchEngine(Engine):
             net.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> Outputs:
+        return self._run(x, probabilities=False)
+
+    def probabilities(self, x: np.ndarray) -> Outputs:
+        """As :meth:`Engine.probabilities`, with the sigmoid on the model's device: on a GPU
+        the host does no per-pixel work (numpy's sigmoid of a batch of full strips took longer
+        than the network on an H200)."""
+        return self._run(x, probabilities=True)
+
+    def _run(self, x: np.ndarray, probabilities: bool) -> Outputs:
         torch = self.torch
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device, non_blocking=True)
@@ -434,9 +449,10 @@ class TorchEngine(Engine):
             ):
                 out = self.module(t)
             masks, image = out if isinstance(out, (tuple, list)) else (out, None)
-            return _outputs(
-                masks.float().cpu().numpy(), None if image is None else image.float().cpu().numpy()
-            )
+            outputs = [masks.float(), None if image is None else image.float()]
+            if probabilities:  # in place: the float32 copies are this call's own
+                outputs = [None if o is None else o.sigmoid_() for o in outputs]
+            return _outputs(*(None if o is None else o.cpu().numpy() for o in outputs))
 
 
 def _outputs(masks: Any, image: Any) -> Outputs:

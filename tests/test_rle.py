@@ -559,3 +559,19 @@ def test_image_mask_default_shape(tmp_path):
     path.write_text(CUR + "a.jpg,3,250 10\n")
     m = rle.image_mask(rle.read_annotations(path), "a.jpg")
     assert m.shape == (256, 1600) and m.sum() == 10 and m[0, 1] == 1
+
+
+def test_decoding_from_threads_leaves_the_warning_filters_alone():
+    """The uint8 cache decodes masks on a thread pool. A warnings.catch_warnings() there swapped
+    the process-wide filters; racing threads left "error::DeprecationWarning" behind, and
+    torch.compile's import then failed on a GPU machine."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    good = " ".join(str(i) for i in range(1, 2000, 2))
+    texts = [good, "1 2 x", "3 4-5", good]
+    with ThreadPoolExecutor(8) as pool:
+        parsed = list(pool.map(lambda i: rle._integers(texts[i % 4]), range(4000)))
+    assert warnings.filters == before
+    assert parsed[1] is None and parsed[2] is None and len(parsed[0]) == 1000

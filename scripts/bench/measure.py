@@ -78,7 +78,8 @@ LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaun
 
 class StepProfile:
     """torch.profiler over a few steps: per step, the wall time, the host time (self CPU time
-    of every recorded operation), the kernel launches, the GPU's busy time and the host's
+    of every recorded operation, summed over the host's threads: autograd runs the backward on
+    a thread of its own), the kernel launches, the GPU's busy time (its kernels) and the host's
     busiest operations. The profiler's own cost inflates the host times alike for every
     loop profiled, so compare loops with it, not with unprofiled timings."""
 
@@ -112,13 +113,17 @@ class StepProfile:
         def device_us(e: Any) -> float:
             return getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
 
+        def on_gpu(e: Any) -> bool:
+            return getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+
         busiest = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: self.top]
         return {
             "steps": steps,
             "wall_ms_per_step": round(wall * 1000 / steps, 2),
             "host_ms_per_step": ms(sum(e.self_cpu_time_total for e in events)),
             "launches_per_step": round(sum(e.count for e in events if e.key in LAUNCHES) / steps),
-            "gpu_busy_ms_per_step": ms(sum(device_us(e) for e in events)),
+            # kernels only: an operator's own row repeats the time of the kernels it launched
+            "gpu_busy_ms_per_step": ms(sum(device_us(e) for e in events if on_gpu(e))),
             "busiest_host_ops": [
                 {
                     "op": e.key[:70],

@@ -126,7 +126,14 @@ fi
 # more benchmark flags (later flags win), e.g. --sections model,steelseg,inference
 read -r -a MORE <<<"${STEELSEG_GPU_CHECK_BENCH_ARGS:-}"
 BENCH+=("${MORE[@]}")
-STEPS="${STEELSEG_GPU_CHECK_STEPS:-tests,train,sweep,benchmark,compile}"
+ALL_STEPS=tests,train,sweep,benchmark,compile
+STEPS="${STEELSEG_GPU_CHECK_STEPS:-$ALL_STEPS}"
+for step in ${STEPS//,/ }; do
+    if [[ ",$ALL_STEPS," != *",$step,"* ]]; then
+        echo "gpu_check: STEELSEG_GPU_CHECK_STEPS: no step '$step'; choose from $ALL_STEPS" >&2
+        exit 2
+    fi
+done
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 COMMON=(model.encoder_weights=null "${DATA[@]}" data.synthetic.n_test=0 paths.data_dir="$WORK/data"
     callbacks.progress_bar=null +trainer.enable_progress_bar=false)

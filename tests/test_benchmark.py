@@ -329,6 +329,21 @@ def test_gpu_check_table_says_what_failed_and_what_was_missed(tmp_path: Path) ->
     assert "132 s" in out["steps: all"] and "2 of 4 ok" in out["steps: all"]
 
 
+def test_gpu_check_refuses_an_unknown_step(tmp_path: Path) -> None:
+    env = os.environ | {
+        "STEELSEG_GPU_CHECK_CPU": "1",
+        "STEELSEG_GPU_CHECK_STEPS": "tests,bench",
+        "STEELSEG_GPU_CHECK_OUT": str(tmp_path),
+        "STEELSEG_PYTHON": sys.executable,
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "no step 'bench'; choose from tests,train,sweep,benchmark,compile" in proc.stderr
+    assert not (tmp_path / "steps.txt").exists()  # nothing ran
+
+
 def test_gpu_check_names_missing_packages(tmp_path: Path) -> None:
     bare = "/usr/bin/python3"
     if not Path(bare).exists() or subprocess.run([bare, "-c", "import torch"]).returncode == 0:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 #: target per ratio or projection: (key, bound, higher is better)
 TARGETS = {
@@ -114,9 +115,8 @@ def training_rows(out: Path) -> list[tuple[str, str, str]]:
     rows = []
     config = out / "train_config.yaml"
     if config.is_file():
-        lines = config.read_text().splitlines()
-        precision = next((x.split(":", 1)[1].strip() for x in lines if x.strip().startswith("precision:")), "?")  # fmt: skip
-        rows.append(("training run: precision", precision, ""))
+        precision = yaml.safe_load(config.read_text())["trainer"]["precision"]
+        rows.append(("training run: precision", str(precision), ""))
     for i, m in enumerate(runs, 1):
         if not m:
             rows.append((f"training run {i}", "no metrics", "failed: see its log"))

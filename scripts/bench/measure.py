@@ -97,13 +97,13 @@ class StepProfile:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         sync(self.device)
         self.prof = torch.profiler.profile(activities=activities)
-        self.prof.__enter__()
+        self.prof.start()
         self.t = time.perf_counter()
 
     def stop(self, steps: int) -> dict[str, Any]:
         sync(self.device)
         wall = time.perf_counter() - self.t
-        self.prof.__exit__(None, None, None)
+        self.prof.stop()
         events, self.prof = self.prof.key_averages(), None
         steps = max(1, steps)
 

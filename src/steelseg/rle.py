@@ -32,18 +32,24 @@ def _is_empty(rle: object) -> bool:
     return isinstance(rle, str) and not rle.strip()
 
 
+#: numpy 1 stops at an unreadable token with a warning where numpy 2 raises
+_NUMPY_1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
+
+
 def _integers(text: str) -> np.ndarray | None:
     """Whitespace-separated integers as int64, or None if any token is not an integer."""
     # np.fromstring's text mode parses ~3x faster than str.split + int(). At a token it cannot
-    # read it raises (numpy 2) or stops with a warning (numpy 1): the token count tells. Never
-    # warnings.catch_warnings here: it swaps the process-wide filters, and the cache's decoding
-    # threads racing through it left "error::DeprecationWarning" behind for good (which broke
-    # torch.compile's import on a GPU machine).
+    # read it raises (numpy 2) or stops with a warning (numpy 1): there the token count tells.
+    # Never warnings.catch_warnings here: it swaps the process-wide filters, and the cache's
+    # decoding threads racing through it left "error::DeprecationWarning" behind for good (which
+    # broke torch.compile's import on a GPU machine).
     try:
         values = np.fromstring(text, dtype=np.int64, sep=" ")
     except ValueError:
         return None
-    return values if len(values) == len(text.split()) else None
+    if _NUMPY_1 and len(values) != len(text.split()):
+        return None
+    return values
 
 
 def _boundaries(rle: str, shape: tuple[int, int], where: str) -> np.ndarray:

@@ -4,7 +4,8 @@ The real images are Kaggle's and stay where they are. For each checkpoint:
 
 - **labelled**: the script links the labelled images into a temporary Kaggle-layout folder
   (``train_images/`` + ``train.csv``), runs ``steelseg.evaluate.evaluate`` on every image there
-  (``split="all"``) and deletes the folder: per-image Dice, pixel IoU, defect recall;
+  (``split="all"``) and deletes the folder: per-image Dice, pixel IoU, defect recall, and each
+  image's Dice beside its true classes (which kinds of real defect the model finds);
 - **unlabelled** (``SAMPLE/test_images``, when there): with no ground truth, the share of strips
   the model flags (any defect pixel after its post-processing) and the predicted defect area per
   strip, to set beside the 47% of Kaggle's train strips that are clean (53% defective).
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steelseg import synth
+from steelseg import rle, synth
 from steelseg.evaluate import evaluate
 from steelseg.inputs import collect_inputs
 from steelseg.labelled import labelled_images
@@ -101,13 +102,18 @@ def main() -> None:
         help="synthetic strips per defect class for the per-class check (0: skip)",
     )
     a = p.parse_args()
-    rows = []
+    rows, per_image = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = kaggle_view(a.sample, Path(tmp) / "data")
+        truth = rle.read_annotations(root / "train.csv").groupby("ImageId")["ClassId"]
+        true_classes = {i: " ".join(map(str, sorted(c))) for i, c in truth}
         for model in a.models:
             out = Path(tmp) / "eval" / f"{len(rows)}"
             images = labelled_images(root)  # every labelled image, nothing prepared
             r = evaluate(Predictor.from_checkpoint(model), images, "all", out, progress=False)
+            per_image += [
+                (str(model), true_classes.get(i["image_id"], "-"), i) for i in r["images"]
+            ]
             for variant in ("threshold_only", "postprocessed"):
                 m = r["metrics"][variant]
                 rows.append(
@@ -149,6 +155,16 @@ def main() -> None:
     for model, variant, n, d, iou, rec, kag, per in rows:
         kag = "" if kag is None else f"{kag:.4f}"
         print(f"| {model} | {variant} | {n} | {d:.4f} | {iou:.4f} | {rec:.3f} | {kag} | {per} |")
+
+    print("\n| model | image | true classes | true px | predicted px | Dice | defects found |")
+    print("|---|---|---|---|---|---|---|")
+    for model, classes, i in per_image:
+        m = i["postprocessed"]
+        n_true, found = m["defects"][:2]
+        print(
+            f"| {model} | {i['image_id']} | {classes} | {i['gt_pixels']} | {m['pred_pixels']} "
+            f"| {m['dice']:.3f} | {found} of {n_true} |"
+        )
 
 
 if __name__ == "__main__":

@@ -269,6 +269,19 @@ def test_prepared_dir_made_with_other_parameters(fresh_cfg: DictConfig) -> None:
     assert split_csv.read_bytes() == before  # refused, not overwritten
 
 
+def test_split_as_counts_or_fractions_is_the_same_split(fresh_cfg: DictConfig) -> None:
+    """``steelseg-prepare`` defaults to 0.8,0.1,0.1 and conf/data/severstal.yaml to
+    [800, 100, 100]: training on the folder prepare made must reuse it, not refuse it."""
+    n = 20
+    datamodule(fresh_cfg, cache=False, n_images=n, split=[0.8, 0.1, 0.1]).prepare_data()
+    split_csv = Path(fresh_cfg.data.prepared_dir) / "split.csv"
+    before = split_csv.read_bytes()
+    datamodule(fresh_cfg, cache=False, n_images=n, split=[16, 2, 2]).prepare_data()
+    assert split_csv.read_bytes() == before
+    with pytest.raises(ValueError, match="was made with"):  # another split is still refused
+        datamodule(fresh_cfg, cache=False, n_images=n, split=[14, 4, 2]).prepare_data()
+
+
 def test_prepared_dir_for_is_the_data_modules_folder(tmp_path: Path) -> None:
     """A run's ``data`` section -> the folder its DataModule prepares in, where labelled_split
     looks too: with every setting, with settings left out (training's defaults), with

@@ -528,7 +528,7 @@ class SteelDataModule(pl.LightningDataModule):
 
     def _check_prepared(self, meta: dict) -> None:
         """Fail if an existing split was made with other parameters or from other data."""
-        if meta.get("params") != self.params:
+        if not prep.same_params(meta.get("params"), self.params):
             raise ValueError(
                 f"the prepared split in {self.prepared_dir} was made with {meta.get('params')}, "
                 f"but the config asks for {self.params}; delete that folder or set "

@@ -441,6 +441,23 @@ def prepare_params(root: str | os.PathLike, settings: Mapping[str, Any]) -> dict
     return params
 
 
+def same_params(made: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """Whether a split made with ``made`` (prepare.json's) is the one ``wanted`` asks for.
+
+    The split may be written as counts or fractions (``800,100,100`` and ``0.8,0.1,0.1`` of
+    1000 images are the same split; ``n_images`` is compared as well), so it is compared as
+    shares of its sum.
+    """
+
+    def shares(params: Mapping[str, Any]) -> dict[str, Any]:
+        split = params.get("split")
+        if split is None or sum(split) <= 0:
+            return dict(params)
+        return {**params, "split": [round(x / sum(split), 9) for x in split]}
+
+    return made is not None and shares(made) == shares(wanted)
+
+
 def default_prepared_dir(root: str | os.PathLike, params: dict[str, Any]) -> Path:
     """Where a split made with ``params`` (:func:`prepare_params`) lives by default:
     ``root/prepared/split-<hash of the parameters>``."""

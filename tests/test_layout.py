@@ -123,9 +123,12 @@ def test_help_loads_nothing_heavy() -> None:
 
 def test_command_choices_match_the_library() -> None:
     """The commands name their choices without importing the library; they must agree."""
-    from steelseg import export, postprocess, prepare, runtime
+    from steelseg import duplicates, export, labelimport, postprocess, prepare, runtime, writer
     from steelseg.cli import common
+    from steelseg.cli import data as data_cli
     from steelseg.cli import export as export_cli
+    from steelseg.cli import import_ as import_cli
+    from steelseg.cli import predict as predict_cli
 
     assert common.TTA_FLIPS == postprocess.TTA_CHOICES
     assert common.SPLITS == prepare.SPLIT_CHOICES
@@ -137,6 +140,20 @@ def test_command_choices_match_the_library() -> None:
     assert export.DEFAULT_CALIBRATION == 64 and runtime.DICE_TOLERANCE == 0.005  # the help texts
     fields = tuple(f.name for f in __import__("dataclasses").fields(postprocess.PostProcess))
     assert fields == common.POSTPROCESS_FIELDS
+    assert common.GATES == postprocess.GATES
+    assert predict_cli.OUTPUTS == writer.OUTPUTS
+    assert import_cli.FORMATS == labelimport.FORMATS
+    assert data_cli.HASH_THRESHOLD == duplicates.HASH_THRESHOLD
+
+
+def test_serve_offers_no_option_it_ignores() -> None:
+    """steelseg-serve forms its own batches (--max-batch, --max-wait-ms) and shows no progress
+    bar: --batch-size and --no-progress would be accepted and do nothing."""
+    from steelseg.cli import serve as serve_cli
+
+    options = {o for a in serve_cli.build_parser()._actions for o in a.option_strings}
+    assert {"--max-batch", "--runtime", "--threshold"} <= options
+    assert not options & {"--batch-size", "--no-progress"}
 
 
 def test_train_help_says_what_it_does_first() -> None:

@@ -358,3 +358,11 @@ async def _metrics_text(app) -> str:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         return (await c.get("/metrics")).text
+
+
+def test_command_default_max_pixels_is_the_librarys() -> None:
+    """steelseg-serve names its --max-pixels default without importing the service."""
+    from steelseg import serve
+    from steelseg.cli import serve as serve_cli
+
+    assert serve_cli.MAX_PIXELS == serve.MAX_PIXELS

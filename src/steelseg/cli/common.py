@@ -129,9 +129,10 @@ def add_data(p: argparse.ArgumentParser, split: str) -> None:
     g.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's own)")
 
 
-def add_runtime(p: argparse.ArgumentParser, progress: bool = True) -> None:
-    """``--runtime``, ``--precision``, ``--tolerance``, ``--device``, ``--batch-size`` (and
-    ``--no-progress``): where and how the model runs."""
+def add_runtime(p: argparse.ArgumentParser, progress: bool = True, batches: bool = True) -> None:
+    """``--runtime``, ``--precision``, ``--tolerance``, ``--device``, ``--batch-size`` and
+    ``--no-progress``: where and how the model runs. ``batches=False`` leaves out the batch
+    size and the progress bar, for a command that forms its own batches (``steelseg-serve``)."""
     g = p.add_argument_group("model run")
     g.add_argument(
         "--runtime",
@@ -158,10 +159,11 @@ def add_runtime(p: argparse.ArgumentParser, progress: bool = True) -> None:
         "(0, 1) (default 0.005)",
     )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument(
-        "--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)"
-    )
-    if progress:
+    if batches:
+        g.add_argument(
+            "--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)"
+        )
+    if progress and batches:
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -178,11 +180,11 @@ def add_tta(p: argparse._ActionsContainer, default: str) -> None:
     )
 
 
-def add_prediction(p: argparse.ArgumentParser, title: str) -> None:
+def add_prediction(p: argparse.ArgumentParser, title: str, batches: bool = True) -> None:
     """What a command that predicts takes besides its inputs: the post-processing overrides
     (under ``title``), ``--tta`` and the model run (:func:`add_runtime`)."""
     add_tta(add_postprocess(p, title), "the tuned flips, else none")
-    add_runtime(p)
+    add_runtime(p, batches=batches)
 
 
 def add_postprocess(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
@@ -244,17 +246,19 @@ def predictor_options(
     """:func:`steelseg.deploy.load_predictor`'s keyword arguments the options ask for (the
     model file aside): runtime, precision, device, batch size, TTA, tuned post-processing and
     the post-processing options."""
-    return dict(
+    options = dict(
         runtime=args.runtime,
         precision=args.precision,
         device=args.device,
         tta=args.tta if tta is None else tta,
-        batch_size=args.batch_size,
         use_tuned=not getattr(args, "no_tuned", False) if use_tuned is None else use_tuned,
         tolerance=args.tolerance,
-        progress=not getattr(args, "no_progress", False),
         overrides=postprocess_overrides(args),
     )
+    if hasattr(args, "batch_size"):  # not where the command forms its own batches
+        options["batch_size"] = args.batch_size
+        options["progress"] = not getattr(args, "no_progress", False)
+    return options
 
 
 def predictor(

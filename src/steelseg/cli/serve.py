@@ -31,7 +31,7 @@ def build_parser():
         "--max-batch",
         type=common.positive_int,
         default=8,
-        help="most images in one engine batch (default 8; it replaces --batch-size)",
+        help="most images in one engine batch (default 8)",
     )
     g.add_argument(
         "--max-wait-ms",
@@ -67,6 +67,7 @@ def build_parser():
         p,
         "post-processing (default: the values steelseg-tune stored with the checkpoint, else "
         "only the model's threshold); each option given replaces that one value",
+        batches=False,  # --max-batch and --max-wait-ms form the batches; no progress bar
     )
     return p
 

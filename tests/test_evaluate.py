@@ -326,3 +326,14 @@ def test_eval_all_labelled_images_of_a_folder_needs_no_preparation(
     assert not (data / "prepared").exists()  # nothing was prepared on the way
     # a named split still needs a split file, and says how to get one
     assert exit_code(main, [*argv[:4], "--split", "val", "--out", out]) == 2
+
+
+def test_eval_cli_names_each_class_by_its_data_name(capsys) -> None:
+    """The per-class table says what classes.csv calls each class, not its id."""
+    from steelseg.cli.eval import print_classes
+
+    row = {"IoU": 0.5, "Dice": 0.6, "Precision": 0.7, "Recall": 0.8, "pixels": 10}
+    seg = {"mIoU": 0.5, "classes": {"background": row, "1": row, "2": row}}
+    print_classes(seg, {"1": "scratch", "2": "patch"})
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == ["background", "scratch", "patch"]

@@ -40,7 +40,7 @@ from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, json_ready, read_grey, run_folder
 from steelseg.labelled import LabelledImages, MaskReader, model_checkpoint
 from steelseg.layouts import check_classes
-from steelseg.layouts import class_names as data_class_names
+from steelseg.layouts import class_names
 from steelseg.postprocess import ClassPostProcess, PostProcess, class_map
 from steelseg.predict import Predictor, apply_postprocess
 from steelseg.runtime import DICE_TOLERANCE
@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 VARIANTS = ("threshold_only", "postprocessed")
 
 
-def class_names(classes: int) -> list[str]:
+def confusion_labels(classes: int) -> list[str]:
     """The rows of the pixel confusion matrix: ``background`` then ``defect`` (a binary model)
-    or the class ids ``1`` .. ``C``."""
+    or the class ids ``1`` .. ``C`` (eval.json's ``class_names`` names them)."""
     return ["background"] + (
         ["defect"] if classes == 1 else [str(c) for c in range(1, classes + 1)]
     )
@@ -185,7 +185,7 @@ class Scorer:
                 *(np.array([r[k] for r in rows]) for k in ("tp", "fp", "fn"))
             ),
             "segmentation": metric.segmentation_scores(
-                self._confusion[name], class_names(self.classes)
+                self._confusion[name], confusion_labels(self.classes)
             ),
             "image": image,
             "defect": {
@@ -319,7 +319,7 @@ def _result(
     """eval.json's content: the model and its settings, and every number."""
     model_file = Path(predictor.model_file).resolve() if predictor.model_file else None
     root = paths[0].parent.parent.resolve()  # above train_images/ or images/
-    names = data_class_names(root, predictor.classes)  # its classes.csv, else the ids
+    names = class_names(root, predictor.classes)  # its classes.csv, else the ids
     return json_ready(
         {
             "checkpoint": str(model_file),

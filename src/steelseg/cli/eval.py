@@ -65,17 +65,18 @@ def print_summary(result: Mapping[str, Any]) -> None:
             rows.append((label, [m[v]["classes"][i]["dice_per_image"] for v in VARIANTS]))
         for label, vals in rows:
             print(f"{'Classes: ' + label:54.54s} " + " ".join(f"{_fmt(v):>15s}" for v in vals))
-    print_classes(m["postprocessed"]["segmentation"])
+    print_classes(m["postprocessed"]["segmentation"], result.get("class_names", {}))
 
 
-def print_classes(seg: Mapping[str, Any]) -> None:
-    """Per-class IoU, Dice, precision and recall, background included (post-processed)."""
+def print_classes(seg: Mapping[str, Any], names: Mapping[str, str]) -> None:
+    """Per-class IoU, Dice, precision and recall, background included (post-processed); each
+    class by its name (``names``: eval.json's ``class_names``, from the data's classes.csv)."""
     keys = ("IoU", "Dice", "Precision", "Recall")
     print(f"per class, post-processed (mIoU {_fmt(seg['mIoU'])}, background included):")
     print(f"{'class':>12s} {'true pixels':>14s} " + " ".join(f"{k:>10s}" for k in keys))
-    for name, c in seg["classes"].items():
+    for label, c in seg["classes"].items():
         scores = " ".join(f"{_fmt(c[k]):>10s}" for k in keys)
-        print(f"{name:>12.12s} {c['pixels']:>14,d} {scores}")
+        print(f"{names.get(label, label):>12.12s} {c['pixels']:>14,d} {scores}")
 
 
 def _fmt(v: float | None) -> str:

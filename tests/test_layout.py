@@ -144,6 +144,15 @@ def test_command_choices_match_the_library() -> None:
     assert predict_cli.OUTPUTS == writer.OUTPUTS
     assert import_cli.FORMATS == labelimport.FORMATS
     assert data_cli.HASH_THRESHOLD == duplicates.HASH_THRESHOLD
+    from steelseg import tune
+    from steelseg.cli import tune as tune_cli
+
+    helps = {a.dest: a.help for a in tune_cli.build_parser()._actions}
+    for dest, grid in (
+        ("min_component_areas", tune.MIN_COMPONENT_AREAS),
+        ("min_total_areas", tune.MIN_TOTAL_AREAS),
+    ):
+        assert f"(default {','.join(map(str, grid))})" in helps[dest]
 
 
 def test_serve_offers_no_option_it_ignores() -> None:

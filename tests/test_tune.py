@@ -168,7 +168,7 @@ def test_tune_writes_the_sidecar_that_predict_uses(own_ckpt: Path) -> None:
 
 def test_tune_cli(own_ckpt: Path, capsys) -> None:
     argv = [str(own_ckpt), "--thresholds", "0.5", "--min-component-areas", "0",
-            "--min-total-areas", "0,409601", "--try-tta", "--no-progress", "--top", "3"]  # fmt: skip
+            "--min-total-areas", "0,409601", "--tta", "--no-progress", "--top", "3"]  # fmt: skip
     assert main([*argv, "--no-save"]) == 0
     assert not sidecar_path(own_ckpt).exists()
     out = capsys.readouterr().out

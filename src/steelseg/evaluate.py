@@ -39,8 +39,7 @@ from steelseg.accuracy import reference_predictor, runtime_check, score_predicto
 from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.io import atomic_write_text, json_ready, read_grey, run_folder
 from steelseg.labelled import LabelledImages, MaskReader, model_checkpoint
-from steelseg.layouts import check_classes
-from steelseg.layouts import class_names
+from steelseg.layouts import check_classes, class_names
 from steelseg.postprocess import ClassPostProcess, PostProcess, class_map
 from steelseg.predict import Predictor, apply_postprocess
 from steelseg.runtime import DICE_TOLERANCE

@@ -2,11 +2,11 @@
 
 ::
 
-    steelseg-tune outputs/train/runs/<time>/checkpoints/best-*.ckpt [--try-tta]
+    steelseg-tune outputs/train/runs/<time>/checkpoints/best-*.ckpt [--tta]
 
 predicts the validation images once (at full resolution, 256x1600), then scores every
 combination of probability threshold x ``min_component_area`` x ``min_total_area`` (and,
-with ``--try-tta``, flip test-time augmentation on and off) by the mean per-image Dice (Kaggle
+with ``--tta``, flip test-time augmentation on and off) by the mean per-image Dice (Kaggle
 rule: an empty prediction on a clean image scores 1), prints the best rows and stores the winner
 beside the checkpoint (:func:`steelseg.postprocess.save_tuned`), where ``steelseg-predict`` and
 ``steelseg-eval`` pick it up.

@@ -124,7 +124,9 @@ def add_data(p: argparse.ArgumentParser, split: str) -> None:
         "labelled image of --data-root when it has none",
     )
     g.add_argument(
-        "--data-root", type=Path, help="Kaggle-layout data folder (default: the run's data.root)"
+        "--data-root",
+        type=Path,
+        help="the data folder, Kaggle or folder layout (default: the run's data.root)",
     )
     g.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's own)")
 

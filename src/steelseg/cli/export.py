@@ -78,7 +78,9 @@ def build_parser():
     )
     g = p.add_argument_group("labelled images (default: the checkpoint's run)")
     g.add_argument(
-        "--data-root", type=Path, help="Kaggle-layout data folder (default: the run's data.root)"
+        "--data-root",
+        type=Path,
+        help="the data folder, Kaggle or folder layout (default: the run's data.root)",
     )
     g.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's own)")
     g.add_argument(

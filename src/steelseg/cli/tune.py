@@ -33,7 +33,7 @@ def build_parser():
     g.add_argument(
         "--min-total-areas",
         type=common.comma_list(int),
-        help="comma-separated total mask areas in pixels (default 0,250,500,...,4000)",
+        help="comma-separated total mask areas in pixels (default 0,250,500,1000,1500,2000,3000,4000)",
     )
     common.add_tta(g, "none: only the plain prediction is scored; with flips, both are")
     g.add_argument(

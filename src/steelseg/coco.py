@@ -28,7 +28,10 @@ import numpy as np
 
 from steelseg.io import atomic_write_text, json_ready
 
-CONNECTIVITY = 8  # a diagonal touch joins two pixels into one component (one defect)
+#: One defect is one 8-connected component: a diagonal touch joins two pixels. The one place
+#: this is said; COCO instances, the detection metrics, the area filters, tune and the data
+#: report all count defects with it.
+CONNECTIVITY = 8
 OUTSIDE_TOLERANCE = 1.0  # pixels a polygon point may stray past the image's edge (rounding)
 
 

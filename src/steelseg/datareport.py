@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from steelseg import duplicates, layouts, rle
+from steelseg.coco import CONNECTIVITY
 from steelseg.io import atomic_write_text, json_ready, read_grey
 from steelseg.prepare import SPLITS, read_split_file, resolve_split_file
 from steelseg.report import (
@@ -55,7 +56,7 @@ def _mask_stats(rles: Sequence[str], shape: tuple[int, int]) -> list[tuple[list[
             out.append(([], False))
             continue
         mask = rle.decode(s, shape)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=CONNECTIVITY)
         border = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
         out.append((stats[1:n, cv2.CC_STAT_AREA].tolist(), border))
     return out

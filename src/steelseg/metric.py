@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from steelseg.coco import CONNECTIVITY
+
 #: what a run scores (:class:`steelseg.segmetrics.SegMetrics`), logged as ``val/<name>``,
 #: ``test/<name>``
 NAMES = ("iou", "dice", "dice_per_image")
@@ -458,7 +460,10 @@ def image_detection(
 
 
 def defect_counts(
-    pred: np.ndarray, target: np.ndarray, iou_threshold: float = 0.5, connectivity: int = 8
+    pred: np.ndarray,
+    target: np.ndarray,
+    iou_threshold: float = 0.5,
+    connectivity: int = CONNECTIVITY,
 ) -> tuple[int, int, int, int]:
     """Match the connected components (separate defects) of one image's masks.
 
@@ -492,7 +497,7 @@ def small_defect_counts(
     target: np.ndarray,
     below: int = SMALL_DEFECT,
     iou_threshold: float = 0.5,
-    connectivity: int = 8,
+    connectivity: int = CONNECTIVITY,
 ) -> tuple[int, int]:
     """``(n_small, found_small)``: the true defects under ``below`` pixels, and how many of
     them are found (matched as in :func:`defect_counts`)."""
@@ -557,7 +562,7 @@ def defect_detection(
     preds: Iterable[np.ndarray],
     targets: Iterable[np.ndarray],
     iou_threshold: float = 0.5,
-    connectivity: int = 8,
+    connectivity: int = CONNECTIVITY,
 ) -> dict[str, float]:
     """Defect-level recall and precision over images (see :func:`defect_counts`).
 

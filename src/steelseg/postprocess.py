@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from steelseg.coco import CONNECTIVITY
 from steelseg.io import atomic_write_text, locked
 
 #: Test-time augmentations understood by :mod:`steelseg.predict` (flips are their own inverse).
@@ -151,7 +152,7 @@ class PostProcess:
         if self.fill_holes and mask.any():
             mask = _fill_holes(mask)
         if self.min_component_area > 0 and mask.any():
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=CONNECTIVITY)
             keep = stats[:, cv2.CC_STAT_AREA] >= self.min_component_area
             keep[0] = False  # label 0 is the background
             mask = keep[labels].astype(np.uint8)

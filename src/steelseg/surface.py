@@ -82,6 +82,7 @@ class Nuisances:
 NUISANCES = Nuisances()
 EDGE_WIDTH = (40, 1400)  # px of dark beyond the edge, log-uniform: a sliver to most of the frame
 EDGE_WIDTH_WITH_DEFECTS = 600  # the widest beside defects (so that they keep Kaggle's sizes)
+EDGE_MARGIN = 30  # px of steel inside the edge where no defect is placed
 
 
 def field(
@@ -270,8 +271,8 @@ def strip_edges(
         dist = np.maximum(dist, boundary(left) - x)
     if right:
         dist = np.maximum(dist, x - (W - 1 - boundary(right)))
-    x_lo = int(left) + 30 if left else 0
-    x_hi = W - int(right) - 30 if right else W
+    x_lo = int(left) + EDGE_MARGIN if left else 0
+    x_hi = W - int(right) - EDGE_MARGIN if right else W
     if x_hi - x_lo < 60:  # too little steel for a defect: keep the sheet, place none
         x_lo, x_hi = 0, 0
     return (x_lo, x_hi), dist

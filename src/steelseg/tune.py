@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from steelseg import metric
+from steelseg.coco import CONNECTIVITY
 from steelseg.inputs import Skipped, Source, log_skip
 from steelseg.labelled import LabelledImages
 from steelseg.layouts import check_classes
@@ -130,7 +131,7 @@ class GridScorer:
         gt = int(target.sum())
         for ti, t in enumerate(self.grid.thresholds):
             mask = self._mask(prob, t).astype(np.uint8)
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=CONNECTIVITY)
             comp_area = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)  # (K,)
             comp_tp = np.bincount(labels[target], minlength=n)[1:].astype(np.int64)  # (K,)
             keep = comp_area[None, :] >= self.areas[:, None]  # (A, K)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steelseg import rle, synth
+from steelseg import metric, rle, synth
 from steelseg.evaluate import evaluate
 from steelseg.inputs import collect_inputs
 from steelseg.labelled import labelled_images
@@ -85,7 +85,7 @@ def synthetic_classes(predictor: Predictor, n: int) -> list[tuple[int, float, fl
                 prob, pred = prob.max(0), pred.any(0)
             truth = masks[cls] > 0
             inside.append(float(prob[truth].mean()))
-            dice.append(2 * float((pred & truth).sum()) / (pred.sum() + truth.sum()))
+            dice.append(float(metric.dice_per_image(*metric.mask_counts(pred, truth))))
         rows.append((cls, float(np.mean(inside)), float(np.mean(dice))))
     return rows
 

@@ -18,7 +18,6 @@ TP_RGB, FP_RGB, FN_RGB = (34, 197, 94), (239, 68, 68), (59, 130, 246)
 #: Overlay colour (RGB) of each Severstal defect class, for models of one channel per class;
 #: none of them is the binary overlay's red, green or blue.
 CLASS_RGB = {1: (250, 204, 21), 2: (34, 211, 238), 3: (217, 70, 239), 4: (249, 115, 22)}
-CLASS_LEGEND = "class 1 yellow, 2 cyan, 3 magenta, 4 orange"
 TINT = 0.35  # weight of the colour over the steel: the texture under a defect stays visible
 LABEL_HEIGHT = 28  # pixels of the caption bar above each panel
 

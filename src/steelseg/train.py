@@ -7,13 +7,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +97,6 @@ def keep_csv_logs(loggers: list[Any]) -> None:
 
 #: Errors that mean a bad input, config or environment: ``steelseg-train`` shows them as one line.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
-
-
-@contextlib.contextmanager
-def exit_on_user_error(prog: str) -> Iterator[None]:
-    """Turn :data:`USER_ERRORS` into ``PROG: error: MESSAGE`` on stderr and exit code 2."""
-    try:
-        yield
-    except USER_ERRORS as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -315,9 +302,9 @@ def print_summary(metrics: dict[str, float], out: Path) -> None:
 def run_job(cfg: DictConfig) -> float | None:
     """One run, or one job of a multirun sweep; returns the optimised metric to the sweeper.
 
-    A single run fails loudly: a bad input, config or environment (:data:`USER_ERRORS`)
-    as one line ``steelseg-train: error: ...`` and exit code 2, anything else with a
-    traceback. A job of a multirun that fails writes ``failed.json`` into its folder and
+    A single run raises (``steelseg-train`` shows :data:`USER_ERRORS`, a bad input, config or
+    environment, as one line and exit code 2; anything else with a traceback). A job of a
+    multirun that fails writes ``failed.json`` into its folder and
     returns None, so the sweep goes on with the next job and its summary lists the failure;
     hydra-optuna-sweeper tells Optuna such a trial FAILED, which the sampler leaves out (a
     number would mislead it; NaN stops optuna 2.10's sweeper).
@@ -328,8 +315,7 @@ def run_job(cfg: DictConfig) -> float | None:
 
     metric = cfg.get("optimized_metric", "val/iou")
     if not sweep.in_multirun():
-        with exit_on_user_error("steelseg-train"):
-            return train(cfg).get(metric)
+        return train(cfg).get(metric)
     hydra_cfg = HydraConfig.get()
     sweep.assign_gpu(cfg, hydra_cfg.job.num, sweep.lock_dir_for(hydra_cfg.sweep.dir))
     try:

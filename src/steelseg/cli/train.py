@@ -53,9 +53,13 @@ def help_text() -> str:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from steelseg.train import run_job
+    from steelseg.train import USER_ERRORS, run_job
 
-    return run_job(cfg)
+    try:
+        return run_job(cfg)
+    except USER_ERRORS as e:  # inside Hydra's task function: Hydra would add its own lines
+        print(f"steelseg-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

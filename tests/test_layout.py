@@ -197,3 +197,14 @@ def test_every_option_says_what_it_does(command: str) -> None:
     silent = [a.option_strings or a.dest for a in parser._actions if not a.help]
     assert silent == [], f"{command}: options without help text: {silent}"
     assert parser.epilog and "exit codes" in parser.epilog  # the same codes, said by every command
+
+
+def test_readme_is_a_front_page() -> None:
+    """The README stays a front page (at most 200 lines) and links every page of docs/."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    unlinked = [
+        p.name for p in sorted((root / "docs").glob("*.md")) if f"docs/{p.name}" not in readme
+    ]
+    assert unlinked == []

@@ -103,27 +103,25 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import logging
 
-        import pandas as pd
-
-        from steelseg.prepare import SPLITS, prepare
+        from steelseg.prepare import SPLITS, complete_split, prepare
 
         logging.getLogger("steelseg").setLevel(logging.INFO)  # says what it prepares
         path = prepare(
             args.data_dir,
             args.out,
-            args.n_images,
-            args.split,
-            args.seed,
-            args.only_defective,
-            args.split_file,
-            args.val_fraction,
-            args.skip_bad,
-            args.cache,
-            args.n_classes,
-            args.group_split,
+            n_images=args.n_images,
+            split=args.split,
+            seed=args.seed,
+            only_defective=args.only_defective,
+            split_file=args.split_file,
+            val_fraction=args.val_fraction,
+            skip_bad=args.skip_bad,
+            cache_size=args.cache,
+            n_classes=args.n_classes,
+            group_split=args.group_split,
         )
-        counts = pd.read_csv(path, usecols=["split"])["split"].value_counts()
-        print(f"{PROG}: wrote {path}: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS))
+        counts = complete_split(path.parent)["counts"]
+        print(f"{PROG}: wrote {path}: " + ", ".join(f"{s} {counts[s]}" for s in SPLITS))
         return common.OK
 
     return common.run(PROG, body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,10 @@ def test_command_choices_match_the_library() -> None:
     assert predict_cli.OUTPUTS == writer.OUTPUTS
     assert import_cli.FORMATS == labelimport.FORMATS
     assert data_cli.HASH_THRESHOLD == duplicates.HASH_THRESHOLD
+    from steelseg import synth
+    from steelseg.cli import synth as synth_cli
+
+    assert inspect.signature(synth.generate).parameters["n_images"].default == synth_cli.N_IMAGES
     from steelseg import tune
     from steelseg.cli import tune as tune_cli
 

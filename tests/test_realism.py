@@ -203,6 +203,18 @@ def test_command(tmp_path, capsys):
     saved = json.loads((out / "realism" / "realism.json").read_text())
     assert saved["distances"]["dark_share"]["value"] > 0.3
 
+    # --compare-to alone on a set already there compares it as it is (3 images, not the
+    # default 400 made over it); asking for other sizes makes them
+    marker = (out / "synth.json").read_bytes()
+    assert exit_code(synth_main, ["--out", out, "--quiet", "--compare-to", real]) == 0
+    assert (out / "synth.json").read_bytes() == marker
+    assert len(list((out / "train_images").iterdir())) == 3
+    assert (
+        exit_code(synth_main, ["--out", out, "--n-images", 4, "--quiet", "--compare-to", real]) == 0
+    )
+    assert len(list((out / "train_images").iterdir())) == 4
+    capsys.readouterr()
+
     # a bad input: one error line, nothing made (not even the synthetic set)
     fresh = tmp_path / "fresh"
     bad = ["--out", fresh, "--quiet", "--compare-to", tmp_path / "nowhere"]

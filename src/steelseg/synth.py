@@ -518,6 +518,17 @@ def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = 
     )
 
 
+def made_here(out: str | Path) -> dict | None:
+    """The arguments (``n_images``, ``seed``, ``n_test``) of the whole data set this generator
+    version made in ``out``, or None (none there, another version, or cut short)."""
+    try:
+        marker = json.loads((Path(out) / MARKER).read_text())
+        args = {k: int(marker[k]) for k in ("n_images", "seed", "n_test")}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return args if is_complete(out, **args) else None
+
+
 def _write_marker(out: Path, n_images: int, seed: int, n_test: int, complete: bool) -> None:
     args = {
         "n_images": n_images,

@@ -10,6 +10,7 @@ from pathlib import Path
 from steelseg.cli import common
 
 PROG = "steelseg-synth"
+N_IMAGES = 400  # steelseg.synth.generate's default, without importing it
 
 
 def build_parser():
@@ -20,9 +21,9 @@ def build_parser():
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
-        "--n-images", type=common.positive_int, default=400, help="train images (default 400)"
+        "--n-images", type=common.positive_int, help=f"train images (default {N_IMAGES})"
     )
-    p.add_argument("--seed", type=common.at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=common.at_least(0), help="random seed (default 0)")
     p.add_argument(
         "--n-test",
         type=common.at_least(0),
@@ -36,8 +37,8 @@ def build_parser():
         type=Path,
         metavar="REAL",
         help="a folder of real strips (.jpg/.png): set the synthetic images of --out against "
-        "them (made first, unless --out already holds them) and write realism.json and "
-        "realism.html",
+        "them and write realism.json and realism.html; a data set already in --out is used as "
+        "it is unless --n-images, --n-test or --seed ask for another",
     )
     g.add_argument(
         "--real-labels",
@@ -75,15 +76,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(given)} needs --compare-to REAL")
 
     def body() -> int:
-        from steelseg.synth import generate
+        from steelseg.synth import generate, made_here
 
+        sizes = {"n_images": args.n_images, "seed": args.seed, "n_test": args.n_test}
+        there = made_here(args.out) if args.compare_to is not None else None
         if args.compare_to is not None:  # a bad folder, file or baseline: nothing is made
             from steelseg import realism
 
             realism.check_inputs(args.compare_to, args.real_labels, args.baseline, args.report_dir)
-        out = generate(args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet)
-        if not args.quiet:
-            print(f"{PROG}: synthetic Severstal-layout data set written to {out}", file=sys.stderr)
+        if there is not None and all(v is None or v == there[k] for k, v in sizes.items()):
+            out = args.out  # compare what is there; never remake a set to other default sizes
+            if not args.quiet:
+                print(
+                    f"{PROG}: comparing the data set in {out} ({there['n_images']} train "
+                    f"images, seed {there['seed']})",
+                    file=sys.stderr,
+                )
+        else:
+            out = generate(
+                args.out,
+                N_IMAGES if args.n_images is None else args.n_images,
+                args.seed or 0,
+                args.n_test,
+                progress=not args.quiet,
+            )
+            if not args.quiet:
+                print(
+                    f"{PROG}: synthetic Severstal-layout data set written to {out}", file=sys.stderr
+                )
         if args.compare_to is not None:
             report_dir = args.report_dir or out / "realism"
             result = realism.compare(

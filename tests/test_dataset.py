@@ -249,6 +249,18 @@ def test_empty_train_split_fails_at_setup(fresh_cfg: DictConfig, synth_root: Pat
         dm.setup("fit")
 
 
+def test_empty_val_split_fails_before_any_training(fresh_cfg: DictConfig, synth_root) -> None:
+    """A handful of images rounds val to 0: fit says so at setup, not after its first epoch
+    (validate and test then stop on an empty loader); testing alone still sets up."""
+    images = layouts.list_images(synth_root)
+    write_split(Path(fresh_cfg.data.prepared_dir), [(i, "train") for i in images[:4]])
+    with pytest.raises(ValueError, match=r"no validation images \(train 4, val 0, test 0\)"):
+        instantiate(fresh_cfg.data).setup("fit")
+    dm = instantiate(fresh_cfg.data)
+    dm.setup("test")
+    assert len(dm.datasets["test"]) == 0
+
+
 def test_split_naming_a_missing_image_fails_at_setup(fresh_cfg: DictConfig, synth_root) -> None:
     images = layouts.list_images(synth_root)
     rows = [(i, "train") for i in images[:4]] + [("0000dead.jpg", "val"), (images[4], "test")]

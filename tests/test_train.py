@@ -84,6 +84,21 @@ def test_empty_train_split_fails_before_training(tiny_cfg, tmp_path):
     assert not (Path(tiny_cfg.paths.output_dir) / "metrics.json").exists()
 
 
+def test_split_without_test_images_trains_and_says_so(tiny_cfg, caplog):
+    """A split whose test share rounds to 0 (a handful of images) trains and validates;
+    there is no test/* number, and the log says why."""
+    from hydra.utils import instantiate
+
+    instantiate(tiny_cfg.data).prepare_data()
+    split_csv = Path(tiny_cfg.data.prepared_dir) / "split.csv"
+    split = pd.read_csv(split_csv, keep_default_na=False)
+    split.loc[split["split"] == "test", "split"] = "train"
+    split.to_csv(split_csv, index=False)
+    metrics = train(tiny_cfg)
+    assert "val/iou" in metrics and not any(k.startswith("test/") for k in metrics)
+    assert "the split has no test images" in caplog.text
+
+
 def test_split_that_does_not_match_the_data_fails(tiny_cfg):
     from hydra.utils import instantiate
 

@@ -241,7 +241,9 @@ def validate_and_test(
         )[0],
         "val/",
     )
-    if test:
+    if test and not len(datamodule.datasets["test"]):
+        log.warning("the split has no test images: no test/* numbers (test=false skips this)")
+    elif test:
         metrics |= _scalars(
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only

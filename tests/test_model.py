@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import steelseg.model
+import steelseg.train
 from steelseg.config import conf_dir
 from steelseg.losses import LOSSES, WeightedLoss
 from steelseg.model import (
@@ -245,8 +246,9 @@ def test_offline_pretrained_weights_fail_fast_with_the_remedy(
 ) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(steelseg.model, "_hub_reachable", lambda *a, **k: False)
-    with pytest.raises(RuntimeError, match="encoder_weights=null"):
+    with pytest.raises(ConnectionError, match="encoder_weights=null") as error:
         build_network("fpn", "resnet18", "imagenet", 3)
+    assert isinstance(error.value, steelseg.train.USER_ERRORS)  # one line from steelseg-train
 
 
 def test_local_encoder_weights_are_loaded(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def build_network(
     Raises:
         ValueError: unknown architecture, encoder or ``arch_kwargs`` key (smp would pass an
             unknown key on to the encoder, which fails with a TypeError deep inside).
-        RuntimeError: pretrained weights are requested but cannot be downloaded.
+        ConnectionError: pretrained weights are requested but cannot be downloaded.
     """
     smp_arch = ARCHS[_choice("architecture", arch, ARCHS)]
     arch_kwargs = dict(arch_kwargs or {})
@@ -144,7 +144,7 @@ def build_network(
         raise FileNotFoundError(f"encoder_weights file {encoder_weights} does not exist")
     named = encoder_weights is not None and not local
     if named and os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
-        raise RuntimeError(
+        raise ConnectionError(  # an OSError: steelseg-train shows it as one line, exit 2
             f"encoder_weights={encoder_weights!r} must be downloaded from {HUB_HOST}, which this "
             "machine cannot reach. Use model.encoder_weights=null (random initialisation), or "
             "model.encoder_weights=/path/to/encoder.pth (a saved encoder state dict), or set "

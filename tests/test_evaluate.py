@@ -64,11 +64,38 @@ def test_labelled_split_overrides(tiny_ckpt: Path, synth_root: Path, tmp_path: P
     assert labelled_split(lone, "test", data_root=synth_root, split_file=custom)[0] == ids
 
 
+def test_a_run_trained_elsewhere_finds_its_relative_data(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's data.root relative to where steelseg-train ran (Hydra records that folder)
+    is found from any other folder."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    started, elsewhere = tmp_path / "repo", tmp_path / "else" / "where" / "deep"
+    elsewhere.mkdir(parents=True)
+    run = started / "outputs" / "run"
+    shutil.copytree(tiny_ckpt.parent.parent, run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    for key in ("root", "prepared_dir"):
+        cfg.data[key] = os.path.relpath(cfg.data[key], started)
+    OmegaConf.save(cfg, run / "config.yaml")
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(started)}}}, run / ".hydra" / "hydra.yaml")
+    expected = labelled_split(tiny_ckpt, "val")[0]
+    monkeypatch.chdir(elsewhere)
+    assert labelled_split(run / "checkpoints" / tiny_ckpt.name, "val")[0] == expected
+    (run / ".hydra" / "hydra.yaml").unlink()  # no record of where it ran: the current folder
+    with pytest.raises(FileNotFoundError, match=r"does not exist \(from the current folder"):
+        labelled_split(run / "checkpoints" / tiny_ckpt.name, "val")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"split": "validation"}, ValueError, "unknown split 'validation'"),
-        ({"data_root": "/nonexistent/data"}, FileNotFoundError, "train_images"),
+        ({"data_root": "/nonexistent/data"}, FileNotFoundError, "/nonexistent/data does not exist"),
         ({"split_file": "/nonexistent/split.csv"}, FileNotFoundError, "split.csv"),
     ],
 )

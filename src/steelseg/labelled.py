@@ -45,7 +45,12 @@ LabelledImages = tuple[list[str], list[Path], "MaskReader"]
 
 
 def _run_data_config(run: Path) -> dict[str, Any] | None:
-    """The ``data`` section of the run's ``config.yaml`` (written by steelseg-train), or None."""
+    """The ``data`` section of the run's ``config.yaml`` (written by steelseg-train), or None.
+
+    Its relative paths (``root``, ``prepared_dir``) were relative to the folder the run was
+    started in: where they do not exist from the current folder, they are taken from that one
+    (Hydra's ``.hydra/hydra.yaml`` records it), so a run's checkpoints work from anywhere.
+    """
     from omegaconf import OmegaConf
 
     cfg_path = run / "config.yaml"
@@ -55,7 +60,24 @@ def _run_data_config(run: Path) -> dict[str, Any] | None:
     data = cfg.get("data") if isinstance(cfg, dict) else None
     if not isinstance(data, dict):
         raise ValueError(f"{cfg_path} has no 'data' section; pass --data-root and --split-file")
+    started_in = _started_in(run)
+    for key in ("root", "prepared_dir"):
+        path = data.get(key)
+        relative = isinstance(path, str) and "${" not in path and not Path(path).is_absolute()
+        if relative and not Path(path).exists() and started_in and (started_in / path).exists():
+            data[key] = str(started_in / path)
     return data
+
+
+def _started_in(run: Path) -> Path | None:
+    """The folder a ``steelseg-train`` run was started in (Hydra's ``runtime.cwd``), or None."""
+    from omegaconf import OmegaConf
+
+    try:
+        cwd = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+    except Exception:  # no Hydra record (a run from Python), or an unreadable one
+        return None
+    return Path(cwd) if isinstance(cwd, str) else None
 
 
 def model_checkpoint(model: str | os.PathLike) -> Path:
@@ -184,6 +206,12 @@ def labelled_images(
     if split not in SPLIT_CHOICES:
         raise ValueError(f"unknown split {split!r}; choose from {list(SPLIT_CHOICES)}")
     root = Path(root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (from the current folder, {Path.cwd()})"
+        raise FileNotFoundError(
+            f"data folder {root} does not exist{where}; pass --data-root with the Kaggle-layout "
+            "or images/ + masks/ folder the model was trained on"
+        )
     if not image_dir(root).is_dir():
         raise FileNotFoundError(
             f"data folder {root} has no train_images/ (nor images/); pass --data-root with the "

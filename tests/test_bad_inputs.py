@@ -667,7 +667,7 @@ CASES = [
         "predict-empty-folder",
         PD,
         predict_with("tiny", bad="empty"),
-        "no input images found",
+        "no input images (",
         leftovers=INFER_LEFTOVERS,
     ),
     Case(
@@ -826,7 +826,7 @@ CASES = [
         "pseudo-empty-folder",
         PS,
         predict_with("tiny", bad="empty"),
-        "no images found in",
+        "no input images (",
         leftovers=INFER_LEFTOVERS,
     ),
     Case(

@@ -272,10 +272,16 @@ def test_cli_bad_checkpoint_is_one_line(tiny_ckpt, synth_root, tmp_path, capsys)
     (tmp_path / "fake.ckpt").write_text("hello")
     assert run_cli(tmp_path / "fake.ckpt", inputs, "--out", tmp_path / "o") == 2
     assert run_cli(tiny_ckpt, tmp_path / "nothing*.jpg", "--out", tmp_path / "o") == 2
+    assert run_cli(tiny_ckpt, tmp_path / "absent", "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "none.ckpt does not exist" in err[0]
     assert "fake.ckpt is truncated or not a checkpoint" in err[1]
-    assert err[-1] == "steelseg-predict: error: no input images found"
+    assert len(err) == 4  # one line each, the reason included
+    pattern, absent = tmp_path / "nothing*.jpg", tmp_path / "absent"
+    assert (
+        err[2] == f"steelseg-predict: error: no input images ({pattern}: no image file matches it)"
+    )
+    assert err[3] == f"steelseg-predict: error: no input images ({absent}: no such file or folder)"
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "o").exists()
 

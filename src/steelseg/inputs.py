@@ -51,6 +51,22 @@ def _kaggle_labels(folder: Path) -> Path | None:
     return masks if folder.name == FOLDER_IMAGES and masks.is_dir() else None
 
 
+def unmatched_reason(text: str) -> str:
+    """Why an input (a file, folder or glob) matched no image file: the skip reason."""
+    path = Path(text)
+    if path.is_dir():
+        return "a folder without image files"
+    if any(c in text for c in "*?["):
+        return "no image file matches it"
+    return "no such file or folder"
+
+
+def no_images_error(inputs: Sequence[str | os.PathLike]) -> ValueError:
+    """The one-line error when none of ``inputs`` gave an image, each with its reason."""
+    reasons = "; ".join(f"{text}: {unmatched_reason(str(text))}" for text in inputs)
+    return ValueError(f"no input images ({reasons})")
+
+
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
     """Expand image files, folders and globs into image sources.
 

@@ -36,7 +36,14 @@ import numpy as np
 import pandas as pd
 
 from steelseg import rle
-from steelseg.inputs import Skipped, Source, collect_inputs, log_skip
+from steelseg.inputs import (
+    Skipped,
+    Source,
+    collect_inputs,
+    log_skip,
+    no_images_error,
+    unmatched_reason,
+)
 from steelseg.io import atomic_dir, atomic_write_text, check_out_folder
 from steelseg.predict import Predictor
 
@@ -98,10 +105,10 @@ def pseudo_label(
     out = Path(out)
     sources, empty = collect_inputs([str(i) for i in images])
     if not sources:
-        raise ValueError(f"no images found in {', '.join(map(str, images))}")
+        raise no_images_error(images)
     skipped = Skipped(on_skip)
     for text in empty:
-        skipped(Source(Path(text), text), "no image file matches it")
+        skipped(Source(Path(text), text), unmatched_reason(text))
     seen: set[str] = set()
 
     def unique_id(source: Source, image: np.ndarray) -> None:

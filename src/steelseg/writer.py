@@ -24,7 +24,7 @@ import numpy as np
 
 from steelseg import draw, metric, rle, submission
 from steelseg.coco import concat, masks_to_coco, write_coco
-from steelseg.inputs import Skipped, Source, log_skip
+from steelseg.inputs import Skipped, Source, log_skip, unmatched_reason
 from steelseg.io import atomic_write_text, check_out_folder, write_png
 from steelseg.labelled import model_class_names
 from steelseg.layouts import class_names, read_mask
@@ -119,7 +119,7 @@ def predict_to_folder(
     outputs = check_outputs(outputs)
     _check_request(predictor, sources, out, sample)
     skipped = Skipped(on_skip)
-    skipped.extend((Source(Path(text), text), "no image file matches it") for text in unmatched)
+    skipped.extend((Source(Path(text), text), unmatched_reason(text)) for text in unmatched)
     pp = predictor.postprocess if postprocess is None else predictor.check_postprocess(postprocess)
     names = model_class_names(predictor.checkpoint or predictor.model_file, predictor.classes)
     writer = _ImageWriter(

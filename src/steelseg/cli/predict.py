@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--address and --actors need --engine ray")
 
     def body() -> int:
-        from steelseg.inputs import collect_inputs
+        from steelseg.inputs import collect_inputs, no_images_error, unmatched_reason
         from steelseg.io import check_out_folder
         from steelseg.review import predict_for_review
         from steelseg.writer import predict_to_folder
@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
             require_ray()  # before anything is read or loaded
         sources, unmatched = collect_inputs(args.inputs)
-        for text in unmatched:
-            print(f"{PROG}: skipped {text}: no image file matches it", file=sys.stderr)
         if not sources:  # before the model is loaded
-            raise ValueError("no input images found")
+            raise no_images_error(args.inputs)
+        for text in unmatched:
+            print(f"{PROG}: skipped {text}: {unmatched_reason(text)}", file=sys.stderr)
         check_out_folder(args.out)
         sample, note = _sample(args, sources)  # before the model is loaded or anything runs
         predictor = common.predictor(args, PROG)

@@ -350,6 +350,10 @@ BAD: dict[str, tuple[str, Callable[[Path, Path], None], tuple[str, ...]]] = {
                   ("image 2 (b.png): the image", "is 60x42 but it was labelled at 60x40")),
     "cvat-malformed": ("cvat", lambda f, s: edit_text(f, "</annotations>", "</annotation>"),
                        ("annotations.xml is not valid XML (line", "export it again")),
+    "coco-given-xml": ("coco", lambda f, s: f.write_text("<annotations></annotations>"),
+                       ("labels.json is XML, not JSON: a CVAT for images export is --format cvat",)),
+    "cvat-given-json": ("cvat", lambda f, s: f.write_text('{"images": []}'),
+                        ("annotations.xml is JSON, not XML: --format coco, labelme",)),
     "cvat-outside": ("cvat", lambda f, s: edit_text(f, "20.00,12.00", "20.00,52.00"),
                      ("<image id=0 name=a.png> <polygon> 1 (label 'scratch') has the point "
                       "(20, 52) outside its 60x40 image",)),

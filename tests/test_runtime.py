@@ -342,7 +342,7 @@ def test_runtime_not_installed_names_the_extra(
         (["--tolerance", "1.5"], "argument --tolerance: must be in (0, 1), got 1.5"),
         (["--precision", "int8", "--calibration-images", "8"], "at least 16 calibration images"),
         (["--format", "torchscript", "--precision", "bf16"], "torchscript exports run fp32"),
-        (["--format", "openvino"], "a openvino export is a .xml file"),
+        (["--format", "openvino"], "the openvino export is a .xml file"),
     ],
 )
 def test_export_bad_input(tiny_ckpt, tmp_path, capsys, args, match):

@@ -106,9 +106,11 @@ def explain(path: str | os.PathLike, error: BaseException, weights_only: bool) -
             f"loading it could run code ({reason}); {TRUST_HINT}"
         )
     first = text.splitlines()[0][:200] if text.strip() else type(error).__name__
+    if not any(c.isalpha() for c in first):  # e.g. a bare byte code: says nothing to a user
+        first = f"{type(error).__name__}: {first}"
     return ValueError(
-        f"checkpoint {path} is truncated or not a checkpoint ({first}); use another "
-        "checkpoint, e.g. the best-*.ckpt next to it"
+        f"checkpoint {path} is truncated or not a checkpoint (torch.load: {first}); use "
+        "another checkpoint, e.g. the best-*.ckpt next to it"
     )
 
 

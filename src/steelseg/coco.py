@@ -350,8 +350,13 @@ def read_json(path: str | os.PathLike) -> Any:
     """A labelling tool's JSON export, or one line naming it and where it breaks."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
     except json.JSONDecodeError as e:
+        if text.lstrip().startswith("<"):
+            raise ValueError(
+                f"{path} is XML, not JSON: a CVAT for images export is --format cvat"
+            ) from None
         raise ValueError(
             f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file "
             "or export it again"

@@ -330,7 +330,7 @@ def _check_request(
     _require_tools(fmt, precision)
     check_out_folder(out.parent)
     if FILE_FORMATS.get(out.suffix) != fmt:
-        raise ValueError(f"--out {out.name}: a {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
+        raise ValueError(f"--out {out.name}: the {fmt} export is a {FORMAT_SUFFIX[fmt]} file")
     return tolerance
 
 
@@ -395,7 +395,7 @@ def _require_tools(fmt: str, precision: str) -> None:
         if importlib.util.find_spec(name) is None:
             extra = "openvino" if name == "openvino" else "onnxruntime"
             raise ValueError(
-                f"{name} is not installed; a {fmt} export needs it: pip install 'steelseg[{extra}]'"
+                f"{name} is not installed; the {fmt} export needs it: pip install 'steelseg[{extra}]'"
             )
 
 

@@ -335,6 +335,10 @@ def read_cvat(path: Path) -> dict:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
+        if path.read_bytes()[:64].lstrip()[:1] in (b"{", b"["):
+            raise ValueError(
+                f"{path} is JSON, not XML: --format coco, labelme or labelstudio reads JSON"
+            ) from None
         line, column = e.position
         raise ValueError(
             f"{path} is not valid XML (line {line}, column {column}); fix the file or export it "

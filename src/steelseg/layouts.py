@@ -78,8 +78,9 @@ def list_images(data_dir: Path) -> list[str]:
     """Sorted image file names in the data root's image folder (:func:`image_dir`)."""
     folder = image_dir(data_dir)
     if not folder.is_dir():
+        missing = folder if Path(data_dir).is_dir() else Path(data_dir)  # the outermost
         raise FileNotFoundError(
-            f"{folder} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
+            f"{missing} does not exist: data_dir must be a Kaggle-layout folder with train.csv and "
             "train_images/ (download: kaggle competitions download -c severstal-steel-defect-"
             "detection), or run `steelseg-synth --out DIR` for synthetic data, or a folder "
             "with images/ and masks/ (one PNG per image, pixel value = class id)"

@@ -109,8 +109,9 @@ def _real_images(real_dir: Path) -> list[Path]:
     """
     real_dir = Path(real_dir)
     if not real_dir.is_dir():
+        what = "is a file, not a folder" if real_dir.exists() else "does not exist"
         raise FileNotFoundError(
-            f"folder of real strips {real_dir} does not exist; give a folder of .jpg/.png images"
+            f"folder of real strips {real_dir} {what}; give a folder of .jpg/.png images"
         )
     images = images_in(real_dir)
     if not images:

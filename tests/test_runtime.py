@@ -162,7 +162,10 @@ def test_auto_picks_a_runtime_within_tolerance_and_caches_it(
         p = deploy.load_predictor(ckpt, progress=False)
     said = caplog.text  # what it measures, before it starts; then each pair (no bar here)
     n = len(deploy.runtime_candidates())
-    assert f"choosing a runtime for m.ckpt: timing and scoring {n} runtime/precision" in said
+    assert (
+        f"choosing a runtime for m.ckpt: timing and scoring PyTorch fp32 (the reference) and {n} "
+        in said
+    )
     assert "steelseg-export m.ckpt --choose-runtime does this ahead of time" in said
     assert f"auto: measuring torch fp32, the reference (1 of {n + 1})" in said
     assert f"auto: measuring {deploy.runtime_candidates()[-1][0]}" in said and "chose " in said

@@ -301,8 +301,9 @@ def _measure(
     batch = batch[:, None]  # (N, 1, h, w) as the engines take it
     pairs = runtime_candidates(precision)
     log.warning(
-        "choosing a runtime for %s: timing and scoring %d runtime/precision pairs (%s) on %d "
-        "validation images against PyTorch fp32, exporting to %s as needed; once, then cached "
+        "choosing a runtime for %s: timing and scoring PyTorch fp32 (the reference) and %d "
+        "runtime/precision pairs (%s) on %d validation images, exporting to %s as needed; "
+        "once, then cached "
         "in %s (steelseg-export %s --choose-runtime does this ahead of time)",
         checkpoint.name,
         len(pairs),

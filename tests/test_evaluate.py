@@ -278,7 +278,7 @@ def test_eval_cli_threshold_only_equals_model_threshold(tiny_ckpt: Path, tmp_pat
     [
         (["{missing}"], "does not exist"),
         (["{ckpt}", "--split", "holdout"], "invalid choice: 'holdout'"),
-        (["{ckpt}", "--data-root", "{missing}"], "train_images"),
+        (["{ckpt}", "--data-root", "{missing}"], "does not exist"),
         (["{ckpt}", "--threshold", "1.5"], "threshold"),
         (["{ckpt}", "--tta", "rotate"], "unknown TTA 'rotate'"),
     ],

@@ -92,6 +92,6 @@ def test_no_network_without_pretrained_weights(no_network, synth_root, tmp_path)
 
 def test_pretrained_weights_are_the_only_reason_to_go_online(no_network):
     """The patch above does catch steelseg's download path (so the test above can fail)."""
-    with pytest.raises(RuntimeError, match="must be downloaded from huggingface.co"):
+    with pytest.raises(ConnectionError, match="must be downloaded from huggingface.co"):
         build_network("fpn", "resnet18", "imagenet", 3)
     assert no_network and no_network[0][0] == ("huggingface.co", 443)

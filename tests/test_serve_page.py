@@ -38,12 +38,11 @@ pytest.importorskip("websockets")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from helpers import CHROMIUM_FLAGS  # noqa: E402
-from steelseg.serve import PAGE, ServeOptions, Service, make_app  # noqa: E402
+from steelseg.draw import CLASS_RGB, TINT  # noqa: E402
+from steelseg.serve import ServeOptions, Service, make_app, page_html  # noqa: E402
 
 SHAPE = (64, 320)
-TINT = 0.35  # steelseg.draw.TINT
-RED = (230, 57, 70)  # the page's colour of a binary model's class
-CLASS_RGB = {1: (250, 204, 21), 2: (34, 211, 238), 3: (217, 70, 239), 4: (249, 115, 22)}
+RED = (230, 57, 70)  # the page's own colour of a binary model's class
 
 
 def strip(seed: int, shape: tuple[int, int] = SHAPE) -> np.ndarray:
@@ -314,9 +313,10 @@ def set_slider(browser: Browser, value: float) -> None:
 
 # ----------------------------------------------------------------------------- the tests
 def test_the_page_is_self_contained(service: Service) -> None:
-    html = PAGE.read_text(encoding="utf-8")
+    html = page_html()
     page = TestClient(make_app(service, ServeOptions(model="unused"))).get("/")
     assert page.status_code == 200 and page.text == html
+    assert "__STEELSEG_DRAW__" not in html and f'"tint": {TINT}' in html  # steelseg.draw's
     assert "http://" not in html and "https://" not in html  # no CDN, no external request
     assert "<script src" not in html and "@import" not in html
     assert re.findall(r'<link[^>]*href="([^"]*)"', html) == ["data:,"]  # the empty favicon

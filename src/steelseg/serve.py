@@ -519,7 +519,7 @@ def make_app(service: Service, options: ServeOptions, infer: Infer | None = None
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> Response:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8") if PAGE.is_file() else _NO_PAGE)
+        return HTMLResponse(page_html() if PAGE.is_file() else _NO_PAGE)
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
@@ -755,6 +755,17 @@ def _version() -> str:
 
 
 _NO_PAGE = "<!doctype html><title>steelseg-serve</title><p>POST an image to /predict.</p>"
+
+
+def page_html() -> str:
+    """The review page, with the overlay colours and tint of :mod:`steelseg.draw` filled in
+    (the page draws its overlays as the reports do, from the one place they are set)."""
+    colours = {
+        "class_rgb": {str(c): list(rgb) for c, rgb in sorted(draw.CLASS_RGB.items())},
+        "fp_rgb": list(draw.FP_RGB),
+        "tint": draw.TINT,
+    }
+    return PAGE.read_text(encoding="utf-8").replace("__STEELSEG_DRAW__", json.dumps(colours))
 
 
 # ----------------------------------------------------------------------------- Ray Serve

@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = predict_for_review(predictor, sources, args.out, args.review, **kw)
         else:
             summary = predict_to_folder(predictor, sources, args.out, **kw)
+        panels = f", {summary['panels']} panel(s) against ground truth" if summary["panels"] else ""
         print(
             f"{PROG}: {summary['images']} image(s) predicted ({summary['with_defect']} with a "
-            f"defect, {summary['panels']} with ground truth) into {args.out}"
-            + common.skipped_note(list(summary["skipped"]))
+            f"defect{panels}) into {args.out}" + common.skipped_note(list(summary["skipped"]))
         )
         review = summary.get("review")
         if review:

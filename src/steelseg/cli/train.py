@@ -1,19 +1,19 @@
 """``steelseg-train [overrides] [-m]``: a thin Hydra wrapper around :func:`steelseg.train.run_job`.
 
-Only Hydra and the config folder are imported before Hydra parses the command line, and
-``--help`` is answered from the config folder itself (Hydra's own help composes every group
-option, seconds on a small machine), so it answers at once; Lightning and torch load when a run
-starts.
+``--help`` is answered from the config folder itself, before Hydra is imported (Hydra's own
+help composes every group option, seconds on a small machine), so it answers at once; Hydra
+parses every other command line, and Lightning and torch load when a run starts.
 """
 
 from __future__ import annotations
 
 import sys
-
-import hydra
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from steelseg.config import conf_dir
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 DESCRIPTION = """steelseg-train: fit, validate and test a steel-defect segmentation model.
 
@@ -51,8 +51,8 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _task(cfg: DictConfig) -> float | None:
+    """Hydra's task function: one run, or one job of a sweep."""
     from steelseg.train import USER_ERRORS, run_job
 
     try:
@@ -67,7 +67,9 @@ def main() -> None:
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(help_text())
         return
-    _hydra_main()
+    import hydra  # after the --help check: it answers without loading Hydra
+
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")(_task)()
 
 
 if __name__ == "__main__":

@@ -362,6 +362,9 @@ def images_folder(tmp: Path, ctx: Ctx, bad: str | None) -> Path:
         (folder / bad).write_bytes(sources[2].read_bytes()[:3000])
     elif bad == "small.jpg":  # a valid image of the wrong size
         write_image(folder / bad, 90, (128, 800))
+    elif bad == "unreadable":  # every image: text named .jpg
+        for image in folder.iterdir():
+            image.write_text("not an image\n")
     return folder
 
 
@@ -668,6 +671,13 @@ CASES = [
         PD,
         predict_with("tiny", bad="empty"),
         "no input images (",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
+        "predict-no-readable-image",
+        PD,
+        predict_with("tiny", bad="unreadable"),
+        "no input image could be read; see the messages above",
         leftovers=INFER_LEFTOVERS,
     ),
     Case(

@@ -113,7 +113,7 @@ def predict_to_folder(
     Raises:
         ValueError: no sources, ``out`` cannot be a folder, a post-processing this model
             cannot take, or a ``sample`` this model or these sources cannot answer (checked
-            before any image is predicted).
+            before any image is predicted); no source could be read (nothing is written).
     """
     out = Path(out)
     outputs = check_outputs(outputs)
@@ -128,6 +128,8 @@ def predict_to_folder(
     saved, seconds = _predict_and_write(
         predictor, sources, writer, skipped, progress, predict_files
     )
+    if not saved:  # every input skipped: nothing was done (as steelseg-eval says it)
+        raise ValueError("no input image could be read; see the messages above")
     _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows], names)
     if "coco" in outputs:
         write_coco(out / PREDICTIONS_COCO, concat([s.coco for s in saved if s.coco], names))

@@ -833,6 +833,13 @@ CASES = [
         leftovers=(".out.*", "*.tmp", "pseudo.json"),
     ),
     Case(
+        "pseudo-no-readable-image",
+        PS,
+        predict_with("tiny", bad="unreadable"),
+        "no input image could be read; see the messages above",
+        leftovers=INFER_LEFTOVERS,
+    ),
+    Case(
         "pseudo-empty-folder",
         PS,
         predict_with("tiny", bad="empty"),

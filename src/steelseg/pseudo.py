@@ -98,7 +98,7 @@ def pseudo_label(
         input to the reason.
 
     Raises:
-        ValueError: bad thresholds, no images, or ``out`` is a non-empty folder that is not
+        ValueError: bad thresholds, no images (or none readable), or ``out`` is a non-empty folder that is not
             an earlier pseudo-label set.
     """
     check_settings(out, low, high, max_uncertain)
@@ -132,6 +132,8 @@ def pseudo_label(
                 encoded = rle.encode(m)
                 if encoded:
                     labels.append((p.source.image_id, class_id, encoded))
+    if not scores:  # every input skipped: write no empty pseudo-label set over ``out``
+        raise ValueError("no input image could be read; see the messages above")
     summary = {
         "images": len(scores),
         "kept": len(kept),

@@ -98,8 +98,8 @@ def pseudo_label(
         input to the reason.
 
     Raises:
-        ValueError: bad thresholds, no images (or none readable), or ``out`` is a non-empty folder that is not
-            an earlier pseudo-label set.
+        ValueError: bad thresholds, no images (or none readable), or ``out`` is a non-empty
+            folder that is not an earlier pseudo-label set.
     """
     check_settings(out, low, high, max_uncertain)
     out = Path(out)

@@ -578,13 +578,15 @@ class SteelDataModule(pl.LightningDataModule):
         if missing_cols:
             raise ValueError(f"{split_csv} lacks columns {sorted(missing_cols)}; re-run prepare")
         counts = rows["split"].value_counts()
-        for needed in ("train", "val") if stage in (None, "fit", "validate") else ("train",):
-            if counts.get(needed, 0) == 0:  # before any training, not after the first epoch
+        needed = {"train": "training", "val": "validation"}
+        if stage not in (None, "fit", "validate"):
+            del needed["val"]
+        for split, name in needed.items():
+            if counts.get(split, 0) == 0:  # before any training, not after the first epoch
+                have = ", ".join(f"{s} {counts.get(s, 0)}" for s in prep.SPLITS)
                 raise ValueError(
-                    f"{split_csv} has no {'training' if needed == 'train' else 'validation'} "
-                    f"images (train {counts.get('train', 0)}, val {counts.get('val', 0)}, test "
-                    f"{counts.get('test', 0)}); prepare it again with more images or another "
-                    "split (data.split=[train,val,test] as counts or fractions)"
+                    f"{split_csv} has no {name} images ({have}); prepare it again with more "
+                    "images or another split (data.split=[train,val,test] as counts or fractions)"
                 )
         layouts.check_classes(
             self.classes, layouts.data_classes(list(rows.columns)), str(self.root)

@@ -67,6 +67,11 @@ def no_images_error(inputs: Sequence[str | os.PathLike]) -> ValueError:
     return ValueError(f"no input images ({reasons})")
 
 
+def none_readable_error() -> ValueError:
+    """The one-line error when every input was skipped (each named by ``on_skip`` before)."""
+    return ValueError("no input image could be read; see the messages above")
+
+
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Source], list[str]]:
     """Expand image files, folders and globs into image sources.
 

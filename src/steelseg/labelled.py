@@ -60,12 +60,13 @@ def _run_data_config(run: Path) -> dict[str, Any] | None:
     data = cfg.get("data") if isinstance(cfg, dict) else None
     if not isinstance(data, dict):
         raise ValueError(f"{cfg_path} has no 'data' section; pass --data-root and --split-file")
-    started_in = _started_in(run)
     for key in ("root", "prepared_dir"):
         path = data.get(key)
         relative = isinstance(path, str) and "${" not in path and not Path(path).is_absolute()
-        if relative and not Path(path).exists() and started_in and (started_in / path).exists():
-            data[key] = str(started_in / path)
+        if relative and not Path(path).exists():
+            started_in = _started_in(run)
+            if started_in is not None and (started_in / path).exists():
+                data[key] = str(started_in / path)
     return data
 
 

@@ -42,6 +42,7 @@ from steelseg.inputs import (
     collect_inputs,
     log_skip,
     no_images_error,
+    none_readable_error,
     unmatched_reason,
 )
 from steelseg.io import atomic_dir, atomic_write_text, check_out_folder
@@ -133,7 +134,7 @@ def pseudo_label(
                 if encoded:
                     labels.append((p.source.image_id, class_id, encoded))
     if not scores:  # every input skipped: write no empty pseudo-label set over ``out``
-        raise ValueError("no input image could be read; see the messages above")
+        raise none_readable_error()
     summary = {
         "images": len(scores),
         "kept": len(kept),

@@ -41,6 +41,7 @@ from steelseg.surface import NUISANCES, Nuisances
 H, W = SHAPE
 JPEG_QUALITY = 95  # the quantisation tables of the Kaggle JPEGs are libjpeg's at quality 95
 MARKER = "synth.json"
+N_IMAGES = 400  # train images of a data set when no count is given
 VERSION = 2  # of the generator's look; 2: the nuisances of steelseg.surface. A data set made
 # by another version is made again (is_complete), never mixed with this one's.
 
@@ -442,7 +443,7 @@ def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
 
 def generate(
     out: str | Path,
-    n_images: int = 400,
+    n_images: int = N_IMAGES,
     seed: int = 0,
     n_test: int | None = None,
     progress: bool = True,
@@ -499,10 +500,7 @@ def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = 
     if n_test is None:
         n_test = max(1, n_images // 10)
     out = Path(out)
-    try:
-        marker = json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
+    marker = _read_marker(out)
     want = {
         "n_images": n_images,
         "n_test": n_test,
@@ -511,22 +509,48 @@ def is_complete(out: str | Path, n_images: int, seed: int, n_test: int | None = 
         "complete": True,
     }
     return (
-        isinstance(marker, dict)
+        marker is not None
         and all(marker.get(k) == v for k, v in want.items())
         and (out / "train.csv").is_file()
         and (out / "sample_submission.csv").is_file()
     )
 
 
-def made_here(out: str | Path) -> dict | None:
-    """The arguments (``n_images``, ``seed``, ``n_test``) of the whole data set this generator
-    version made in ``out``, or None (none there, another version, or cut short)."""
+def reuse_or_generate(
+    out: str | Path,
+    n_images: int | None = None,
+    seed: int | None = None,
+    n_test: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, bool]:
+    """The data set already in ``out`` when it has every size given (None: any), else one made
+    by :func:`generate` (None: its defaults), so that a set is never remade to default sizes
+    it was not asked for.
+
+    Returns:
+        ``(out, reused)``.
+    """
+    out = Path(out)
+    marker = _read_marker(out) or {}
+    asked = {"n_images": n_images, "seed": seed, "n_test": n_test}
+    there = {k: marker.get(k) for k in asked}
+    if (
+        all(isinstance(v, int) for v in there.values())
+        and all(v is None or v == there[k] for k, v in asked.items())
+        and is_complete(out, **there)
+    ):
+        return out, True
+    n_images = N_IMAGES if n_images is None else n_images
+    return generate(out, n_images, seed or 0, n_test, progress), False
+
+
+def _read_marker(out: Path) -> dict | None:
+    """``synth.json`` of ``out`` (None: missing or unreadable)."""
     try:
-        marker = json.loads((Path(out) / MARKER).read_text())
-        args = {k: int(marker[k]) for k in ("n_images", "seed", "n_test")}
-    except (OSError, ValueError, TypeError, KeyError):
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
         return None
-    return args if is_complete(out, **args) else None
+    return marker if isinstance(marker, dict) else None
 
 
 def _write_marker(out: Path, n_images: int, seed: int, n_test: int, complete: bool) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from steelseg import draw, metric, rle, submission
 from steelseg.coco import concat, masks_to_coco, write_coco
-from steelseg.inputs import Skipped, Source, log_skip, unmatched_reason
+from steelseg.inputs import Skipped, Source, log_skip, none_readable_error, unmatched_reason
 from steelseg.io import atomic_write_text, check_out_folder, write_png
 from steelseg.labelled import model_class_names
 from steelseg.layouts import class_names, read_mask
@@ -129,7 +129,7 @@ def predict_to_folder(
         predictor, sources, writer, skipped, progress, predict_files
     )
     if not saved:  # every input skipped: nothing was done (as steelseg-eval says it)
-        raise ValueError("no input image could be read; see the messages above")
+        raise none_readable_error()
     _write_csv(out / "predictions.csv", [row for s in saved for row in s.rows], names)
     if "coco" in outputs:
         write_coco(out / PREDICTIONS_COCO, concat([s.coco for s in saved if s.coco], names))

@@ -131,7 +131,7 @@ def add_data(p: argparse.ArgumentParser, split: str) -> None:
     g.add_argument("--split-file", type=Path, help="a prepared split.csv (default: the run's own)")
 
 
-def add_runtime(p: argparse.ArgumentParser, progress: bool = True, batches: bool = True) -> None:
+def add_runtime(p: argparse.ArgumentParser, batches: bool = True) -> None:
     """``--runtime``, ``--precision``, ``--tolerance``, ``--device``, ``--batch-size`` and
     ``--no-progress``: where and how the model runs. ``batches=False`` leaves out the batch
     size and the progress bar, for a command that forms its own batches (``steelseg-serve``)."""
@@ -165,7 +165,6 @@ def add_runtime(p: argparse.ArgumentParser, progress: bool = True, batches: bool
         g.add_argument(
             "--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)"
         )
-    if progress and batches:
         g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

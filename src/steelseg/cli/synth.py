@@ -10,7 +10,7 @@ from pathlib import Path
 from steelseg.cli import common
 
 PROG = "steelseg-synth"
-N_IMAGES = 400  # steelseg.synth.generate's default, without importing it
+N_IMAGES = 400  # steelseg.synth.N_IMAGES, without importing it
 
 
 def build_parser():
@@ -76,34 +76,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(given)} needs --compare-to REAL")
 
     def body() -> int:
-        from steelseg.synth import generate, made_here
+        from steelseg import synth
 
-        sizes = {"n_images": args.n_images, "seed": args.seed, "n_test": args.n_test}
-        there = made_here(args.out) if args.compare_to is not None else None
         if args.compare_to is not None:  # a bad folder, file or baseline: nothing is made
             from steelseg import realism
 
             realism.check_inputs(args.compare_to, args.real_labels, args.baseline, args.report_dir)
-        if there is not None and all(v is None or v == there[k] for k, v in sizes.items()):
-            out = args.out  # compare what is there; never remake a set to other default sizes
-            if not args.quiet:
-                print(
-                    f"{PROG}: comparing the data set in {out} ({there['n_images']} train "
-                    f"images, seed {there['seed']})",
-                    file=sys.stderr,
-                )
-        else:
-            out = generate(
-                args.out,
-                N_IMAGES if args.n_images is None else args.n_images,
-                args.seed or 0,
-                args.n_test,
-                progress=not args.quiet,
+            # the set already in --out is compared as it is, unless other sizes are asked for
+            out, reused = synth.reuse_or_generate(
+                args.out, args.n_images, args.seed, args.n_test, progress=not args.quiet
             )
-            if not args.quiet:
-                print(
-                    f"{PROG}: synthetic Severstal-layout data set written to {out}", file=sys.stderr
-                )
+        else:
+            n_images = N_IMAGES if args.n_images is None else args.n_images
+            out = synth.generate(args.out, n_images, args.seed or 0, args.n_test, not args.quiet)
+            reused = False
+        if not args.quiet:
+            done = (
+                "comparing the data set in"
+                if reused
+                else "synthetic Severstal-layout data set written to"
+            )
+            print(f"{PROG}: {done} {out}", file=sys.stderr)
         if args.compare_to is not None:
             report_dir = args.report_dir or out / "realism"
             result = realism.compare(
